@@ -1,0 +1,13 @@
+"""mnist_core: the MNIST MLP, its trainer and its agent file. Knows nothing of MLflow or sweeps."""
+from .agent import AGENT_FILENAME, load_agent, save_agent
+from .config import ACTIVATIONS, SCHEDULES, RunConfig
+from .data import MnistDataMissing, MnistTensors, load_mnist
+from .model import MLP
+from .schedule import lr_at, lr_schedule
+from .train import EpochResult, TrainResult, resolve_device, train
+
+__all__ = [
+    "ACTIVATIONS", "AGENT_FILENAME", "MLP", "MnistDataMissing", "MnistTensors", "RunConfig",
+    "SCHEDULES", "EpochResult", "TrainResult", "load_agent", "load_mnist", "lr_at", "lr_schedule",
+    "resolve_device", "save_agent", "train",
+]

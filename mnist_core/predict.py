@@ -1,0 +1,66 @@
+"""Predict digits with a saved agent: `python -m mnist_core.predict AGENT IMAGE [IMAGE ...]`."""
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .agent import load_agent
+from .data import MEAN, STD
+
+
+def image_to_tensor(path: str, dark_on_light: bool = False) -> torch.Tensor:
+    """Any PNG/JPEG as one normalised 784-vector: grey, light digit on dark, padded square, 28x28."""
+    image = ImageOps.grayscale(Image.open(path))
+    if dark_on_light:
+        image = ImageOps.invert(image)
+    side = max(image.size)
+    square = Image.new("L", (side, side), 0)
+    square.paste(image, ((side - image.width) // 2, (side - image.height) // 2))
+    small = square.resize((28, 28), Image.Resampling.LANCZOS)
+    pixels = torch.frombuffer(bytearray(small.tobytes()), dtype=torch.uint8).float() / 255.0
+    return ((pixels - MEAN) / STD).reshape(1, 784)
+
+
+@torch.no_grad()
+def predict_probabilities(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """(N, 10) class probabilities for a batch of normalised images."""
+    device = next(model.parameters()).device
+    return model(images.to(device)).exp().cpu()
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("agent", type=click.Path(exists=True, dir_okay=False))
+@click.argument("images", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--dark-on-light", is_flag=True,
+              help="The images show a dark digit on a light background (ink on paper); invert them "
+                   "to MNIST's light-on-dark. [default: off]")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per image instead of text.")
+def main(agent, images, dark_on_light, as_json):
+    """Print, for each IMAGE, the predicted digit and the 10 class probabilities of AGENT
+    (an mnist_agent.pt written by `python -m mnist_core` or `sweep run`)."""
+    try:
+        model = load_agent(agent)
+    except Exception as exc:
+        click.echo(f"error: cannot load agent {agent}: {exc}", err=True)
+        sys.exit(2)
+    try:
+        batch = torch.cat([image_to_tensor(p, dark_on_light) for p in images])
+    except (UnidentifiedImageError, OSError) as exc:
+        click.echo(f"error: cannot read image: {exc}", err=True)
+        sys.exit(2)
+    for path, probs in zip(images, predict_probabilities(model, batch)):
+        digit = int(probs.argmax())
+        if as_json:
+            click.echo(json.dumps({"image": path, "digit": digit,
+                                   "probabilities": [round(float(p), 6) for p in probs]}))
+        else:
+            listed = " ".join(f"{d}:{float(p):.3f}" for d, p in enumerate(probs))
+            click.echo(f"{path}: {digit}  (p={float(probs[digit]):.3f})  [{listed}]")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,145 @@
+"""Train one run: SGD on the NLL loss over in-memory tensors, evaluated after every epoch.
+
+The loop knows nothing of files or loggers: each epoch's numbers go to an `on_epoch` callback,
+and the trained model comes back in the result.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Optional
+
+import torch
+import torch.nn.functional as F
+
+from .config import RunConfig
+from .data import MnistTensors
+from .model import MLP
+from .schedule import lr_at
+
+DIVERGENCE_CHECK_EVERY = 50  # steps; checking every step would sync the GPU every step
+
+
+@dataclass(frozen=True)
+class EpochResult:
+    epoch: int
+    lr: float
+    train_loss: float
+    train_error: float  # fraction of the whole training set misclassified, in eval mode
+    test_loss: float
+    test_error: float
+    seconds: float  # wall time of this epoch's training and evaluation
+
+    def metrics(self) -> dict[str, float]:
+        return {"train_loss": self.train_loss, "train_error": self.train_error,
+                "test_loss": self.test_loss, "test_error": self.test_error, "lr": self.lr}
+
+
+@dataclass
+class TrainResult:
+    config: RunConfig
+    model: MLP
+    history: list[EpochResult] = field(default_factory=list)
+    diverged: bool = False
+    seconds: float = 0.0
+
+    @property
+    def final(self) -> Optional[EpochResult]:
+        return self.history[-1] if self.history else None
+
+    def summary(self) -> dict[str, float]:
+        """Final and best numbers of the run, as logged at its end."""
+        out = {"training_seconds": self.seconds, "epochs_completed": float(len(self.history))}
+        if self.history:
+            out.update({f"final_{k}": v for k, v in self.final.metrics().items() if k != "lr"})
+            out["best_test_error"] = min(e.test_error for e in self.history)
+        return out
+
+
+EpochCallback = Callable[[EpochResult], None]
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """`auto` (CUDA when present), `cpu`, `cuda` or `cuda:N`; a CUDA device that is absent is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {name!r} requested but CUDA is not available on this machine")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"device {name!r} requested but only {torch.cuda.device_count()} GPU(s) exist")
+    return device
+
+
+def epoch_order(config: RunConfig, n: int, epochs: int) -> Iterator[torch.Tensor]:
+    """The shuffled sample order of each epoch; the same for every run of the same seed."""
+    generator = torch.Generator().manual_seed(config.seed)
+    for _ in range(epochs):
+        yield torch.randperm(n, generator=generator)
+
+
+def init_model(config: RunConfig, device: torch.device) -> MLP:
+    torch.manual_seed(config.seed)
+    return MLP.from_config(config).to(device)
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> tuple[float, float]:
+    """(mean NLL loss, error fraction) of `model` over all of (x, y), in eval mode."""
+    model.eval()
+    loss = torch.zeros((), device=x.device)
+    wrong = torch.zeros((), device=x.device, dtype=torch.long)
+    for i in range(0, len(x), batch_size):
+        out = model(x[i:i + batch_size])
+        target = y[i:i + batch_size]
+        loss += F.nll_loss(out, target, reduction="sum")
+        wrong += (out.argmax(1) != target).sum()
+    return loss.item() / len(x), wrong.item() / len(x)
+
+
+def train_one_epoch(model, optimizer, data: MnistTensors, order: torch.Tensor, batch_size: int) -> bool:
+    """One pass over the training set in `order`; False as soon as the loss is NaN or infinite."""
+    model.train()
+    order = order.to(data.train_x.device)
+    running = torch.zeros((), device=data.train_x.device)
+    for step, start in enumerate(range(0, len(order), batch_size), 1):
+        idx = order[start:start + batch_size]
+        optimizer.zero_grad(set_to_none=True)
+        loss = F.nll_loss(model(data.train_x[idx]), data.train_y[idx])
+        loss.backward()
+        optimizer.step()
+        running += loss.detach()
+        if step % DIVERGENCE_CHECK_EVERY == 0 and not torch.isfinite(running).item():
+            return False
+    return bool(torch.isfinite(running).item())
+
+
+def train(config: RunConfig, data: MnistTensors, device: torch.device | str = "cpu",
+          on_epoch: Optional[EpochCallback] = None) -> TrainResult:
+    """Train `config` on `data` (already on `device`). Never raises on divergence: the result says so."""
+    device = torch.device(device)
+    model = init_model(config, device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum)
+    result = TrainResult(config=config, model=model)
+    started = time.perf_counter()
+    for epoch, order in enumerate(epoch_order(config, len(data.train_x), config.epochs), 1):
+        epoch_start = time.perf_counter()
+        lr = lr_at(config, epoch)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        finite = train_one_epoch(model, optimizer, data, order, config.batch_size)
+        train_loss, train_error = evaluate(model, data.train_x, data.train_y, config.test_batch_size)
+        test_loss, test_error = evaluate(model, data.test_x, data.test_y, config.test_batch_size)
+        record = EpochResult(epoch, lr, train_loss, train_error, test_loss, test_error,
+                             time.perf_counter() - epoch_start)
+        result.history.append(record)
+        if on_epoch is not None:
+            on_epoch(record)
+        if not finite or not (math.isfinite(train_loss) and math.isfinite(test_loss)):
+            result.diverged = True
+            break
+    result.seconds = time.perf_counter() - started
+    model.eval()
+    return result

@@ -1,0 +1,253 @@
+"""`sweep`: plan, run, inspect and compare tracked MNIST MLP sweeps. Thin: parse, call, print."""
+from __future__ import annotations
+
+import functools
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import click
+
+from .spec import SpecError, expand, load_spec
+
+TRACKING_HELP = "MLflow tracking URI. [default: $MLFLOW_TRACKING_URI, else sqlite:///./mlruns/mlflow.db]"
+
+
+def _fail(message: str, code: int = 2):
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+def user_errors(command):
+    """Turn a user's mistake (bad spec, unreachable store, bad value) into one line and exit 2."""
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        from .tracking import TrackingError
+        from mnist_core.data import MnistDataMissing
+
+        try:
+            return command(*args, **kwargs)
+        except (SpecError, TrackingError, MnistDataMissing, ValueError) as exc:
+            _fail(str(exc))
+    return wrapper
+
+
+tracking_option = click.option("--tracking-uri", envvar="MLFLOW_TRACKING_URI", default=None, help=TRACKING_HELP)
+grid_option = click.option("--grid", "grids", multiple=True, metavar="NAME",
+                           help="Only this grid of the spec (repeatable). [default: all grids]")
+spec_argument = click.argument("spec", type=click.Path(dir_okay=False))
+
+
+def _store_exists(uri: str) -> bool:
+    return not uri.startswith("sqlite:///") or Path(uri[len("sqlite:///"):]).exists()
+
+
+def _store_uri(tracking_uri):
+    """The tracking URI to read from, without creating anything."""
+    from . import tracking
+
+    return tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or tracking.default_tracking_uri()
+
+
+def _read_states(spec, runs, uri):
+    """Queue state per key, and the experiment's run records ([] when nothing is tracked yet)."""
+    from . import queue, tracking
+
+    experiment_id = tracking.find_experiment(uri, spec.experiment) if _store_exists(uri) else None
+    records = tracking.run_records(uri, experiment_id) if experiment_id else []
+    return queue.states([r.key for r in runs], records), records
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="mnist-sweep")
+def main():
+    """Tracked, resumable sweeps of an MNIST MLP over activation, learning rate, depth, width and
+    schedule. Runs go to MLflow; `sweep best` and `sweep ui` compare them."""
+
+
+@main.command()
+@spec_argument
+@grid_option
+@tracking_option
+@user_errors
+def plan(spec, grids, tracking_uri):
+    """List the runs SPEC expands to, with their grids, settings and state. Trains nothing."""
+    from . import tracking
+
+    sweep = load_spec(spec)
+    runs = expand(sweep, grids)
+    uri = _store_uri(tracking_uri)
+    state, _ = _read_states(sweep, runs, uri)
+    width = max(len(r.name) for r in runs)
+    click.echo(f"{'run':<{width}}  {'state':<8} grids")
+    for r in runs:  # the name shows every setting that differs from the defaults
+        click.echo(f"{r.name:<{width}}  {state[r.key]:<8} {','.join(r.grids)}")
+    counts = {s: sum(v == s for v in state.values()) for s in ("pending", "running", "failed", "done")}
+    click.echo(f"\n{len(runs)} runs in experiment '{sweep.experiment}': "
+               + ", ".join(f"{n} {s}" for s, n in counts.items()))
+
+
+@main.command()
+@spec_argument
+@click.option("--jobs", "-j", type=click.IntRange(min=1), default=None,
+              help="Parallel workers. [default: the GPU count when there are several, else the CPU cores]")
+@grid_option
+@click.option("--retries", type=click.IntRange(min=0), default=1, show_default=True,
+              help="Extra attempts for a run that fails.")
+@tracking_option
+@click.option("--data-dir", type=click.Path(file_okay=False), envvar="MNIST_DATA", default=None,
+              help="Folder with MNIST. [default: $MNIST_DATA, else ./data]")
+@click.option("--device", default="auto", show_default=True,
+              help="auto (one GPU per worker when several, CUDA when one), cpu, cuda or cuda:N.")
+@click.option("--backend", type=click.Choice(["loky"]), default="loky", show_default=True,
+              help="joblib backend that runs the workers.")
+@user_errors
+def run(spec, jobs, grids, retries, tracking_uri, data_dir, device, backend):
+    """Train every run of SPEC that is not finished in the tracking store, and nothing else."""
+    from mnist_core.data import load_mnist, resolve_data_dir
+    from mnist_core.train import resolve_device
+
+    from . import tracking
+    from .runner import Settings, SweepInterrupted, run_sweep
+
+    sweep = load_spec(spec)
+    resolve_device(device)
+    uri = tracking.resolve_tracking_uri(tracking_uri)
+    runs = expand(sweep, grids)
+    load_mnist(data_dir, "cpu")  # a missing data set is reported once, here, not by every run
+    settings = Settings(jobs=jobs, retries=retries, data_dir=str(resolve_data_dir(data_dir)),
+                        device=device, backend=backend)
+    bar = None
+
+    def on_start(summary):
+        nonlocal bar
+        if summary.to_train == 0:
+            held = f", {summary.held_elsewhere} running elsewhere" if summary.held_elsewhere else ""
+            click.echo(f"nothing to train: {summary.already_done} of {summary.total} runs already done{held}")
+            return
+        click.echo(f"{summary.to_train} of {summary.total} runs to train ({summary.already_done} already done) "
+                   f"with {summary.jobs} worker(s) x {summary.threads} thread(s); tracking at {uri}")
+        from tqdm import tqdm
+
+        bar = tqdm(total=summary.to_train, unit="run", dynamic_ncols=True, file=sys.stderr)
+
+    def on_outcome(outcome):
+        if outcome.status == "skipped":
+            line = f"  skip  {outcome.name}: finished or running elsewhere"
+        elif outcome.status == "failed":
+            line = f"  FAIL  {outcome.name}: {outcome.error}"
+        else:
+            mark = "done" if outcome.status == "done" else "DIVG"
+            line = f"  {mark}  {outcome.name}: test error {100 * outcome.test_error:.2f}% ({outcome.seconds:.1f}s)"
+        if bar is not None:
+            bar.write(line, file=sys.stderr if outcome.status == "failed" else sys.stdout)
+            if outcome.status != "failed":
+                bar.update(1)
+        else:
+            click.echo(line)
+
+    try:
+        summary = run_sweep(sweep, uri, settings, grids, on_start=on_start, on_outcome=on_outcome)
+    except SweepInterrupted:
+        if bar is not None:
+            bar.close()
+        click.echo("\ninterrupted: runs in flight marked KILLED; `sweep run` again resumes the rest.", err=True)
+        sys.exit(130)
+    if bar is not None:
+        bar.update(bar.total - bar.n)
+        bar.close()
+    if summary.to_train == 0:
+        return
+    failed = summary.failed
+    click.echo(f"\nsummary: {summary.count('done')} done, {summary.count('diverged')} diverged, "
+               f"{len(failed)} failed, {summary.count('skipped')} skipped (finished or running elsewhere)"
+               + (f"; {len(summary.crashes)} worker crash(es)" if summary.crashes else ""))
+    for outcome in failed:
+        click.echo(f"  failed: {outcome.name}: {outcome.error}", err=True)
+    click.echo(f"next: sweep best {spec} --by activation   |   sweep ui")
+    if failed:
+        sys.exit(1)
+
+
+@main.command()
+@spec_argument
+@grid_option
+@tracking_option
+@user_errors
+def status(spec, grids, tracking_uri):
+    """Counts of runs per state, and the failed runs with their error."""
+    from . import queue, tracking
+
+    sweep = load_spec(spec)
+    runs = expand(sweep, grids)
+    uri = _store_uri(tracking_uri)
+    state, records = _read_states(sweep, runs, uri)
+    counts = queue.count(state)
+    click.echo(f"experiment '{sweep.experiment}': {len(runs)} runs: "
+               + ", ".join(f"{n} {s}" for s, n in counts.items()))
+    errors = queue.last_errors(records)
+    for r in runs:
+        if state[r.key] == "failed":
+            click.echo(f"  failed: {r.name}: {errors.get(r.key, '').splitlines()[0] if errors.get(r.key) else '?'}")
+
+
+@main.command()
+@click.argument("spec", type=click.Path(dir_okay=False), required=False)
+@click.option("--by", multiple=True, metavar="SETTING", default=("activation",), show_default=True,
+              help="Group by this setting (repeatable).")
+@click.option("--metric", default="test_error", show_default=True,
+              help="Lower is better: test_error (final), best_test_error, test_loss, train_error, ...")
+@click.option("--experiment", default=None, help="Experiment name. [default: the SPEC's experiment]")
+@grid_option
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
+@tracking_option
+@user_errors
+def best(spec, by, metric, experiment, grids, fmt, tracking_uri):
+    """Per group of --by, the finished run with the lowest --metric (failed and diverged runs ignored)."""
+    from . import tracking
+    from .best import best_by, finished_runs, tidy_runs
+
+    keys = None
+    if spec:
+        sweep = load_spec(spec)
+        experiment = experiment or sweep.experiment
+        keys = [r.key for r in expand(sweep, grids)]
+    if not experiment:
+        _fail("give a sweep file (SPEC) or --experiment NAME")
+    uri = _store_uri(tracking_uri)
+    experiment_id = tracking.find_experiment(uri, experiment) if _store_exists(uri) else None
+    if experiment_id is None:
+        _fail(f"no experiment '{experiment}' in tracking store {uri}; run `sweep run` first")
+    runs = finished_runs(tidy_runs(tracking.runs_frame(uri, experiment_id)), keys, grids if keys is None else ())
+    table = best_by(runs, list(by), metric)
+    if table.empty:
+        _fail(f"no finished, non-diverged runs in experiment '{experiment}' yet", code=1)
+    if fmt == "csv":
+        click.echo(table.to_csv(index=False), nl=False)
+    elif fmt == "json":
+        click.echo(table.to_json(orient="records", indent=2))
+    else:
+        shown = table.copy()
+        for col in ("test_error", "train_error", "best_test_error"):
+            if col in shown:
+                shown[col] = shown[col].map(lambda v: f"{100 * v:.2f}%" if not math.isnan(v) else "")
+        click.echo(shown.to_string(index=False))
+
+
+@main.command()
+@tracking_option
+@click.option("--port", default=5000, show_default=True, type=int)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind; keep it local.")
+def ui(tracking_uri, port, host):
+    """Open the MLflow UI on the project's store."""
+    from . import tracking
+
+    uri = tracking.resolve_tracking_uri(tracking_uri)
+    if tracking.is_remote(uri):
+        _fail(f"{uri} is a tracking server: open it in a browser instead")
+    mlflow_bin = shutil.which("mlflow") or os.path.join(os.path.dirname(sys.executable), "mlflow")
+    click.echo(f"MLflow UI for {uri} at http://{host}:{port}  (Ctrl-C to stop)")
+    sys.exit(subprocess.call([mlflow_bin, "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)]))

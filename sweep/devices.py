@@ -1,0 +1,71 @@
+"""GPU slots: every live run holds one GPU to itself, whichever worker process it runs in.
+
+A slot is an exclusive `flock` on a per-GPU lock file of this host, so the pool works across
+loky, dask or ray worker processes alike, and a slot is freed when its holder exits or dies.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Optional
+
+
+def gpu_count() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def default_jobs(gpus: int, cores: int) -> int:
+    """One worker per GPU when there are several, else one per core."""
+    return gpus if gpus >= 2 else max(1, cores)
+
+
+def threads_per_worker(jobs: int, cores: int) -> int:
+    """Torch threads per worker, so that workers x threads does not exceed the cores."""
+    return max(1, cores // max(1, jobs))
+
+
+@dataclass(frozen=True)
+class GpuPool:
+    """`count` GPU slots guarded by lock files in `lock_dir` (injectable for tests)."""
+    count: int
+    lock_dir: str = os.path.join(tempfile.gettempdir(), f"mnist-sweep-gpus-{os.getuid()}")
+    poll_seconds: float = 0.05
+
+    @contextlib.contextmanager
+    def acquire(self) -> Iterator[int]:
+        """Hold a free GPU index until the block ends; waits while every GPU is taken."""
+        Path(self.lock_dir).mkdir(parents=True, exist_ok=True)
+        while True:
+            for index in range(self.count):
+                handle = self._try_lock(index)
+                if handle is not None:
+                    try:
+                        yield index
+                    finally:
+                        fcntl.flock(handle, fcntl.LOCK_UN)
+                        os.close(handle)
+                    return
+            time.sleep(self.poll_seconds)
+
+    def _try_lock(self, index: int) -> Optional[int]:
+        handle = os.open(os.path.join(self.lock_dir, f"gpu{index}.lock"), os.O_CREAT | os.O_RDWR, 0o600)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return handle
+        except BlockingIOError:
+            os.close(handle)
+            return None

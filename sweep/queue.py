@@ -1,0 +1,88 @@
+"""The durable queue: a run's state is read from the MLflow runs that carry its key.
+
+- done:    some attempt FINISHED (diverged runs are finished too)
+- running: some attempt RUNNING whose holder still heartbeats
+- failed:  the latest attempt FAILED
+- pending: no attempt, or only KILLED ones, or RUNNING ones whose holder stopped heartbeating
+
+Claiming is create-then-check: a worker creates its RUNNING run, then looks at every live run of
+the key; the oldest live claim wins and the others delete themselves. A claim whose holder dies
+stops heartbeating and lapses after LEASE_SECONDS.
+"""
+from __future__ import annotations
+
+import time
+from typing import Iterable, Optional
+
+from . import tracking
+from .tracking import RunRecord
+
+HEARTBEAT_SECONDS = 10.0
+LEASE_SECONDS = 60.0
+STATES = ("pending", "running", "failed", "done")
+
+
+def is_live(record: RunRecord, now: float, lease: float = LEASE_SECONDS) -> bool:
+    return record.status == "RUNNING" and now - record.heartbeat <= lease
+
+
+def key_state(records: Iterable[RunRecord], now: float, lease: float = LEASE_SECONDS) -> str:
+    records = list(records)
+    if any(r.status == "FINISHED" for r in records):
+        return "done"
+    if any(is_live(r, now, lease) for r in records):
+        return "running"
+    ended = [r for r in records if r.status in ("FAILED", "KILLED")]
+    if ended and max(ended, key=lambda r: r.start_time).status == "FAILED":
+        return "failed"
+    return "pending"
+
+
+def states(keys: Iterable[str], records: Iterable[RunRecord], now: Optional[float] = None) -> dict[str, str]:
+    """State of every key, from the experiment's run records."""
+    now = time.time() if now is None else now
+    by_key: dict[str, list[RunRecord]] = {}
+    for r in records:
+        by_key.setdefault(r.key, []).append(r)
+    return {k: key_state(by_key.get(k, []), now) for k in keys}
+
+
+def last_errors(records: Iterable[RunRecord]) -> dict[str, str]:
+    """The error text of each key's latest failed attempt."""
+    latest: dict[str, RunRecord] = {}
+    for r in records:
+        if r.status == "FAILED" and (r.key not in latest or r.start_time > latest[r.key].start_time):
+            latest[r.key] = r
+    return {k: r.error for k, r in latest.items()}
+
+
+def count(state_by_key: dict[str, str]) -> dict[str, int]:
+    counts = dict.fromkeys(STATES, 0)
+    for state in state_by_key.values():
+        counts[state] += 1
+    return counts
+
+
+def claim_winner(live: list[RunRecord]) -> RunRecord:
+    return min(live, key=lambda r: (r.start_time, r.run_id))
+
+
+def claim(uri: str, experiment_id: str, parent_id: str, planned, sweep_name: str, session: str,
+          attempt: int) -> Optional[str]:
+    """Create this worker's run for `planned` and return its id, or None if the key is done or held."""
+    before = tracking.run_records(uri, experiment_id, planned.key)
+    if key_state(before, time.time()) in ("done", "running"):
+        return None
+    for stale in before:  # a holder that died: its run can no longer pass for in flight
+        if stale.status == "RUNNING":
+            tracking.end_run(uri, stale.run_id, "KILLED", "claim lapsed: its process stopped heartbeating")
+    run_id = tracking.create_training_run(uri, experiment_id, parent_id, planned.name, planned.key,
+                                          planned.grids, sweep_name, session, attempt)
+    now = time.time()
+    after = tracking.run_records(uri, experiment_id, planned.key)
+    live = [r for r in after if is_live(r, now)]
+    finished = any(r.status == "FINISHED" for r in after)
+    if finished or (live and claim_winner(live).run_id != run_id):
+        tracking.delete_run(uri, run_id)
+        return None
+    return run_id

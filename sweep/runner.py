@@ -1,0 +1,139 @@
+"""Run a sweep: read the queue from the store, dispatch what is left, retry failures, sum up."""
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+from . import queue, tracking
+from .devices import GpuPool, available_cores, default_jobs, gpu_count, threads_per_worker
+from .dispatch import dispatch
+from .spec import PlannedRun, SweepSpec, expand
+from .worker import Job, Outcome
+
+
+class SweepInterrupted(Exception):
+    """Ctrl-C: dispatching stopped and the runs in flight were marked KILLED."""
+
+
+@dataclass
+class SweepSummary:
+    total: int                      # runs in the (grid-filtered) sweep
+    already_done: int               # finished before this command started
+    to_train: int                   # what this command set out to train
+    outcomes: dict = field(default_factory=dict)   # key -> final Outcome of this command
+    held_elsewhere: int = 0         # running in another live process
+    crashes: list = field(default_factory=list)    # what joblib said when a worker died
+    jobs: int = 0
+    threads: int = 0
+    experiment_id: str = ""
+    parent_run_id: str = ""
+
+    def count(self, status: str) -> int:
+        return sum(o.status == status for o in self.outcomes.values())
+
+    @property
+    def failed(self) -> list[Outcome]:
+        return [o for o in self.outcomes.values() if o.status == "failed"]
+
+
+@dataclass(frozen=True)
+class Settings:
+    jobs: Optional[int] = None
+    retries: int = 1
+    data_dir: Optional[str] = None
+    device: str = "auto"
+    backend: str = "loky"
+    gpus: Optional[int] = None          # injectable GPU count (tests fake several)
+    gpu_lock_dir: Optional[str] = None
+
+
+def _todo(runs: list[PlannedRun], records, session: str, retries: int) -> list[PlannedRun]:
+    state = queue.states([r.key for r in runs], records)
+    tries = {}
+    for rec in records:
+        if rec.session == session and rec.status == "FAILED":
+            tries[rec.key] = tries.get(rec.key, 0) + 1
+    return [r for r in runs if state[r.key] in ("pending", "failed") and tries.get(r.key, 0) <= retries]
+
+
+def run_sweep(spec: SweepSpec, tracking_uri: str, settings: Settings = Settings(), grids=(),
+              on_start: Optional[Callable[[SweepSummary], None]] = None,
+              on_outcome: Optional[Callable[[Outcome], None]] = None) -> SweepSummary:
+    runs = expand(spec, grids)
+    experiment_id = tracking.ensure_experiment(tracking_uri, spec.experiment)
+    records = tracking.run_records(tracking_uri, experiment_id)
+    state = queue.states([r.key for r in runs], records)
+    session = uuid.uuid4().hex
+    todo = _todo(runs, records, session, settings.retries)
+    summary = SweepSummary(total=len(runs), already_done=sum(s == "done" for s in state.values()),
+                           to_train=len(todo), held_elsewhere=sum(s == "running" for s in state.values()),
+                           experiment_id=experiment_id)
+    gpus = gpu_count() if settings.gpus is None else settings.gpus
+    cores = available_cores()
+    summary.jobs = settings.jobs or default_jobs(gpus, cores)
+    summary.threads = threads_per_worker(summary.jobs, cores)
+    if on_start is not None:
+        on_start(summary)
+    if not todo:
+        return summary
+    summary.parent_run_id = tracking.parent_run(tracking_uri, experiment_id, spec.name, {
+        "spec": spec.path, "experiment": spec.experiment, "grids": ",".join(grids or spec.grids),
+        "runs": len(runs)})
+    planned_todo = list(todo)
+    pool = None
+    if gpus >= 2 and settings.device == "auto":
+        pool = GpuPool(gpus, settings.gpu_lock_dir) if settings.gpu_lock_dir else GpuPool(gpus)
+    try:
+        for attempt in range(1, settings.retries + 2):
+            jobs = [Job(run=r, tracking_uri=tracking_uri, experiment_id=experiment_id,
+                        parent_run_id=summary.parent_run_id, sweep_name=spec.name, session=session,
+                        attempt=attempt, data_dir=settings.data_dir, device=settings.device,
+                        threads=summary.threads, gpu_pool=pool) for r in todo]
+            outcomes, crash = dispatch(jobs, min(summary.jobs, len(jobs)), settings.backend,
+                                       lambda o: _record(summary, o, on_outcome))
+            if crash:
+                summary.crashes.append(crash)
+                _end_session_runs(tracking_uri, experiment_id, session, "FAILED",
+                                  f"worker process died abruptly: {crash}")
+            todo = _todo(runs, tracking.run_records(tracking_uri, experiment_id), session, settings.retries)
+            if not todo:
+                break
+        _settle(summary, planned_todo, tracking.run_records(tracking_uri, experiment_id))
+    except KeyboardInterrupt:
+        _end_session_runs(tracking_uri, experiment_id, session, "KILLED", "interrupted (Ctrl-C)")
+        tracking.end_parent(tracking_uri, summary.parent_run_id, "KILLED", _counts(summary))
+        raise SweepInterrupted() from None
+    tracking.end_parent(tracking_uri, summary.parent_run_id, "FAILED" if summary.failed else "FINISHED",
+                        _counts(summary))
+    return summary
+
+
+def _record(summary: SweepSummary, outcome: Outcome, on_outcome) -> None:
+    if outcome.status == "skipped" and outcome.key in summary.outcomes:
+        return
+    summary.outcomes[outcome.key] = outcome
+    if on_outcome is not None:
+        on_outcome(outcome)
+
+
+def _settle(summary: SweepSummary, runs: list[PlannedRun], records) -> None:
+    """Runs still not done after the last attempt failed for good, with their last error."""
+    state = queue.states([r.key for r in runs], records)
+    errors = queue.last_errors(records)
+    for run in runs:
+        known = summary.outcomes.get(run.key)
+        if state[run.key] in ("pending", "failed") and (known is None or known.status != "failed"):
+            summary.outcomes[run.key] = Outcome(run.key, run.name, "failed",
+                                                error=errors.get(run.key, "").splitlines()[0] if errors.get(run.key)
+                                                else "worker process died abruptly")
+
+
+def _counts(summary: SweepSummary) -> dict:
+    return {s: summary.count(s) for s in ("done", "diverged", "failed", "skipped")}
+
+
+def _end_session_runs(uri: str, experiment_id: str, session: str, status: str, error: str) -> None:
+    for rec in tracking.run_records(uri, experiment_id):
+        if rec.session == session and rec.status == "RUNNING":
+            tracking.end_run(uri, rec.run_id, status, error)

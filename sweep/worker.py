@@ -1,0 +1,124 @@
+"""One job in a worker process: claim the run, pick a device, train, log, save the agent.
+
+The job restores all the process state it needs (threads, device, tracking URI) from its
+arguments; it relies on nothing inherited from the parent.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+import threading
+import traceback
+from dataclasses import dataclass
+from typing import Optional
+
+from mnist_core import AGENT_FILENAME, load_mnist, resolve_device, save_agent, train
+
+from . import queue, tracking
+from .devices import GpuPool
+from .spec import PlannedRun
+
+# Test hook: a key listed here makes the worker process die abruptly (os._exit) mid-run.
+CRASH_ENV = "SWEEP_TEST_CRASH_KEYS"
+FAIL_ENV = "SWEEP_TEST_FAIL_KEYS"  # a key listed here raises inside the run
+
+
+@dataclass(frozen=True)
+class Job:
+    run: PlannedRun
+    tracking_uri: str
+    experiment_id: str
+    parent_run_id: str
+    sweep_name: str
+    session: str
+    attempt: int = 1
+    data_dir: Optional[str] = None
+    device: str = "auto"
+    threads: int = 1
+    gpu_pool: Optional[GpuPool] = None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    key: str
+    name: str
+    status: str              # done, diverged, failed, skipped (done or held elsewhere)
+    run_id: str = ""
+    test_error: float = float("nan")
+    seconds: float = 0.0
+    error: str = ""
+
+
+class _Heartbeat:
+    """Refreshes the run's heartbeat tag from a thread, so the claim stays live while training."""
+
+    def __init__(self, uri: str, run_id: str, every: float = queue.HEARTBEAT_SECONDS):
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, args=(uri, run_id, every), daemon=True)
+
+    def _loop(self, uri, run_id, every):
+        while not self._stop.wait(every):
+            with contextlib.suppress(Exception):  # a missed beat only shortens the lease
+                tracking.beat(uri, run_id)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+def _test_hooks(key: str) -> None:
+    if key in os.environ.get(CRASH_ENV, "").split(","):
+        os._exit(3)
+    if key in os.environ.get(FAIL_ENV, "").split(","):
+        raise RuntimeError(f"injected failure for run {key}")
+
+
+@contextlib.contextmanager
+def _device_for(job: Job):
+    if job.gpu_pool is not None and job.device == "auto":
+        with job.gpu_pool.acquire() as index:
+            yield f"cuda:{index}"
+    else:
+        yield job.device
+
+
+def execute(job: Job) -> Outcome:
+    import torch
+
+    torch.set_num_threads(job.threads)
+    planned, uri = job.run, job.tracking_uri
+    run_id = queue.claim(uri, job.experiment_id, job.parent_run_id, planned, job.sweep_name,
+                         job.session, job.attempt)
+    if run_id is None:
+        return Outcome(planned.key, planned.name, "skipped")
+    try:
+        with _Heartbeat(uri, run_id), _device_for(job) as device_name:
+            device = resolve_device(device_name)
+            tracking.log_params(uri, run_id, {**planned.config.as_params(), "device": device.type})
+            data = load_mnist(job.data_dir, device)
+            _test_hooks(planned.key)
+            result = train(planned.config, data, device,
+                           on_epoch=lambda r: tracking.log_metrics(uri, run_id, r.metrics(), step=r.epoch))
+            summary = result.summary()
+            tracking.log_metrics(uri, run_id, summary, step=len(result.history))
+            with tempfile.TemporaryDirectory() as tmp:
+                agent = save_agent(os.path.join(tmp, AGENT_FILENAME), result.model, planned.config, summary)
+                tracking.log_artifact(uri, run_id, agent)
+        tracking.finish_run(uri, run_id, result.diverged)
+        final = result.final.test_error if result.final else float("nan")
+        return Outcome(planned.key, planned.name, "diverged" if result.diverged else "done",
+                       run_id, final, result.seconds)
+    except KeyboardInterrupt:
+        with contextlib.suppress(Exception):
+            tracking.end_run(uri, run_id, "KILLED", "interrupted")
+        raise
+    except BaseException as exc:
+        error = f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=8)}"
+        with contextlib.suppress(Exception):
+            tracking.end_run(uri, run_id, "FAILED", error)
+        return Outcome(planned.key, planned.name, "failed", run_id, error=f"{type(exc).__name__}: {exc}")
