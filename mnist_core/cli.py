@@ -21,7 +21,7 @@ def setting_options(command):
     for name in reversed(SETTING_NAMES):
         kind = click.Choice(_CHOICES[name]) if name in _CHOICES else _CLICK_TYPES[SETTING_TYPES[name]]
         command = click.option(f"--{name.replace('_', '-')}", name, type=kind, default=DEFAULTS[name],
-                               show_default=True, help=SETTING_HELP[name].capitalize() + ".")(command)
+                               show_default=True, help=SETTING_HELP[name][0].upper() + SETTING_HELP[name][1:] + ".")(command)
     return command
 
 

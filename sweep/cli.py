@@ -251,3 +251,5 @@ def ui(tracking_uri, port, host):
     mlflow_bin = shutil.which("mlflow") or os.path.join(os.path.dirname(sys.executable), "mlflow")
     click.echo(f"MLflow UI for {uri} at http://{host}:{port}  (Ctrl-C to stop)")
     sys.exit(subprocess.call([mlflow_bin, "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)]))
+if __name__ == "__main__":
+    main()

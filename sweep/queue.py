@@ -5,12 +5,13 @@
 - failed:  the latest attempt FAILED
 - pending: no attempt, or only KILLED ones, or RUNNING ones whose holder stopped heartbeating
 
-Claiming is create-then-check: a worker creates its RUNNING run, then looks at every live run of
-the key; the oldest live claim wins and the others delete themselves. A claim whose holder dies
+Claiming is create-then-check: a worker creates its RUNNING run, then looks at the key's runs; it
+keeps the claim only if no other live claim is there, else it deletes its run and tries again later. A claim whose holder dies
 stops heartbeating and lapses after LEASE_SECONDS.
 """
 from __future__ import annotations
 
+import random
 import time
 from typing import Iterable, Optional
 
@@ -22,11 +23,11 @@ LEASE_SECONDS = 60.0
 STATES = ("pending", "running", "failed", "done")
 
 
-def is_live(record: RunRecord, now: float, lease: float = LEASE_SECONDS) -> bool:
-    return record.status == "RUNNING" and now - record.heartbeat <= lease
+def is_live(record: RunRecord, now: float, lease: Optional[float] = None) -> bool:
+    return record.status == "RUNNING" and now - record.heartbeat <= (LEASE_SECONDS if lease is None else lease)
 
 
-def key_state(records: Iterable[RunRecord], now: float, lease: float = LEASE_SECONDS) -> str:
+def key_state(records: Iterable[RunRecord], now: float, lease: Optional[float] = None) -> str:
     records = list(records)
     if any(r.status == "FINISHED" for r in records):
         return "done"
@@ -63,26 +64,27 @@ def count(state_by_key: dict[str, str]) -> dict[str, int]:
     return counts
 
 
-def claim_winner(live: list[RunRecord]) -> RunRecord:
-    return min(live, key=lambda r: (r.start_time, r.run_id))
-
-
 def claim(uri: str, experiment_id: str, parent_id: str, planned, sweep_name: str, session: str,
-          attempt: int) -> Optional[str]:
-    """Create this worker's run for `planned` and return its id, or None if the key is done or held."""
-    before = tracking.run_records(uri, experiment_id, planned.key)
-    if key_state(before, time.time()) in ("done", "running"):
-        return None
-    for stale in before:  # a holder that died: its run can no longer pass for in flight
-        if stale.status == "RUNNING":
-            tracking.end_run(uri, stale.run_id, "KILLED", "claim lapsed: its process stopped heartbeating")
-    run_id = tracking.create_training_run(uri, experiment_id, parent_id, planned.name, planned.key,
-                                          planned.grids, sweep_name, session, attempt)
-    now = time.time()
-    after = tracking.run_records(uri, experiment_id, planned.key)
-    live = [r for r in after if is_live(r, now)]
-    finished = any(r.status == "FINISHED" for r in after)
-    if finished or (live and claim_winner(live).run_id != run_id):
+          attempt: int, tries: int = 20) -> Optional[str]:
+    """Create this worker's run for `planned` and return its id, or None if the key is done or held.
+
+    A claim stands only if it is the one live claim of its key once it is in the store; when two
+    claimants see each other, both withdraw and try again after a random pause (never two winners).
+    """
+    for _ in range(tries):
+        before = tracking.run_records(uri, experiment_id, planned.key)
+        if key_state(before, time.time()) in ("done", "running"):
+            return None
+        for stale in before:  # a holder that died: its run can no longer pass for in flight
+            if stale.status == "RUNNING":
+                tracking.end_run(uri, stale.run_id, "KILLED", "claim lapsed: its process stopped heartbeating")
+        run_id = tracking.create_training_run(uri, experiment_id, parent_id, planned.name, planned.key,
+                                              planned.grids, sweep_name, session, attempt)
+        now = time.time()
+        after = tracking.run_records(uri, experiment_id, planned.key)
+        rivals = [r for r in after if r.run_id != run_id and (is_live(r, now) or r.status == "FINISHED")]
+        if not rivals:
+            return run_id
         tracking.delete_run(uri, run_id)
-        return None
-    return run_id
+        time.sleep(random.uniform(0.05, 0.5))
+    return None

@@ -126,7 +126,7 @@ def _settle(summary: SweepSummary, runs: list[PlannedRun], records) -> None:
         if state[run.key] in ("pending", "failed") and (known is None or known.status != "failed"):
             summary.outcomes[run.key] = Outcome(run.key, run.name, "failed",
                                                 error=errors.get(run.key, "").splitlines()[0] if errors.get(run.key)
-                                                else "worker process died abruptly")
+                                                else "no outcome: its worker process died")
 
 
 def _counts(summary: SweepSummary) -> dict:

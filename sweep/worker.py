@@ -6,6 +6,7 @@ arguments; it relies on nothing inherited from the parent.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import tempfile
 import threading
@@ -19,9 +20,9 @@ from . import queue, tracking
 from .devices import GpuPool
 from .spec import PlannedRun
 
-# Test hook: a key listed here makes the worker process die abruptly (os._exit) mid-run.
-CRASH_ENV = "SWEEP_TEST_CRASH_KEYS"
-FAIL_ENV = "SWEEP_TEST_FAIL_KEYS"  # a key listed here raises inside the run
+# Fault injection for the tests: $SWEEP_TEST_HOOKS names a JSON file {"crash": [...], "fail": [...]}
+# of run keys ("KEY" for every attempt, "KEY@N" for attempt N only). A crash is os._exit mid-run.
+HOOKS_ENV = "SWEEP_TEST_HOOKS"
 
 
 @dataclass(frozen=True)
@@ -71,11 +72,17 @@ class _Heartbeat:
         self._thread.join()
 
 
-def _test_hooks(key: str) -> None:
-    if key in os.environ.get(CRASH_ENV, "").split(","):
+def _test_hooks(key: str, attempt: int) -> None:
+    path = os.environ.get(HOOKS_ENV)
+    if not path or not os.path.exists(path):
+        return
+    with open(path) as f:
+        hooks = json.load(f)
+    hit = {key, f"{key}@{attempt}"}
+    if hit & set(hooks.get("crash", ())):
         os._exit(3)
-    if key in os.environ.get(FAIL_ENV, "").split(","):
-        raise RuntimeError(f"injected failure for run {key}")
+    if hit & set(hooks.get("fail", ())):
+        raise RuntimeError(f"injected failure for run {key}, attempt {attempt}")
 
 
 @contextlib.contextmanager
@@ -101,7 +108,7 @@ def execute(job: Job) -> Outcome:
             device = resolve_device(device_name)
             tracking.log_params(uri, run_id, {**planned.config.as_params(), "device": device.type})
             data = load_mnist(job.data_dir, device)
-            _test_hooks(planned.key)
+            _test_hooks(planned.key, job.attempt)
             result = train(planned.config, data, device,
                            on_epoch=lambda r: tracking.log_metrics(uri, run_id, r.metrics(), step=r.epoch))
             summary = result.summary()

@@ -1,0 +1,73 @@
+"""Shared fixtures: tiny MNIST files in the real IDX format, written by the tests themselves."""
+from __future__ import annotations
+
+import os
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REAL_DATA = os.environ.get("MNIST_DATA")
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    """IDX: magic (0, 0, type 0x08 = ubyte, ndim), big-endian int32 dims, then the bytes."""
+    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    path.write_bytes(header + array.astype(np.uint8).tobytes())
+
+
+def tiny_digits(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Learnable fake digits: label k lights a bar in row band k, plus noise."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 10, size=n)
+    images = rng.integers(0, 60, size=(n, 28, 28))
+    for i, k in enumerate(labels):
+        images[i, 2 + 2 * k: 4 + 2 * k, 4:24] = 255
+    return images.astype(np.uint8), labels.astype(np.uint8)
+
+
+def make_mnist_dir(root: Path, n_train: int = 320, n_test: int = 160, flat: bool = False) -> Path:
+    raw = root if flat else root / "MNIST" / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    for prefix, n, seed in (("train", n_train, 0), ("t10k", n_test, 1)):
+        images, labels = tiny_digits(n, seed)
+        write_idx(raw / f"{prefix}-images-idx3-ubyte", images)
+        write_idx(raw / f"{prefix}-labels-idx1-ubyte", labels)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory) -> Path:
+    return make_mnist_dir(tmp_path_factory.mktemp("tiny_mnist"))
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tiny_dir):
+    from mnist_core.data import load_mnist
+
+    return load_mnist(tiny_dir, "cpu", download=False)
+
+
+@pytest.fixture
+def real_data_dir():
+    if not REAL_DATA:
+        pytest.skip("MNIST_DATA is not set: the integration tests need the real MNIST files")
+    return REAL_DATA
+
+
+# Fault-injection file read by sweep workers (see sweep/worker.py). Set before any worker starts,
+# so reused loky workers see it too; each test writes what it injects and the fixture clears it.
+import json as _json
+import tempfile as _tempfile
+
+HOOKS_FILE = Path(_tempfile.mkdtemp(prefix="sweep-hooks-")) / "hooks.json"
+os.environ["SWEEP_TEST_HOOKS"] = str(HOOKS_FILE)
+
+
+@pytest.fixture
+def inject():
+    def write(**hooks):
+        HOOKS_FILE.write_text(_json.dumps(hooks))
+    yield write
+    HOOKS_FILE.unlink(missing_ok=True)

@@ -1,0 +1,210 @@
+"""End to end: `sweep run` through joblib workers into an MLflow store, on tiny IDX data."""
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+
+import pytest
+from click.testing import CliRunner
+from mlflow import MlflowClient
+
+from mnist_core import load_agent
+from sweep import tracking
+from sweep.cli import main
+from sweep.spec import expand, load_spec
+
+METRICS = {"train_loss", "train_error", "test_loss", "test_error", "lr"}
+
+
+@pytest.fixture
+def env(tmp_path, tiny_dir, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MNIST_DATA", str(tiny_dir))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    return tmp_path
+
+
+def write_spec(folder, body, name="s.yaml"):
+    path = folder / name
+    path.write_text(body)
+    return str(path)
+
+
+def sweep(*args):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+def training_runs(experiment="tiny"):
+    uri = os.environ["MLFLOW_TRACKING_URI"]
+    experiment_id = tracking.find_experiment(uri, experiment)
+    return MlflowClient(uri).search_runs([experiment_id], "tags.`sweep.kind` = 'train'", max_results=1000)
+
+
+def finished_per_key(runs):
+    return Counter(r.data.tags["sweep.key"] for r in runs if r.info.status == "FINISHED")
+
+
+def check_complete(run, epochs, client):
+    assert set(run.data.params) >= {"activation", "depth", "width", "lr", "momentum", "schedule", "epochs",
+                                    "batch_size", "seed"}
+    for metric in METRICS:
+        history = client.get_metric_history(run.info.run_id, metric)
+        assert sorted(m.step for m in history) == list(range(1, epochs + 1)), metric
+    for metric in ("final_test_error", "best_test_error", "training_seconds"):
+        assert metric in run.data.metrics
+    assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["mnist_agent.pt"]
+
+
+def test_two_worker_sweep_tracks_every_run_once(env):
+    spec = write_spec(env, """
+experiment: tiny
+defaults: {epochs: 2, lr: 0.1}
+grids:
+  act: {activation: [relu, tanh, sigmoid]}
+  depth: {depth: [1, 2]}
+""")
+    result = sweep("run", spec, "--jobs", 2)
+    assert result.exit_code == 0, result.output
+    assert "4 of 4 runs to train" in result.output and "with 2 worker(s) x 1 thread(s)" in result.output
+    assert "summary: 4 done, 0 diverged, 0 failed" in result.output
+    assert "sweep best" in result.output and "sweep ui" in result.output
+    client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+    runs = training_runs()
+    assert len(runs) == 4 and set(finished_per_key(runs).values()) == {1}
+    parents = {r.data.tags["mlflow.parentRunId"] for r in runs}
+    assert len(parents) == 1 and client.get_run(parents.pop()).info.status == "FINISHED"
+    ref = next(r for r in runs if r.info.run_name == "relu-lr0.1-d2-w50-e2")
+    assert ref.data.tags["sweep.grids"] == "act,depth"
+    for run in runs:
+        check_complete(run, 2, client)
+    agent = load_agent(client.download_artifacts(ref.info.run_id, "mnist_agent.pt", str(env)))
+    assert agent.config.lr == 0.1 and agent.metrics["final_test_error"] == ref.data.metrics["test_error"]
+
+    again = sweep("run", spec)
+    assert again.exit_code == 0 and "nothing to train: 4 of 4 runs already done" in again.output
+    assert len(training_runs()) == 4
+
+    plan = sweep("plan", spec)
+    assert "4 runs in experiment 'tiny': 0 pending, 0 running, 0 failed, 4 done" in plan.output
+    best = sweep("best", spec, "--by", "activation", "--format", "csv")
+    assert best.exit_code == 0 and best.output.splitlines()[0].startswith("activation,lr,depth,test_error")
+    assert len(best.output.splitlines()) == 4
+
+
+def test_four_workers_twelve_runs_lose_nothing(env):
+    spec = write_spec(env, """
+experiment: tiny
+defaults: {epochs: 3}
+grids:
+  g: {lr: [0.01, 0.03, 0.1, 0.3], width: [8, 16, 32]}
+""")
+    result = sweep("run", spec, "--jobs", 4)
+    assert result.exit_code == 0, result.output
+    client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+    runs = training_runs()
+    assert len(runs) == 12 and set(finished_per_key(runs).values()) == {1}
+    for run in runs:
+        check_complete(run, 3, client)
+
+
+def test_failing_run_is_retried_and_a_hopeless_one_reported(env, inject):
+    spec = write_spec(env, "experiment: tiny\ndefaults: {epochs: 1}\ngrids:\n  g: {lr: [0.01, 0.1, 0.2]}\n")
+    keys = {r.config.lr: r.key for r in expand(load_spec(spec))}
+    inject(fail=[f"{keys[0.01]}@1", keys[0.2]])
+    result = sweep("run", spec, "--jobs", 2, "--retries", 1)
+    assert result.exit_code == 1
+    assert "summary: 2 done, 0 diverged, 1 failed" in result.output
+    runs = training_runs()
+    by_key = Counter((r.data.tags["sweep.key"], r.info.status) for r in runs)
+    assert by_key[(keys[0.01], "FAILED")] == 1 and by_key[(keys[0.01], "FINISHED")] == 1
+    assert by_key[(keys[0.2], "FAILED")] == 2 and by_key[(keys[0.2], "FINISHED")] == 0
+    failed = [r for r in runs if r.info.status == "FAILED"]
+    assert all("injected failure" in r.data.tags["sweep.error"] for r in failed)
+    status = sweep("status", spec)
+    assert "2 done" in status.output and "1 failed" in status.output
+    assert "failed: relu-lr0.2-d2-w50-e1: RuntimeError: injected failure" in status.output
+
+    inject()  # the fault is gone: the next run trains only the failed one
+    again = sweep("run", spec)
+    assert again.exit_code == 0 and "1 of 3 runs to train (2 already done)" in again.output
+    assert set(finished_per_key(training_runs()).values()) == {1}
+
+
+def test_diverged_run_is_finished_tagged_and_left_out_of_best(env):
+    spec = write_spec(env, "experiment: tiny\ndefaults: {epochs: 3}\ngrids:\n  g: {lr: [0.1, 100000000.0]}\n")
+    result = sweep("run", spec, "--jobs", 1)
+    assert result.exit_code == 0, result.output
+    assert "DIVG  relu-lr1e+08-d2-w50-e3" in result.output and "1 done, 1 diverged, 0 failed" in result.output
+    diverged = [r for r in training_runs() if r.data.tags.get("sweep.diverged") == "true"]
+    assert len(diverged) == 1 and diverged[0].info.status == "FINISHED"
+    best = sweep("best", spec, "--by", "schedule", "--format", "json")
+    assert '"lr":0.1' in best.output.replace(" ", "")
+
+
+def test_worker_killed_mid_run_is_retried_and_others_finish(env, inject):
+    spec = write_spec(env, "experiment: tiny\ndefaults: {epochs: 2}\ngrids:\n  g: {width: [4, 8, 16, 32]}\n")
+    keys = {r.config.width: r.key for r in expand(load_spec(spec))}
+    inject(crash=[f"{keys[8]}@1"])
+    result = sweep("run", spec, "--jobs", 2)
+    assert result.exit_code == 0, result.output
+    assert "worker crash" in result.output
+    runs = training_runs()
+    assert finished_per_key(runs) == Counter({k: 1 for k in keys.values()})
+    crashed = [r for r in runs if r.info.status == "FAILED"]
+    assert crashed and all("worker process died" in r.data.tags["sweep.error"] for r in crashed)
+    assert not [r for r in runs if r.info.status == "RUNNING"]
+
+
+def test_sigint_kills_in_flight_runs_and_a_second_run_resumes(env):
+    spec = write_spec(env, """
+experiment: tiny
+defaults: {epochs: 150}
+grids:
+  g: {lr: [0.01, 0.02, 0.03, 0.05, 0.07, 0.1], width: [64]}
+""")
+    proc = subprocess.Popen([sys.executable, "-m", "sweep.cli", "run", spec, "--jobs", "2"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not any(r.info.status == "FINISHED" for r in _runs_if_any()):
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    sent = time.time()
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 130, out
+    assert time.time() - sent < 10
+    runs = training_runs()
+    assert not [r for r in runs if r.info.status == "RUNNING"]
+    done_before = len(finished_per_key(runs))
+    assert 1 <= done_before < 6
+
+    result = sweep("run", spec, "--jobs", 2)
+    assert result.exit_code == 0, result.output
+    assert f"{6 - done_before} of 6 runs to train ({done_before} already done)" in result.output
+    runs = training_runs()
+    assert finished_per_key(runs) == Counter({k: 1 for k in finished_per_key(runs)}) and len(finished_per_key(runs)) == 6
+    best = sweep("best", spec, "--by", "lr", "--format", "csv")
+    assert len(best.output.splitlines()) == 7  # header + one row per run, no duplicates
+
+
+def _runs_if_any():
+    try:
+        return training_runs()
+    except Exception:
+        return []
+
+
+def test_bad_spec_exits_2_and_writes_nothing(env):
+    spec = write_spec(env, "experiment: tiny\ngrids:\n  g: {lr: [0.1, -1]}\n")
+    result = CliRunner().invoke(main, ["run", spec])
+    assert result.exit_code == 2
+    assert "s.yaml: grid 'g', key 'lr', value -1: lr must be > 0" in result.output
+    assert not (env / "mlruns").exists()
+
+
+def test_missing_data_exits_2_before_tracking(env, tmp_path, monkeypatch):
+    monkeypatch.setenv("MNIST_DATA", str(tmp_path / "none"))
+    spec = write_spec(env, "experiment: tiny\ngrids:\n  g: {lr: [0.1]}\n")
+    result = CliRunner().invoke(main, ["run", spec])
+    assert result.exit_code == 2 and "train-images-idx3-ubyte" in result.output
