@@ -206,11 +206,16 @@ def status(spec, grids, tracking_uri):
 @tracking_option
 @user_errors
 def best(spec, by, metric, experiment, grids, fmt, tracking_uri):
-    """Per group of --by, the finished run with the lowest --metric (failed and diverged runs ignored)."""
+    """Per group of --by, the finished run with the lowest --metric (failed and diverged runs ignored).
+
+    SPEC (default ./sweeps.yaml when present) or --experiment picks the runs; with SPEC, --grid
+    narrows to that grid's runs, e.g. `sweep best --by activation --grid lr_by_activation`."""
     from . import tracking
     from .best import best_by, finished_runs, tidy_runs
 
     keys = None
+    if not spec and not experiment and Path("sweeps.yaml").exists():
+        spec = "sweeps.yaml"
     if spec:
         sweep = load_spec(spec)
         experiment = experiment or sweep.experiment
