@@ -25,12 +25,14 @@ def user_errors(command):
     """Turn a user's mistake (bad spec, unreachable store, bad value) into one line and exit 2."""
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
-        from .tracking import TrackingError
         from mnist_core.data import MnistDataMissing
+
+        from .dispatch import BackendError
+        from .tracking import TrackingError
 
         try:
             return command(*args, **kwargs)
-        except (SpecError, TrackingError, MnistDataMissing, ValueError) as exc:
+        except (SpecError, TrackingError, MnistDataMissing, BackendError, ValueError) as exc:
             _fail(str(exc))
     return wrapper
 
@@ -102,10 +104,13 @@ def plan(spec, grids, tracking_uri):
               help="Folder with MNIST. [default: $MNIST_DATA, else ./data]")
 @click.option("--device", default="auto", show_default=True,
               help="auto (one GPU per worker when several, CUDA when one), cpu, cuda or cuda:N.")
-@click.option("--backend", type=click.Choice(["loky"]), default="loky", show_default=True,
-              help="joblib backend that runs the workers.")
+@click.option("--backend", type=click.Choice(["loky", "dask", "ray"]), default="loky", show_default=True,
+              help="joblib backend: loky (this machine), dask or ray (a cluster; needs a tracking server).")
+@click.option("--address", default=None, metavar="ADDRESS",
+              help="Scheduler of an existing cluster: tcp://HOST:8786 for dask, HOST:6379 or ray://HOST:10001 "
+                   "for ray. [default: start a local one]")
 @user_errors
-def run(spec, jobs, grids, retries, tracking_uri, data_dir, device, backend):
+def run(spec, jobs, grids, retries, tracking_uri, data_dir, device, backend, address):
     """Train every run of SPEC that is not finished in the tracking store, and nothing else."""
     from mnist_core.data import load_mnist, resolve_data_dir
     from mnist_core.train import resolve_device
@@ -114,12 +119,21 @@ def run(spec, jobs, grids, retries, tracking_uri, data_dir, device, backend):
     from .runner import Settings, SweepInterrupted, run_sweep
 
     sweep = load_spec(spec)
-    resolve_device(device)
+    remote = backend != "loky"
+    if remote and not tracking.is_remote(_store_uri(tracking_uri)):
+        _fail(f"the {backend} backend runs workers that cannot write the local store {_store_uri(tracking_uri)}. "
+              f"Start a tracking server that they can reach, e.g.\n"
+              f"  mlflow server --host 127.0.0.1 --port 5000 --backend-store-uri sqlite:///mlruns/mlflow.db "
+              f"--artifacts-destination ./mlruns/artifacts\n"
+              f"(--host: an address the workers reach; a PostgreSQL URI for a team), then pass "
+              f"--tracking-uri http://HOST:5000 or set MLFLOW_TRACKING_URI.")
+    if not remote:
+        resolve_device(device)  # a remote worker checks its own devices
+        load_mnist(data_dir, "cpu")  # a missing data set is reported once, here, not by every run
+        data_dir = str(resolve_data_dir(data_dir))
     uri = tracking.resolve_tracking_uri(tracking_uri)
-    runs = expand(sweep, grids)
-    load_mnist(data_dir, "cpu")  # a missing data set is reported once, here, not by every run
-    settings = Settings(jobs=jobs, retries=retries, data_dir=str(resolve_data_dir(data_dir)),
-                        device=device, backend=backend)
+    settings = Settings(jobs=jobs, retries=retries, data_dir=data_dir, device=device, backend=backend,
+                        address=address)
     bar = None
 
     def on_start(summary):
@@ -165,6 +179,8 @@ def run(spec, jobs, grids, retries, tracking_uri, data_dir, device, backend):
     click.echo(f"\nsummary: {summary.count('done')} done, {summary.count('diverged')} diverged, "
                f"{len(failed)} failed, {summary.count('skipped')} skipped (finished or running elsewhere)"
                + (f"; {len(summary.crashes)} worker crash(es)" if summary.crashes else ""))
+    for crash in summary.crashes:
+        click.echo(f"  worker crash: {crash}", err=True)
     for outcome in failed:
         click.echo(f"  failed: {outcome.name}: {outcome.error}", err=True)
     click.echo(f"next: sweep best {spec} --by activation   |   sweep ui")

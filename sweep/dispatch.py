@@ -1,26 +1,85 @@
-"""A thin layer over joblib: run jobs in parallel and hand back each outcome as it arrives."""
+"""A thin layer over joblib: run jobs in parallel on loky, dask or ray, hand back each outcome.
+
+No cluster code of our own: dask goes through joblib's dask backend on a `dask.distributed`
+client, ray through `ray.util.joblib`.
+"""
 from __future__ import annotations
 
-from typing import Callable, Optional
+import contextlib
+from typing import Callable, Iterator, Optional
 
 from joblib import Parallel, delayed, parallel_config
-from joblib.externals.loky.process_executor import TerminatedWorkerError
+from joblib.parallel import get_active_backend
 
 from .worker import Job, Outcome, execute
 
 BACKENDS = ("loky", "dask", "ray")
 
 
+class BackendError(RuntimeError):
+    """The backend cannot be started or reached."""
+
+
+def is_remote_backend(backend: str) -> bool:
+    return backend != "loky"
+
+
+@contextlib.contextmanager
+def backend_session(backend: str, address: Optional[str] = None) -> Iterator[None]:
+    """Connect to the engine for the time of a sweep: a dask scheduler or a ray cluster."""
+    if backend == "loky":
+        yield
+        return
+    if backend == "dask":
+        try:
+            from dask.distributed import Client
+        except ImportError:
+            raise BackendError("the dask backend needs dask.distributed: pip install 'mnist-sweep[dask]'") from None
+        try:
+            client = Client(address, timeout="20s") if address else Client()
+        except Exception as exc:  # OSError/TimeoutError from distributed
+            raise BackendError(f"cannot reach the dask scheduler at {address}: {exc}") from None
+        try:
+            yield
+        finally:
+            client.close()
+        return
+    if backend == "ray":
+        try:
+            import ray
+            from ray.util.joblib import register_ray
+        except ImportError:
+            raise BackendError("the ray backend needs ray: pip install 'mnist-sweep[ray]'") from None
+        try:
+            ray.init(address=address, ignore_reinit_error=True, include_dashboard=False, log_to_driver=False)
+        except Exception as exc:
+            raise BackendError(f"cannot start or reach the ray cluster at {address or 'a new local one'}: {exc}") from None
+        register_ray()
+        try:
+            yield
+        finally:
+            ray.shutdown()
+        return
+    raise BackendError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+
+
 def dispatch(jobs: list[Job], n_jobs: int, backend: str = "loky",
              on_outcome: Optional[Callable[[Outcome], None]] = None) -> tuple[list[Outcome], Optional[str]]:
-    """Run `jobs`; return the outcomes received and, if a worker process died, what joblib said."""
+    """Run `jobs`; return the outcomes received and, if the engine lost a worker, what it said.
+
+    `execute` catches every error of a run itself, so an exception here is the engine's: a worker
+    process that died (loky's TerminatedWorkerError, dask's KilledWorker, ray's worker errors).
+    """
     outcomes: list[Outcome] = []
     try:
         with parallel_config(backend=backend, n_jobs=n_jobs):
-            for outcome in Parallel(return_as="generator_unordered")(delayed(execute)(j) for j in jobs):
+            # ray's joblib backend cannot stream results: its outcomes all arrive at the end
+            streams = getattr(get_active_backend()[0], "supports_return_generator", False)
+            mode = "generator_unordered" if streams else "list"
+            for outcome in Parallel(return_as=mode)(delayed(execute)(j) for j in jobs):
                 outcomes.append(outcome)
                 if on_outcome is not None:
                     on_outcome(outcome)
-    except TerminatedWorkerError as exc:
-        return outcomes, str(exc).splitlines()[0]
+    except Exception as exc:
+        return outcomes, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
     return outcomes, None

@@ -73,10 +73,12 @@ def claim(uri: str, experiment_id: str, parent_id: str, planned, sweep_name: str
     """
     for _ in range(tries):
         before = tracking.run_records(uri, experiment_id, planned.key)
-        if key_state(before, time.time()) in ("done", "running"):
+        # A RUNNING run of our own session is an orphan: the engine re-ran a job whose worker died.
+        others = [r for r in before if not (r.session == session and r.status == "RUNNING")]
+        if key_state(others, time.time()) in ("done", "running"):
             return None
         for stale in before:  # a holder that died: its run can no longer pass for in flight
-            if stale.status == "RUNNING":
+            if stale.status == "RUNNING" and (stale.session == session or not is_live(stale, time.time())):
                 tracking.end_run(uri, stale.run_id, "KILLED", "claim lapsed: its process stopped heartbeating")
         run_id = tracking.create_training_run(uri, experiment_id, parent_id, planned.name, planned.key,
                                               planned.grids, sweep_name, session, attempt)

@@ -6,8 +6,8 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 from . import queue, tracking
-from .devices import GpuPool, available_cores, default_jobs, gpu_count, threads_per_worker
-from .dispatch import dispatch
+from .devices import available_cores, default_jobs, gpu_count, threads_per_worker
+from .dispatch import backend_session, dispatch, is_remote_backend
 from .spec import PlannedRun, SweepSpec, expand
 from .worker import Job, Outcome
 
@@ -44,6 +44,7 @@ class Settings:
     data_dir: Optional[str] = None
     device: str = "auto"
     backend: str = "loky"
+    address: Optional[str] = None       # dask scheduler or ray cluster address
     gpus: Optional[int] = None          # injectable GPU count (tests fake several)
     gpu_lock_dir: Optional[str] = None
 
@@ -81,24 +82,26 @@ def run_sweep(spec: SweepSpec, tracking_uri: str, settings: Settings = Settings(
         "spec": spec.path, "experiment": spec.experiment, "grids": ",".join(grids or spec.grids),
         "runs": len(runs)})
     planned_todo = list(todo)
-    pool = None
-    if gpus >= 2 and settings.device == "auto":
-        pool = GpuPool(gpus, settings.gpu_lock_dir) if settings.gpu_lock_dir else GpuPool(gpus)
+    remote = is_remote_backend(settings.backend)
     try:
-        for attempt in range(1, settings.retries + 2):
-            jobs = [Job(run=r, tracking_uri=tracking_uri, experiment_id=experiment_id,
-                        parent_run_id=summary.parent_run_id, sweep_name=spec.name, session=session,
-                        attempt=attempt, data_dir=settings.data_dir, device=settings.device,
-                        threads=summary.threads, gpu_pool=pool) for r in todo]
-            outcomes, crash = dispatch(jobs, min(summary.jobs, len(jobs)), settings.backend,
-                                       lambda o: _record(summary, o, on_outcome))
-            if crash:
-                summary.crashes.append(crash)
+        with backend_session(settings.backend, settings.address):
+            for attempt in range(1, settings.retries + 2):
+                jobs = [Job(run=r, tracking_uri=tracking_uri, experiment_id=experiment_id,
+                            parent_run_id=summary.parent_run_id, sweep_name=spec.name, session=session,
+                            attempt=attempt, data_dir=settings.data_dir, device=settings.device,
+                            threads=1 if remote else summary.threads, gpus=settings.gpus,
+                            gpu_lock_dir=settings.gpu_lock_dir) for r in todo]
+                n_jobs = settings.jobs or (-1 if remote else summary.jobs)
+                _, crash = dispatch(jobs, n_jobs if n_jobs == -1 else min(n_jobs, len(jobs)), settings.backend,
+                                    lambda o: _record(summary, o, on_outcome))
+                if crash:
+                    summary.crashes.append(crash)
+                # Every job of the round has returned or died: a run of ours still RUNNING lost its worker.
                 _end_session_runs(tracking_uri, experiment_id, session, "FAILED",
-                                  f"worker process died abruptly: {crash}")
-            todo = _todo(runs, tracking.run_records(tracking_uri, experiment_id), session, settings.retries)
-            if not todo:
-                break
+                                  f"worker process died abruptly ({crash or 'no outcome'})")
+                todo = _todo(runs, tracking.run_records(tracking_uri, experiment_id), session, settings.retries)
+                if not todo:
+                    break
         _settle(summary, planned_todo, tracking.run_records(tracking_uri, experiment_id))
     except KeyboardInterrupt:
         _end_session_runs(tracking_uri, experiment_id, session, "KILLED", "interrupted (Ctrl-C)")

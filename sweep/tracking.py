@@ -5,6 +5,7 @@ active run), so any process or thread can log to any run.
 """
 from __future__ import annotations
 
+import functools
 import os
 import time
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ from urllib.parse import urlparse
 import mlflow
 import pandas as pd
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, RunStatus, RunTag, ViewType
+from mlflow.entities import Metric, Param, ViewType
 from mlflow.exceptions import MlflowException
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
@@ -28,6 +29,22 @@ KEY, GRIDS, SWEEP, SESSION, HEARTBEAT, DIVERGED, ERROR, ATTEMPT, KIND = (
 
 class TrackingError(RuntimeError):
     """The tracking store cannot be reached, read or written."""
+
+
+def _store_errors(function):
+    """Report any failure to use the store as one TrackingError that names the store."""
+    @functools.wraps(function)
+    def wrapper(uri, *args, **kwargs):
+        try:
+            return function(uri, *args, **kwargs)
+        except TrackingError:
+            raise
+        except MlflowException as exc:
+            raise TrackingError(f"tracking store {uri}: {exc.message}") from exc
+        except Exception as exc:
+            raise TrackingError(f"tracking store {uri} cannot be used: {type(exc).__name__}: "
+                                f"{str(exc).splitlines()[0] if str(exc) else ''}") from exc
+    return wrapper
 
 
 def default_tracking_uri(base: str | os.PathLike = ".") -> str:
@@ -61,32 +78,30 @@ def client(uri: str) -> MlflowClient:
     return MlflowClient(tracking_uri=uri)
 
 
+@_store_errors
 def ensure_experiment(uri: str, name: str) -> str:
     """The experiment's id, created if needed; call once in the parent, before any worker starts."""
     c = client(uri)
+    found = c.get_experiment_by_name(name)
+    if found is not None:
+        if found.lifecycle_stage == "deleted":
+            c.restore_experiment(found.experiment_id)
+        return found.experiment_id
     try:
-        found = c.get_experiment_by_name(name)
-        if found is not None:
-            if found.lifecycle_stage == "deleted":
-                c.restore_experiment(found.experiment_id)
-            return found.experiment_id
         return c.create_experiment(name, artifact_location=_artifact_root(uri, name))
     except MlflowException as exc:
-        if "already exists" in str(exc):  # another sweep created it a moment ago
-            return c.get_experiment_by_name(name).experiment_id
-        raise TrackingError(f"tracking store {uri}: {exc.message}") from None
-    except Exception as exc:
-        raise TrackingError(f"tracking store {uri} cannot be used: {exc}") from None
+        if "already exists" not in str(exc):
+            raise
+        return c.get_experiment_by_name(name).experiment_id  # another sweep created it a moment ago
 
 
+@_store_errors
 def find_experiment(uri: str, name: str) -> Optional[str]:
-    try:
-        found = client(uri).get_experiment_by_name(name)
-    except Exception as exc:
-        raise TrackingError(f"tracking store {uri} cannot be read: {exc}") from None
+    found = client(uri).get_experiment_by_name(name)
     return found.experiment_id if found is not None and found.lifecycle_stage == "active" else None
 
 
+@_store_errors
 def parent_run(uri: str, experiment_id: str, sweep_name: str, params: dict) -> str:
     """The sweep's parent run (reused on resume, so every attempt nests under one parent)."""
     c = client(uri)
@@ -101,6 +116,7 @@ def parent_run(uri: str, experiment_id: str, sweep_name: str, params: dict) -> s
     return run.info.run_id
 
 
+@_store_errors
 def end_parent(uri: str, run_id: str, status: str, counts: dict) -> None:
     c = client(uri)
     c.log_batch(run_id, metrics=[Metric(f"runs_{k}", float(v), _now_ms(), 0) for k, v in counts.items()])
@@ -127,20 +143,18 @@ def _record(run) -> RunRecord:
                      tags.get(DIVERGED) == "true")
 
 
+@_store_errors
 def run_records(uri: str, experiment_id: str, key: Optional[str] = None) -> list[RunRecord]:
     """Every training run of the experiment (or of one key), all pages."""
     c = client(uri)
     query = f"tags.`{KEY}` = '{key}'" if key else f"tags.`{KIND}` = 'train'"
     records, token = [], None
-    try:
-        while True:
-            page = c.search_runs([experiment_id], query, ViewType.ACTIVE_ONLY, max_results=1000, page_token=token)
-            records += [_record(r) for r in page]
-            token = page.token
-            if not token:
-                return records
-    except MlflowException as exc:
-        raise TrackingError(f"tracking store {uri}: {exc.message}") from None
+    while True:
+        page = c.search_runs([experiment_id], query, ViewType.ACTIVE_ONLY, max_results=1000, page_token=token)
+        records += [_record(r) for r in page]
+        token = page.token
+        if not token:
+            return records
 
 
 def create_training_run(uri: str, experiment_id: str, parent_id: str, name: str, key: str,
@@ -186,21 +200,13 @@ def end_run(uri: str, run_id: str, status: str, error: str = "") -> None:
     c.set_terminated(run_id, status)
 
 
+@_store_errors
 def runs_frame(uri: str, experiment_id: str) -> pd.DataFrame:
     """All training runs of the experiment as MLflow's own search_runs DataFrame."""
     mlflow.set_tracking_uri(uri)
-    try:
-        return mlflow.search_runs([experiment_id], filter_string=f"tags.`{KIND}` = 'train'")
-    except MlflowException as exc:
-        raise TrackingError(f"tracking store {uri}: {exc.message}") from None
-
-
-def artifact_uri(frame_row) -> str:
-    return f"{frame_row['artifact_uri']}/mnist_agent.pt"
+    return mlflow.search_runs([experiment_id], filter_string=f"tags.`{KIND}` = 'train'")
 
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
 
-
-TERMINAL = {RunStatus.to_string(s) for s in (RunStatus.FINISHED, RunStatus.FAILED, RunStatus.KILLED)}

@@ -17,7 +17,7 @@ from typing import Optional
 from mnist_core import AGENT_FILENAME, load_mnist, resolve_device, save_agent, train
 
 from . import queue, tracking
-from .devices import GpuPool
+from .devices import GpuPool, gpu_count
 from .spec import PlannedRun
 
 # Fault injection for the tests: $SWEEP_TEST_HOOKS names a JSON file {"crash": [...], "fail": [...]}
@@ -37,7 +37,8 @@ class Job:
     data_dir: Optional[str] = None
     device: str = "auto"
     threads: int = 1
-    gpu_pool: Optional[GpuPool] = None
+    gpus: Optional[int] = None          # GPUs of the worker's host; None: count them there
+    gpu_lock_dir: Optional[str] = None  # where that host's GPU slot locks live (tests)
 
 
 @dataclass(frozen=True)
@@ -87,8 +88,11 @@ def _test_hooks(key: str, attempt: int) -> None:
 
 @contextlib.contextmanager
 def _device_for(job: Job):
-    if job.gpu_pool is not None and job.device == "auto":
-        with job.gpu_pool.acquire() as index:
+    """With two or more GPUs on this host and device auto, hold one GPU to this run alone."""
+    gpus = gpu_count() if job.gpus is None else job.gpus
+    if gpus >= 2 and job.device == "auto":
+        pool = GpuPool(gpus, job.gpu_lock_dir) if job.gpu_lock_dir else GpuPool(gpus)
+        with pool.acquire() as index:
             yield f"cuda:{index}"
     else:
         yield job.device
@@ -115,7 +119,10 @@ def execute(job: Job) -> Outcome:
             tracking.log_metrics(uri, run_id, summary, step=len(result.history))
             with tempfile.TemporaryDirectory() as tmp:
                 agent = save_agent(os.path.join(tmp, AGENT_FILENAME), result.model, planned.config, summary)
-                tracking.log_artifact(uri, run_id, agent)
+                try:
+                    tracking.log_artifact(uri, run_id, agent)
+                except Exception as exc:
+                    raise RuntimeError(f"cannot store the agent in the run's artifacts: {exc}") from exc
         tracking.finish_run(uri, run_id, result.diverged)
         final = result.final.test_error if result.final else float("nan")
         return Outcome(planned.key, planned.name, "diverged" if result.diverged else "done",

@@ -1,0 +1,107 @@
+"""Scale-out for real on this machine: an MLflow tracking server on 127.0.0.1 and a dask (and ray)
+cluster on loopback, running a small sweep on tiny IDX data."""
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+from click.testing import CliRunner
+from mlflow import MlflowClient
+
+from mnist_core import load_agent
+from sweep.cli import main
+
+SPEC = "experiment: {name}\ndefaults: {{epochs: 2}}\ngrids:\n  g: {{lr: [0.05, 0.1, 0.2], width: [16, 32]}}\n"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def tracking_server(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("server")
+    port = free_port()
+    mlflow_bin = os.path.join(os.path.dirname(sys.executable), "mlflow")
+    proc = subprocess.Popen([mlflow_bin, "server", "--host", "127.0.0.1", "--port", str(port),
+                             "--backend-store-uri", f"sqlite:///{folder}/mlflow.db",
+                             "--artifacts-destination", str(folder / "artifacts"), "--workers", "1"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 90
+    while True:
+        try:
+            urllib.request.urlopen(f"{url}/health", timeout=2)
+            break
+        except OSError:
+            if time.time() > deadline or proc.poll() is not None:
+                proc.kill()
+                pytest.fail("mlflow server did not start")
+            time.sleep(0.5)
+    yield url
+    proc.terminate()
+    proc.wait(timeout=20)
+
+
+def check_sweep_arrived(url, experiment, tmp_path):
+    client = MlflowClient(url)
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id], "tags.`sweep.kind` = 'train'")
+    assert len(runs) == 6 and all(r.info.status == "FINISHED" for r in runs)
+    for run in runs:
+        for metric in ("train_loss", "train_error", "test_loss", "test_error", "lr"):
+            assert [m.step for m in client.get_metric_history(run.info.run_id, metric)] == [1, 2]
+        agent = load_agent(client.download_artifacts(run.info.run_id, "mnist_agent.pt", str(tmp_path)))
+        assert agent.config.lr == float(run.data.params["lr"])
+    best = CliRunner().invoke(main, ["best", "--experiment", experiment, "--by", "width", "--format", "csv",
+                                     "--tracking-uri", url])
+    assert best.exit_code == 0, best.output
+    assert len(best.output.splitlines()) == 3
+
+
+def test_dask_cluster_through_a_tracking_server(tracking_server, tiny_dir, tmp_path):
+    from dask.distributed import LocalCluster
+
+    spec = tmp_path / "dask.yaml"
+    spec.write_text(SPEC.format(name="on-dask"))
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      dashboard_address=None) as cluster:
+        result = CliRunner().invoke(main, ["run", str(spec), "--backend", "dask", "--address",
+                                           cluster.scheduler_address, "--tracking-uri", tracking_server,
+                                           "--data-dir", str(tiny_dir)])
+    assert result.exit_code == 0, result.output
+    assert "summary: 6 done, 0 diverged, 0 failed" in result.output
+    check_sweep_arrived(tracking_server, "on-dask", tmp_path)
+
+
+def test_ray_through_a_tracking_server(tracking_server, tiny_dir, tmp_path):
+    pytest.importorskip("ray")
+    spec = tmp_path / "ray.yaml"
+    spec.write_text(SPEC.format(name="on-ray"))
+    result = CliRunner().invoke(main, ["run", str(spec), "--backend", "ray", "--jobs", "2",
+                                       "--tracking-uri", tracking_server, "--data-dir", str(tiny_dir)])
+    assert result.exit_code == 0, result.output
+    assert "summary: 6 done, 0 diverged, 0 failed" in result.output
+    check_sweep_arrived(tracking_server, "on-ray", tmp_path)
+
+
+def test_remote_backend_refuses_a_local_store(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    (tmp_path / "s.yaml").write_text(SPEC.format(name="x"))
+    result = CliRunner().invoke(main, ["run", "s.yaml", "--backend", "dask", "--address", "tcp://127.0.0.1:1"])
+    assert result.exit_code == 2
+    assert "mlflow server --host" in result.output and "--tracking-uri http://" in result.output
+    assert not (tmp_path / "mlruns").exists()
+
+
+def test_unreachable_scheduler_is_a_clear_error(tracking_server, tmp_path):
+    (tmp_path / "s.yaml").write_text(SPEC.format(name="nowhere"))
+    result = CliRunner().invoke(main, ["run", str(tmp_path / "s.yaml"), "--backend", "dask", "--address",
+                                       f"tcp://127.0.0.1:{free_port()}", "--tracking-uri", tracking_server])
+    assert result.exit_code == 2 and "cannot reach the dask scheduler" in result.output
