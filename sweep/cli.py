@@ -219,9 +219,14 @@ def status(spec, grids, tracking_uri):
 @click.option("--experiment", default=None, help="Experiment name. [default: the SPEC's experiment]")
 @grid_option
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
+@click.option("--register", metavar="NAME", default=None,
+              help="Register the overall best run's agent in the MLflow model registry as NAME "
+                   "(pyfunc, with signature and input example; `mlflow models predict` serves it).")
+@click.option("--data-dir", type=click.Path(file_okay=False), envvar="MNIST_DATA", default=None,
+              help="MNIST folder, for --register's input example (test images). [default: $MNIST_DATA]")
 @tracking_option
 @user_errors
-def best(spec, by, metric, experiment, grids, fmt, tracking_uri):
+def best(spec, by, metric, experiment, grids, fmt, register, data_dir, tracking_uri):
     """Per group of --by, the finished run with the lowest --metric (failed and diverged runs ignored).
 
     SPEC (default ./sweeps.yaml when present) or --experiment picks the runs; with SPEC, --grid
@@ -256,6 +261,46 @@ def best(spec, by, metric, experiment, grids, fmt, tracking_uri):
             if col in shown:
                 shown[col] = shown[col].map(lambda v: f"{100 * v:.2f}%" if not math.isnan(v) else "")
         click.echo(shown.to_string(index=False))
+    if register:
+        winner = table.loc[table[metric].idxmin()]
+        version = tracking.register_agent(uri, winner["run_id"], register, _example_pixels(data_dir))
+        click.echo(f"registered run {winner['run_id']} as model '{register}' version {version}: "
+                   f"mlflow models predict -m models:/{register}/{version} -i INPUT.json --env-manager local",
+                   err=fmt != "table")
+
+
+def _example_pixels(data_dir, n: int = 3):
+    """The first MNIST test images as raw 0-255 rows, or blank images when MNIST is not at hand."""
+    import numpy as np
+
+    from mnist_core.data import MnistDataMissing, open_datasets, resolve_data_dir
+
+    try:
+        _, test = open_datasets(resolve_data_dir(data_dir), download=False)
+        return test.data[:n].reshape(n, 784).numpy().astype("float32")
+    except MnistDataMissing:
+        return np.zeros((n, 784), dtype="float32")
+
+
+@main.command()
+@spec_argument
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
+              help="Folder for the figures and reports. [default: reports/<SPEC name>]")
+@tracking_option
+@user_errors
+def report(spec, out_dir, tracking_uri):
+    """Figures, report.md, report.html (self-contained) and report.pdf from the runs of SPEC in the
+    store; also logged as artifacts of the sweep's parent run."""
+    from .report import write_report
+
+    sweep = load_spec(spec)
+    uri = _store_uri(tracking_uri)
+    if not _store_exists(uri):
+        _fail(f"no tracking store at {uri}; run `sweep run {spec}` first")
+    out, files, logged = write_report(sweep, uri, out_dir or Path("reports") / sweep.name)
+    click.echo(f"report written to {out}/: " + ", ".join(f.name for f in files))
+    click.echo("logged as artifacts 'report/' of the sweep's parent run" if logged
+               else "not logged to MLflow: the sweep has no parent run yet")
 
 
 @main.command()

@@ -25,6 +25,7 @@ DEFAULT_STORE_DIR = "mlruns"
 KEY, GRIDS, SWEEP, SESSION, HEARTBEAT, DIVERGED, ERROR, ATTEMPT, KIND = (
     "sweep.key", "sweep.grids", "sweep.name", "sweep.session", "sweep.heartbeat",
     "sweep.diverged", "sweep.error", "sweep.attempt", "sweep.kind")
+EXPERIMENT_KIND = "mlflow.experimentKind"  # makes the MLflow UI open the experiment as model training
 
 
 class TrackingError(RuntimeError):
@@ -86,9 +87,12 @@ def ensure_experiment(uri: str, name: str) -> str:
     if found is not None:
         if found.lifecycle_stage == "deleted":
             c.restore_experiment(found.experiment_id)
+        if EXPERIMENT_KIND not in found.tags:
+            c.set_experiment_tag(found.experiment_id, EXPERIMENT_KIND, "custom_model_development")
         return found.experiment_id
     try:
-        return c.create_experiment(name, artifact_location=_artifact_root(uri, name))
+        return c.create_experiment(name, artifact_location=_artifact_root(uri, name),
+                                   tags={EXPERIMENT_KIND: "custom_model_development"})
     except MlflowException as exc:
         if "already exists" not in str(exc):
             raise
@@ -105,10 +109,8 @@ def find_experiment(uri: str, name: str) -> Optional[str]:
 def parent_run(uri: str, experiment_id: str, sweep_name: str, params: dict) -> str:
     """The sweep's parent run (reused on resume, so every attempt nests under one parent)."""
     c = client(uri)
-    found = c.search_runs([experiment_id], f"tags.`{KIND}` = 'parent' and tags.`{SWEEP}` = '{sweep_name}'",
-                          max_results=1, order_by=["attributes.start_time ASC"])
-    if found:
-        run_id = found[0].info.run_id
+    run_id = find_parent_run(uri, experiment_id, sweep_name)
+    if run_id:
         c.update_run(run_id, status="RUNNING")
         return run_id
     run = c.create_run(experiment_id, run_name=f"sweep:{sweep_name}", tags={KIND: "parent", SWEEP: sweep_name})
@@ -210,3 +212,46 @@ def runs_frame(uri: str, experiment_id: str) -> pd.DataFrame:
 def _now_ms() -> int:
     return int(time.time() * 1000)
 
+
+
+@_store_errors
+def metric_history(uri: str, run_id: str, key: str) -> list[tuple[int, float]]:
+    """(step, value) of one metric of one run, in step order."""
+    return sorted((m.step, m.value) for m in client(uri).get_metric_history(run_id, key))
+
+
+@_store_errors
+def find_parent_run(uri: str, experiment_id: str, sweep_name: str):
+    found = client(uri).search_runs([experiment_id], f"tags.`{KIND}` = 'parent' and tags.`{SWEEP}` = '{sweep_name}'",
+                                    max_results=1, order_by=["attributes.start_time ASC"])
+    return found[0].info.run_id if found else None
+
+
+@_store_errors
+def log_artifacts(uri: str, run_id: str, folder: str | os.PathLike, artifact_path: str) -> None:
+    client(uri).log_artifacts(run_id, str(folder), artifact_path)
+
+
+@_store_errors
+def register_agent(uri: str, run_id: str, name: str, example_pixels) -> str:
+    """Log the run's agent as a pyfunc model (signature and input example included) under the
+    run and register it as `name`; returns the registered version."""
+    import tempfile
+
+    from mlflow.models import infer_signature
+
+    from .registry import PIXELS, AgentModel
+
+    mlflow.set_tracking_uri(uri)
+    example = pd.DataFrame(example_pixels, columns=PIXELS).astype("float32")
+    with tempfile.TemporaryDirectory() as tmp:
+        agent = client(uri).download_artifacts(run_id, "mnist_agent.pt", tmp)
+        model = AgentModel()
+        model.load_context(type("Context", (), {"artifacts": {"agent": agent}})())
+        signature = infer_signature(example, model.predict(None, example))
+        with mlflow.start_run(run_id=run_id):
+            info = mlflow.pyfunc.log_model(name="model", python_model=AgentModel(), artifacts={"agent": agent},
+                                           signature=signature, input_example=example,
+                                           pip_requirements=["mnist-sweep", "torch", "pandas"],
+                                           registered_model_name=name)
+    return str(info.registered_model_version)
