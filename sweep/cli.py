@@ -109,8 +109,14 @@ def plan(spec, grids, tracking_uri):
 @click.option("--address", default=None, metavar="ADDRESS",
               help="Scheduler of an existing cluster: tcp://HOST:8786 for dask, HOST:6379 or ray://HOST:10001 "
                    "for ray. [default: start a local one]")
+@click.option("--engine", type=click.Choice(["auto", "solo", "fused"]), default="auto", show_default=True,
+              help="auto: runs of one shape (activation, depth, width, batch size, epochs, seed) train "
+                   "together as one batched model when there are two or more; solo: each run alone; "
+                   "fused: every run through the batched engine, even alone.")
+@click.option("--chunk-size", type=click.IntRange(min=1), default=16, show_default=True,
+              help="Most networks in one fused model; larger groups are split.")
 @user_errors
-def run(spec, jobs, grids, retries, tracking_uri, data_dir, device, backend, address):
+def run(spec, jobs, grids, retries, tracking_uri, data_dir, device, backend, address, engine, chunk_size):
     """Train every run of SPEC that is not finished in the tracking store, and nothing else."""
     from mnist_core.data import load_mnist, resolve_data_dir
     from mnist_core.train import resolve_device
@@ -133,7 +139,7 @@ def run(spec, jobs, grids, retries, tracking_uri, data_dir, device, backend, add
         data_dir = str(resolve_data_dir(data_dir))
     uri = tracking.resolve_tracking_uri(tracking_uri)
     settings = Settings(jobs=jobs, retries=retries, data_dir=data_dir, device=device, backend=backend,
-                        address=address)
+                        address=address, engine=engine, chunk_size=chunk_size)
     bar = None
 
     def on_start(summary):
@@ -165,7 +171,7 @@ def run(spec, jobs, grids, retries, tracking_uri, data_dir, device, backend, add
 
     try:
         summary = run_sweep(sweep, uri, settings, grids, on_start=on_start, on_outcome=on_outcome)
-    except SweepInterrupted:
+    except (SweepInterrupted, KeyboardInterrupt):
         if bar is not None:
             bar.close()
         click.echo("\ninterrupted: runs in flight marked KILLED; `sweep run` again resumes the rest.", err=True)

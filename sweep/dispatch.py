@@ -76,10 +76,11 @@ def dispatch(jobs: list[Job], n_jobs: int, backend: str = "loky",
             # ray's joblib backend cannot stream results: its outcomes all arrive at the end
             streams = getattr(get_active_backend()[0], "supports_return_generator", False)
             mode = "generator_unordered" if streams else "list"
-            for outcome in Parallel(return_as=mode)(delayed(execute)(j) for j in jobs):
-                outcomes.append(outcome)
-                if on_outcome is not None:
-                    on_outcome(outcome)
+            for job_outcomes in Parallel(return_as=mode)(delayed(execute)(j) for j in jobs):
+                for outcome in job_outcomes:
+                    outcomes.append(outcome)
+                    if on_outcome is not None:
+                        on_outcome(outcome)
     except Exception as exc:
         return outcomes, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
     return outcomes, None

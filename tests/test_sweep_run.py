@@ -113,7 +113,7 @@ def test_failing_run_is_retried_and_a_hopeless_one_reported(env, inject):
     spec = write_spec(env, "experiment: tiny\ndefaults: {epochs: 1}\ngrids:\n  g: {lr: [0.01, 0.1, 0.2]}\n")
     keys = {r.config.lr: r.key for r in expand(load_spec(spec))}
     inject(fail=[f"{keys[0.01]}@1", keys[0.2]])
-    result = sweep("run", spec, "--jobs", 2, "--retries", 1)
+    result = sweep("run", spec, "--jobs", 2, "--retries", 1, "--engine", "solo")
     assert result.exit_code == 1
     assert "summary: 2 done, 0 diverged, 1 failed" in result.output
     runs = training_runs()
@@ -164,7 +164,7 @@ defaults: {epochs: 150}
 grids:
   g: {lr: [0.01, 0.02, 0.03, 0.05, 0.07, 0.1], width: [64]}
 """)
-    proc = subprocess.Popen([sys.executable, "-m", "sweep.cli", "run", spec, "--jobs", "2"],
+    proc = subprocess.Popen([sys.executable, "-m", "sweep.cli", "run", spec, "--jobs", "2", "--engine", "solo"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 120
     while time.time() < deadline and not any(r.info.status == "FINISHED" for r in _runs_if_any()):
