@@ -39,7 +39,10 @@ def _mark_diverged(ax, xs, color):
 
 def _percent_axis(ax, label):
     ax.set_yscale("log")
-    ax.yaxis.set_major_locator(matplotlib.ticker.FixedLocator([0.1, 0.2, 0.3, 0.5, 0.7, 1, 1.5, 2, 2.5, 3, 4, 5, 7, 10, 15, 20, 30, 50, 70, 100]))
+    low, high = ax.get_ylim()
+    ticks = ([0.1, 0.2, 0.3, 0.5, 1, 2, 3, 5, 10, 20, 30, 50, 100] if high / low > 20 else
+             [0.1, 0.2, 0.3, 0.5, 0.7, 1, 1.5, 2, 2.5, 3, 4, 5, 7, 10, 15, 20, 30, 50, 70, 100])
+    ax.yaxis.set_major_locator(matplotlib.ticker.FixedLocator(ticks))
     ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
     ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_ylabel(label)
@@ -71,8 +74,10 @@ def figure_lr_by_activation(view: GridView, best: pd.DataFrame):
         _percent_axis(ax, f"{title.lower()} (%, log scale)")
         ax.set_title(f"{title} vs learning rate")
     handles, _ = axes[0].get_legend_handles_labels()
-    handles += [Line2D([], [], marker="*", color="grey", markeredgecolor="black", markersize=14,
-                       linestyle="none", label="best lr of the activation"), _diverged_handle()]
+    handles.append(Line2D([], [], marker="*", color="grey", markeredgecolor="black", markersize=14,
+                          linestyle="none", label="best lr of the activation"))
+    if len(diverged):
+        handles.append(_diverged_handle())
     fig.legend(handles=handles, loc="lower center", ncol=len(handles), frameon=False)
     fig.tight_layout(rect=(0, 0.08, 1, 1))
     return fig
