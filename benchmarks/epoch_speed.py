@@ -14,7 +14,7 @@ import time
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
-from torchvision import datasets, transforms
+from torchvision import transforms
 
 from mnist_core import MLP, RunConfig, load_mnist
 from mnist_core.data import open_datasets, resolve_data_dir

@@ -20,7 +20,7 @@ from torch import nn
 
 from .config import RunConfig
 from .data import MnistTensors
-from .model import IN_FEATURES, MLP, N_CLASSES, make_activation
+from .model import IN_FEATURES, MLP
 from .schedule import lr_at
 from .train import DIVERGENCE_CHECK_EVERY, EpochResult, TrainResult, epoch_order, init_model
 

@@ -54,13 +54,17 @@ def _store_uri(tracking_uri):
     return tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or tracking.default_tracking_uri()
 
 
-def _read_states(spec, runs, uri):
-    """Queue state per key, and the experiment's run records ([] when nothing is tracked yet)."""
+def _read_queue(spec_path, grids, tracking_uri):
+    """The sweep, its runs, each run's queue state and the experiment's run records (none when
+    nothing is tracked yet), read without writing anything."""
     from . import queue, tracking
 
-    experiment_id = tracking.find_experiment(uri, spec.experiment) if _store_exists(uri) else None
+    sweep = load_spec(spec_path)
+    runs = expand(sweep, grids)
+    uri = _store_uri(tracking_uri)
+    experiment_id = tracking.find_experiment(uri, sweep.experiment) if _store_exists(uri) else None
     records = tracking.run_records(uri, experiment_id) if experiment_id else []
-    return queue.states([r.key for r in runs], records), records
+    return sweep, runs, queue.states([r.key for r in runs], records), records
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -77,19 +81,15 @@ def main():
 @user_errors
 def plan(spec, grids, tracking_uri):
     """List the runs SPEC expands to, with their grids, settings and state. Trains nothing."""
-    from . import tracking
+    from . import queue
 
-    sweep = load_spec(spec)
-    runs = expand(sweep, grids)
-    uri = _store_uri(tracking_uri)
-    state, _ = _read_states(sweep, runs, uri)
+    sweep, runs, state, _ = _read_queue(spec, grids, tracking_uri)
     width = max(len(r.name) for r in runs)
     click.echo(f"{'run':<{width}}  {'state':<8} grids")
     for r in runs:  # the name shows every setting that differs from the defaults
         click.echo(f"{r.name:<{width}}  {state[r.key]:<8} {','.join(r.grids)}")
-    counts = {s: sum(v == s for v in state.values()) for s in ("pending", "running", "failed", "done")}
     click.echo(f"\n{len(runs)} runs in experiment '{sweep.experiment}': "
-               + ", ".join(f"{n} {s}" for s, n in counts.items()))
+               + ", ".join(f"{n} {s}" for s, n in queue.count(state).items()))
 
 
 @main.command()
@@ -201,15 +201,11 @@ def run(spec, jobs, grids, retries, tracking_uri, data_dir, device, backend, add
 @user_errors
 def status(spec, grids, tracking_uri):
     """Counts of runs per state, and the failed runs with their error."""
-    from . import queue, tracking
+    from . import queue
 
-    sweep = load_spec(spec)
-    runs = expand(sweep, grids)
-    uri = _store_uri(tracking_uri)
-    state, records = _read_states(sweep, runs, uri)
-    counts = queue.count(state)
+    sweep, runs, state, records = _read_queue(spec, grids, tracking_uri)
     click.echo(f"experiment '{sweep.experiment}': {len(runs)} runs: "
-               + ", ".join(f"{n} {s}" for s, n in counts.items()))
+               + ", ".join(f"{n} {s}" for s, n in queue.count(state).items()))
     errors = queue.last_errors(records)
     for r in runs:
         if state[r.key] == "failed":

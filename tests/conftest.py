@@ -1,8 +1,11 @@
 """Shared fixtures: tiny MNIST files in the real IDX format, written by the tests themselves."""
 from __future__ import annotations
 
+import json
 import os
 import struct
+import tempfile
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -58,16 +61,44 @@ def real_data_dir():
 
 # Fault-injection file read by sweep workers (see sweep/worker.py). Set before any worker starts,
 # so reused loky workers see it too; each test writes what it injects and the fixture clears it.
-import json as _json
-import tempfile as _tempfile
-
-HOOKS_FILE = Path(_tempfile.mkdtemp(prefix="sweep-hooks-")) / "hooks.json"
+HOOKS_FILE = Path(tempfile.mkdtemp(prefix="sweep-hooks-")) / "hooks.json"
 os.environ["SWEEP_TEST_HOOKS"] = str(HOOKS_FILE)
 
 
 @pytest.fixture
 def inject():
     def write(**hooks):
-        HOOKS_FILE.write_text(_json.dumps(hooks))
+        HOOKS_FILE.write_text(json.dumps(hooks))
     yield write
     HOOKS_FILE.unlink(missing_ok=True)
+
+
+# Helpers of the end-to-end sweep tests: a working folder with tiny data and its own store.
+@pytest.fixture
+def env(tmp_path, tiny_dir, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MNIST_DATA", str(tiny_dir))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    return tmp_path
+
+
+def write_spec(folder, body, name="s.yaml"):
+    path = folder / name
+    path.write_text(body)
+    return str(path)
+
+
+def training_runs(experiment="tiny"):
+    from mlflow import MlflowClient
+
+    from sweep import tracking
+
+    uri = os.environ["MLFLOW_TRACKING_URI"]
+    experiment_id = tracking.find_experiment(uri, experiment)
+    return MlflowClient(uri).search_runs([experiment_id], "tags.`sweep.kind` = 'train'", max_results=1000)
+
+
+def finished_per_key(runs):
+    return Counter(r.data.tags["sweep.key"] for r in runs if r.info.status == "FINISHED")
+
+

@@ -10,7 +10,7 @@ from mlflow import MlflowClient
 from sweep import tracking
 from sweep.cli import main
 
-from test_sweep_run import env, finished_per_key, training_runs, write_spec  # noqa: F401 (fixture)
+from conftest import finished_per_key, training_runs, write_spec
 
 
 def test_two_sweeps_started_together_train_each_run_once(env):

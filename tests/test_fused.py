@@ -13,7 +13,7 @@ from sweep.cli import main
 from sweep.runner import plan_jobs
 from sweep.spec import PlannedRun, run_key, run_name
 
-from test_sweep_run import env, finished_per_key, training_runs, write_spec  # noqa: F401 (fixture)
+from conftest import finished_per_key, training_runs, write_spec
 
 
 def planned(**settings):

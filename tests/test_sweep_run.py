@@ -6,44 +6,20 @@ import sys
 import time
 from collections import Counter
 
-import pytest
 from click.testing import CliRunner
 from mlflow import MlflowClient
 
 from mnist_core import load_agent
-from sweep import tracking
 from sweep.cli import main
 from sweep.spec import expand, load_spec
+
+from conftest import finished_per_key, training_runs, write_spec
 
 METRICS = {"train_loss", "train_error", "test_loss", "test_error", "lr"}
 
 
-@pytest.fixture
-def env(tmp_path, tiny_dir, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("MNIST_DATA", str(tiny_dir))
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlruns/mlflow.db")
-    return tmp_path
-
-
-def write_spec(folder, body, name="s.yaml"):
-    path = folder / name
-    path.write_text(body)
-    return str(path)
-
-
 def sweep(*args):
     return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
-
-
-def training_runs(experiment="tiny"):
-    uri = os.environ["MLFLOW_TRACKING_URI"]
-    experiment_id = tracking.find_experiment(uri, experiment)
-    return MlflowClient(uri).search_runs([experiment_id], "tags.`sweep.kind` = 'train'", max_results=1000)
-
-
-def finished_per_key(runs):
-    return Counter(r.data.tags["sweep.key"] for r in runs if r.info.status == "FINISHED")
 
 
 def check_complete(run, epochs, client):
