@@ -76,8 +76,9 @@ defaults: {epochs: 3}
 grids:
   g: {lr: [0.01, 0.03, 0.1, 0.3], width: [8, 16, 32]}
 """)
-    result = sweep("run", spec, "--jobs", 4)
+    result = sweep("run", spec, "--jobs", 4, "--engine", "solo")  # 12 jobs: four workers log at once
     assert result.exit_code == 0, result.output
+    assert "with 4 worker(s)" in result.output
     client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
     runs = training_runs()
     assert len(runs) == 12 and set(finished_per_key(runs).values()) == {1}
