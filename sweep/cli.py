@@ -148,8 +148,10 @@ def run(spec, jobs, grids, retries, tracking_uri, data_dir, device, backend, add
             held = f", {summary.held_elsewhere} running elsewhere" if summary.held_elsewhere else ""
             click.echo(f"nothing to train: {summary.already_done} of {summary.total} runs already done{held}")
             return
+        workers = (f"{summary.jobs} worker(s) x {summary.threads} thread(s)" if backend == "loky"
+                   else f"the {backend} cluster at {address or 'a new local one'}")
         click.echo(f"{summary.to_train} of {summary.total} runs to train ({summary.already_done} already done) "
-                   f"with {summary.jobs} worker(s) x {summary.threads} thread(s); tracking at {uri}")
+                   f"with {workers}; tracking at {uri}")
         from tqdm import tqdm
 
         bar = tqdm(total=summary.to_train, unit="run", dynamic_ncols=True, file=sys.stderr)

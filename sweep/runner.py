@@ -160,9 +160,9 @@ def _settle(summary: SweepSummary, runs: list[PlannedRun], records) -> None:
     for run in runs:
         known = summary.outcomes.get(run.key)
         if state[run.key] in ("pending", "failed") and (known is None or known.status != "failed"):
+            error = errors.get(run.key, "").splitlines()
             summary.outcomes[run.key] = Outcome(run.key, run.name, "failed",
-                                                error=errors.get(run.key, "").splitlines()[0] if errors.get(run.key)
-                                                else "no outcome: its worker process died")
+                                                error=error[0] if error else "no outcome: its worker process died")
 
 
 def _counts(summary: SweepSummary) -> dict:
