@@ -8,18 +8,17 @@ import click
 import torch
 
 from .agent import AGENT_FILENAME, save_agent
-from .config import DEFAULTS, SETTING_HELP, SETTING_NAMES, SETTING_TYPES, ACTIVATIONS, SCHEDULES, RunConfig
+from .config import CHOICES, DEFAULTS, SETTING_HELP, SETTING_NAMES, SETTING_TYPES, RunConfig
 from .data import ENV_VAR, MnistDataMissing, load_mnist
 from .train import EpochResult, resolve_device, train
 
 _CLICK_TYPES = {"int": int, "float": float, "str": str}
-_CHOICES = {"activation": ACTIVATIONS, "schedule": SCHEDULES}
 
 
 def setting_options(command):
     """One click option per RunConfig field, with its help text and default."""
     for name in reversed(SETTING_NAMES):
-        kind = click.Choice(_CHOICES[name]) if name in _CHOICES else _CLICK_TYPES[SETTING_TYPES[name]]
+        kind = click.Choice(CHOICES[name]) if name in CHOICES else _CLICK_TYPES[SETTING_TYPES[name]]
         command = click.option(f"--{name.replace('_', '-')}", name, type=kind, default=DEFAULTS[name],
                                show_default=True, help=SETTING_HELP[name][0].upper() + SETTING_HELP[name][1:] + ".")(command)
     return command

@@ -59,7 +59,7 @@ _RANGES = {
     "test_batch_size": (lambda v: v >= 1, ">= 1"),
     "seed": (lambda v: v >= 0, ">= 0"),
 }
-_CHOICES = {"activation": ACTIVATIONS, "schedule": SCHEDULES}
+CHOICES = {"activation": ACTIVATIONS, "schedule": SCHEDULES}
 
 
 def check_setting(name: str, value):
@@ -82,8 +82,8 @@ def check_setting(name: str, value):
     else:
         if not isinstance(value, str):
             raise ValueError(f"{name} must be a string, got {value!r}")
-    if name in _CHOICES and value not in _CHOICES[name]:
-        raise ValueError(f"unknown {name} {value!r}; choose one of: {', '.join(_CHOICES[name])}")
+    if name in CHOICES and value not in CHOICES[name]:
+        raise ValueError(f"unknown {name} {value!r}; choose one of: {', '.join(CHOICES[name])}")
     if name in _RANGES:
         ok, rule = _RANGES[name]
         if not ok(value):

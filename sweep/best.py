@@ -10,7 +10,6 @@ from mnist_core.config import SETTING_NAMES, SETTING_TYPES
 from . import tracking
 
 METRICS = ("test_error", "train_error", "test_loss", "train_loss", "best_test_error", "training_seconds")
-_CASTS = {"int": "int64", "float": "float64", "str": "string"}
 
 
 def tidy_runs(frame: pd.DataFrame) -> pd.DataFrame:

@@ -181,8 +181,3 @@ def expand(spec: SweepSpec, only_grids=None) -> list[PlannedRun]:
             if grid_name not in members.setdefault(key, []):
                 members[key].append(grid_name)
     return [PlannedRun(config=c, key=k, name=run_name(c), grids=tuple(members[k])) for k, c in configs.items()]
-
-
-def varied_settings(runs: list[PlannedRun]) -> list[str]:
-    """Settings that take more than one value among `runs`, in RunConfig order."""
-    return [s for s in SETTING_NAMES if len({getattr(r.config, s) for r in runs}) > 1]
