@@ -19,8 +19,9 @@ def setting_options(command):
     """One click option per RunConfig field, with its help text and default."""
     for name in reversed(SETTING_NAMES):
         kind = click.Choice(CHOICES[name]) if name in CHOICES else _CLICK_TYPES[SETTING_TYPES[name]]
+        text = SETTING_HELP[name]
         command = click.option(f"--{name.replace('_', '-')}", name, type=kind, default=DEFAULTS[name],
-                               show_default=True, help=SETTING_HELP[name][0].upper() + SETTING_HELP[name][1:] + ".")(command)
+                               show_default=True, help=f"{text[0].upper()}{text[1:]}.")(command)
     return command
 
 

@@ -27,6 +27,11 @@ from .train import DIVERGENCE_CHECK_EVERY, EpochResult, TrainResult, epoch_order
 # Settings that must be equal inside a fused group: the shape, and what fixes batches and steps.
 GROUP_SETTINGS = ("activation", "depth", "width", "batch_size", "test_batch_size", "epochs", "seed")
 
+# Networks per fused model in a sweep. On 2 CPU cores (1 thread per worker) the time per
+# network-epoch of the reference network fell from 0.25 s at 7 networks to 0.215 s at 14 and 0.20 s
+# at 28; 16 keeps most of that gain while leaving several jobs to share out among the workers.
+DEFAULT_CHUNK_SIZE = 16
+
 MemberCallback = Callable[[int, EpochResult], None]
 
 
@@ -81,6 +86,11 @@ class FusedMLP(nn.Module):
         return model.eval()
 
 
+def member_nll(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """(K, B) negative log-likelihood of each member's prediction for each target."""
+    return -out.gather(2, target.expand(out.shape[0], -1).unsqueeze(2)).squeeze(2)
+
+
 @torch.no_grad()
 def evaluate_fused(model: FusedMLP, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> tuple[list, list]:
     """Per member: mean NLL loss and error fraction over all of (x, y)."""
@@ -90,7 +100,7 @@ def evaluate_fused(model: FusedMLP, x: torch.Tensor, y: torch.Tensor, batch_size
     for i in range(0, len(x), batch_size):
         out = model(x[i:i + batch_size])                                            # (K, b, 10)
         target = y[i:i + batch_size]
-        loss += -out.gather(2, target.expand(model.k, -1).unsqueeze(2)).squeeze(2).sum(1)
+        loss += member_nll(out, target).sum(1)
         wrong += (out.argmax(2) != target).sum(1)
     return (loss / len(x)).tolist(), (wrong.double() / len(x)).tolist()
 
@@ -156,7 +166,7 @@ def _train_epoch(model, params, buffers, momentum, lrs, live, data, order, batch
         idx = order[start:start + batch_size]
         out = model(data.train_x[idx])                                              # (K, B, 10)
         target = data.train_y[idx]
-        losses = -out.gather(2, target.expand(k, -1).unsqueeze(2)).squeeze(2).mean(1)  # (K,)
+        losses = member_nll(out, target).mean(1)                                    # (K,)
         grads = torch.autograd.grad(losses.sum(), params)
         with torch.no_grad():
             for i, (p, g) in enumerate(zip(params, grads)):
@@ -175,8 +185,8 @@ def _train_epoch(model, params, buffers, momentum, lrs, live, data, order, batch
 
 def _per_member(param: torch.Tensor, values: torch.Tensor, model: FusedMLP) -> torch.Tensor:
     """`values` (one per member) shaped to broadcast over `param`."""
-    if param.dim() == 2 and param.shape[1] == model.k * model.width:   # first-layer weight
+    if param is model.w_in:                                              # (784, K*width)
         return values.repeat_interleave(model.width).view(1, -1)
-    if param.dim() == 1:                                                 # first-layer bias
+    if param is model.b_in:                                              # (K*width,)
         return values.repeat_interleave(model.width)
     return values.view(-1, 1, 1)                                         # stacked (K, ., .)

@@ -35,10 +35,6 @@ class Analysis:
     def missing(self) -> pd.DataFrame:
         return self.runs[self.runs["outcome"] == "missing"]
 
-    @property
-    def diverged(self) -> pd.DataFrame:
-        return self.runs[self.runs["outcome"] == "diverged"]
-
 
 def planned_frame(runs: list[PlannedRun]) -> pd.DataFrame:
     rows = [{"key": r.key, "name": r.name, "grids": ",".join(r.grids), **r.config.as_params()} for r in runs]

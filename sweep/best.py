@@ -49,6 +49,15 @@ def finished_runs(runs: pd.DataFrame, keys: Optional[Iterable[str]] = None,
     return done.sort_values("end_time").drop_duplicates("key", keep="last").reset_index(drop=True)
 
 
+def as_percent(frame: pd.DataFrame) -> pd.DataFrame:
+    """A copy with the error columns written as percentages, for people to read."""
+    out = frame.copy()
+    for col in ("test_error", "train_error", "best_test_error"):
+        if col in out:
+            out[col] = out[col].map(lambda v: "" if pd.isna(v) else f"{100 * v:.2f}%")
+    return out
+
+
 def varied(runs: pd.DataFrame) -> list[str]:
     return [s for s in SETTING_NAMES if runs[s].nunique(dropna=True) > 1]
 

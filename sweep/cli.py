@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import functools
-import math
 import os
 import shutil
 import subprocess
@@ -10,6 +9,8 @@ import sys
 from pathlib import Path
 
 import click
+
+from mnist_core.fused import DEFAULT_CHUNK_SIZE
 
 from .spec import SpecError, expand, load_spec
 
@@ -113,7 +114,7 @@ def plan(spec, grids, tracking_uri):
               help="auto: runs of one shape (activation, depth, width, batch size, epochs, seed) train "
                    "together as one batched model when there are two or more; solo: each run alone; "
                    "fused: every run through the batched engine, even alone.")
-@click.option("--chunk-size", type=click.IntRange(min=1), default=16, show_default=True,
+@click.option("--chunk-size", type=click.IntRange(min=1), default=DEFAULT_CHUNK_SIZE, show_default=True,
               help="Most networks in one fused model; larger groups are split.")
 @user_errors
 def run(spec, jobs, grids, retries, tracking_uri, data_dir, device, backend, address, engine, chunk_size):
@@ -126,8 +127,9 @@ def run(spec, jobs, grids, retries, tracking_uri, data_dir, device, backend, add
 
     sweep = load_spec(spec)
     remote = backend != "loky"
-    if remote and not tracking.is_remote(_store_uri(tracking_uri)):
-        _fail(f"the {backend} backend runs workers that cannot write the local store {_store_uri(tracking_uri)}. "
+    store = _store_uri(tracking_uri)
+    if remote and not tracking.is_remote(store):
+        _fail(f"the {backend} backend runs workers that cannot write the local store {store}. "
               f"Start a tracking server that they can reach, e.g.\n"
               f"  mlflow server --host 127.0.0.1 --port 5000 --backend-store-uri sqlite:///mlruns/mlflow.db "
               f"--artifacts-destination ./mlruns/artifacts\n"
@@ -236,7 +238,7 @@ def best(spec, by, metric, experiment, grids, fmt, register, data_dir, tracking_
     SPEC (default ./sweeps.yaml when present) or --experiment picks the runs; with SPEC, --grid
     narrows to that grid's runs, e.g. `sweep best --by activation --grid lr_by_activation`."""
     from . import tracking
-    from .best import best_by, finished_runs, tidy_runs
+    from .best import as_percent, best_by, finished_runs, tidy_runs
 
     keys = None
     if not spec and not experiment and Path("sweeps.yaml").exists():
@@ -260,11 +262,7 @@ def best(spec, by, metric, experiment, grids, fmt, register, data_dir, tracking_
     elif fmt == "json":
         click.echo(table.to_json(orient="records", indent=2))
     else:
-        shown = table.copy()
-        for col in ("test_error", "train_error", "best_test_error"):
-            if col in shown:
-                shown[col] = shown[col].map(lambda v: f"{100 * v:.2f}%" if not math.isnan(v) else "")
-        click.echo(shown.to_string(index=False))
+        click.echo(as_percent(table).to_string(index=False))
     if register:
         winner = table.loc[table[metric].idxmin()]
         version = tracking.register_agent(uri, winner["run_id"], register, _example_pixels(data_dir))
@@ -321,5 +319,7 @@ def ui(tracking_uri, port, host):
     mlflow_bin = shutil.which("mlflow") or os.path.join(os.path.dirname(sys.executable), "mlflow")
     click.echo(f"MLflow UI for {uri} at http://{host}:{port}  (Ctrl-C to stop)")
     sys.exit(subprocess.call([mlflow_bin, "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)]))
+
+
 if __name__ == "__main__":
     main()

@@ -42,13 +42,17 @@ def threads_per_worker(jobs: int, cores: int) -> int:
 class GpuPool:
     """`count` GPU slots guarded by lock files in `lock_dir` (injectable for tests)."""
     count: int
-    lock_dir: str = os.path.join(tempfile.gettempdir(), f"mnist-sweep-gpus-{os.getuid()}")
+    lock_dir: Optional[str] = None  # default: one folder per user in the system temp folder
     poll_seconds: float = 0.05
+
+    @property
+    def folder(self) -> str:
+        return self.lock_dir or os.path.join(tempfile.gettempdir(), f"mnist-sweep-gpus-{os.getuid()}")
 
     @contextlib.contextmanager
     def acquire(self) -> Iterator[int]:
         """Hold a free GPU index until the block ends; waits while every GPU is taken."""
-        Path(self.lock_dir).mkdir(parents=True, exist_ok=True)
+        Path(self.folder).mkdir(parents=True, exist_ok=True)
         while True:
             for index in range(self.count):
                 handle = self._try_lock(index)
@@ -62,7 +66,7 @@ class GpuPool:
             time.sleep(self.poll_seconds)
 
     def _try_lock(self, index: int) -> Optional[int]:
-        handle = os.open(os.path.join(self.lock_dir, f"gpu{index}.lock"), os.O_CREAT | os.O_RDWR, 0o600)
+        handle = os.open(os.path.join(self.folder, f"gpu{index}.lock"), os.O_CREAT | os.O_RDWR, 0o600)
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             return handle

@@ -53,7 +53,8 @@ def backend_session(backend: str, address: Optional[str] = None) -> Iterator[Non
         try:
             ray.init(address=address, ignore_reinit_error=True, include_dashboard=False, log_to_driver=False)
         except Exception as exc:
-            raise BackendError(f"cannot start or reach the ray cluster at {address or 'a new local one'}: {exc}") from None
+            where = address or "a new local one"
+            raise BackendError(f"cannot start or reach the ray cluster at {where}: {exc}") from None
         register_ray()
         try:
             yield

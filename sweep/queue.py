@@ -6,8 +6,8 @@
 - pending: no attempt, or only KILLED ones, or RUNNING ones whose holder stopped heartbeating
 
 Claiming is create-then-check: a worker creates its RUNNING run, then looks at the key's runs; it
-keeps the claim only if no other live claim is there, else it deletes its run and tries again later. A claim whose holder dies
-stops heartbeating and lapses after LEASE_SECONDS.
+keeps the claim only if no other live claim is there, else it deletes its run and tries again
+later. A claim whose holder dies stops heartbeating and lapses after LEASE_SECONDS.
 """
 from __future__ import annotations
 

@@ -17,7 +17,7 @@ from matplotlib.lines import Line2D  # noqa: E402
 
 from . import queue, tracking  # noqa: E402
 from .analysis import LOG_AXIS, Analysis, GridView, analyse, best_lr_table, conclusions, mean_over_seeds  # noqa: E402
-from .best import finished_runs, tidy_runs  # noqa: E402
+from .best import as_percent, finished_runs, tidy_runs  # noqa: E402
 from .spec import SweepSpec, expand  # noqa: E402
 
 COLORS = plt.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -138,11 +138,7 @@ def _history(uri, run_id, metric):
 
 
 def _shown(frame: pd.DataFrame, columns: list) -> pd.DataFrame:
-    out = frame[columns].copy()
-    for col in ("test_error", "train_error", "best_test_error"):
-        if col in out:
-            out[col] = out[col].map(lambda v: "" if pd.isna(v) else f"{100 * v:.2f}%")
-    return out
+    return as_percent(frame[columns])
 
 
 def build_blocks(analysis: Analysis, uri: str, out: Path) -> list[Block]:
@@ -279,7 +275,8 @@ def write_report(spec: SweepSpec, uri: str, out_dir: str | Path) -> tuple[Path, 
     """Build the report into `out_dir`; return the folder, the files and whether it was logged to MLflow."""
     experiment_id = tracking.find_experiment(uri, spec.experiment)
     if experiment_id is None:
-        raise tracking.TrackingError(f"no experiment '{spec.experiment}' in tracking store {uri}; run `sweep run` first")
+        raise tracking.TrackingError(f"no experiment '{spec.experiment}' in tracking store {uri}; "
+                                     f"run `sweep run` first")
     records = tracking.run_records(uri, experiment_id)
     planned_keys = [r.key for r in expand(spec)]
     states = queue.states(planned_keys, records)

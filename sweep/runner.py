@@ -5,20 +5,15 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
+from mnist_core.fused import DEFAULT_CHUNK_SIZE, group_key
+
 from . import queue, tracking
 from .devices import available_cores, default_jobs, gpu_count, threads_per_worker
 from .dispatch import backend_session, dispatch, is_remote_backend
-from mnist_core.fused import group_key
-
 from .spec import PlannedRun, SweepSpec, expand
 from .worker import Job, Outcome
 
-
 ENGINES = ("auto", "solo", "fused")
-# Networks per fused job. On 2 CPU cores (1 thread per worker) the time per network-epoch of the
-# reference network fell from 0.25 s at 7 networks to 0.215 s at 14 and 0.20 s at 28; 16 keeps
-# most of that gain while leaving several jobs to share out among the workers.
-DEFAULT_CHUNK_SIZE = 16
 
 
 def plan_jobs(runs: list[PlannedRun], engine: str = "auto", chunk_size: int = DEFAULT_CHUNK_SIZE) -> list[tuple]:

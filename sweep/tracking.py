@@ -213,7 +213,6 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-
 @_store_errors
 def metric_history(uri: str, run_id: str, key: str) -> list[tuple[int, float]]:
     """(step, value) of one metric of one run, in step order."""
@@ -237,6 +236,7 @@ def register_agent(uri: str, run_id: str, name: str, example_pixels) -> str:
     """Log the run's agent as a pyfunc model (signature and input example included) under the
     run and register it as `name`; returns the registered version."""
     import tempfile
+    from types import SimpleNamespace
 
     from mlflow.models import infer_signature
 
@@ -247,7 +247,7 @@ def register_agent(uri: str, run_id: str, name: str, example_pixels) -> str:
     with tempfile.TemporaryDirectory() as tmp:
         agent = client(uri).download_artifacts(run_id, "mnist_agent.pt", tmp)
         model = AgentModel()
-        model.load_context(type("Context", (), {"artifacts": {"agent": agent}})())
+        model.load_context(SimpleNamespace(artifacts={"agent": agent}))  # as MLflow will call it
         signature = infer_signature(example, model.predict(None, example))
         with mlflow.start_run(run_id=run_id):
             info = mlflow.pyfunc.log_model(name="model", python_model=AgentModel(), artifacts={"agent": agent},

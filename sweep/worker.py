@@ -94,8 +94,7 @@ def _device_for(job: Job):
     """With two or more GPUs on this host and device auto, hold one GPU to this run alone."""
     gpus = gpu_count() if job.gpus is None else job.gpus
     if gpus >= 2 and job.device == "auto":
-        pool = GpuPool(gpus, job.gpu_lock_dir) if job.gpu_lock_dir else GpuPool(gpus)
-        with pool.acquire() as index:
+        with GpuPool(gpus, job.gpu_lock_dir).acquire() as index:
             yield f"cuda:{index}"
     else:
         yield job.device
@@ -146,14 +145,14 @@ def execute(job: Job) -> list[Outcome]:
                 tracking.end_run(uri, run_id, "KILLED", "interrupted")
         raise
     except BaseException as exc:
-        error = f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=8)}"
-        for planned, run_id in claimed:
-            if run_id not in ended:
-                with contextlib.suppress(Exception):
-                    tracking.end_run(uri, run_id, "FAILED", error)
-                outcomes.append(Outcome(planned.key, planned.name, "failed", run_id,
-                                        error=f"{type(exc).__name__}: {exc}"))
-        return outcomes
+        return outcomes + [_failed(uri, planned, run_id, exc) for planned, run_id in claimed if run_id not in ended]
+
+
+def _failed(uri: str, planned: PlannedRun, run_id: str, exc: BaseException) -> Outcome:
+    """Mark the run FAILED, keeping the error and its traceback, and say so."""
+    with contextlib.suppress(Exception):
+        tracking.end_run(uri, run_id, "FAILED", f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=8)}")
+    return Outcome(planned.key, planned.name, "failed", run_id, error=f"{type(exc).__name__}: {exc}")
 
 
 def _finish(uri: str, planned: PlannedRun, run_id: str, result) -> Outcome:
@@ -169,9 +168,7 @@ def _finish(uri: str, planned: PlannedRun, run_id: str, result) -> Outcome:
                 raise RuntimeError(f"cannot store the agent in the run's artifacts: {exc}") from exc
         tracking.finish_run(uri, run_id, result.diverged)
     except Exception as exc:
-        with contextlib.suppress(Exception):
-            tracking.end_run(uri, run_id, "FAILED", f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=8)}")
-        return Outcome(planned.key, planned.name, "failed", run_id, error=f"{type(exc).__name__}: {exc}")
+        return _failed(uri, planned, run_id, exc)
     final = result.final.test_error if result.final else float("nan")
     return Outcome(planned.key, planned.name, "diverged" if result.diverged else "done",
                    run_id, final, result.seconds)

@@ -160,7 +160,8 @@ grids:
     assert result.exit_code == 0, result.output
     assert f"{6 - done_before} of 6 runs to train ({done_before} already done)" in result.output
     runs = training_runs()
-    assert finished_per_key(runs) == Counter({k: 1 for k in finished_per_key(runs)}) and len(finished_per_key(runs)) == 6
+    done = finished_per_key(runs)
+    assert len(done) == 6 and set(done.values()) == {1}  # every run FINISHED exactly once
     best = sweep("best", spec, "--by", "lr", "--format", "csv")
     assert len(best.output.splitlines()) == 7  # header + one row per run, no duplicates
 
