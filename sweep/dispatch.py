@@ -11,12 +11,13 @@ from typing import Callable, Iterator, Optional
 from joblib import Parallel, delayed, parallel_config
 from joblib.parallel import get_active_backend
 
+from .errors import SweepError
 from .worker import Job, Outcome, execute
 
 BACKENDS = ("loky", "dask", "ray")
 
 
-class BackendError(RuntimeError):
+class BackendError(SweepError):
     """The backend cannot be started or reached."""
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import random
 import time
+from dataclasses import dataclass
 from typing import Iterable, Optional
 
 from . import tracking
@@ -46,6 +47,20 @@ def states(keys: Iterable[str], records: Iterable[RunRecord], now: Optional[floa
     for r in records:
         by_key.setdefault(r.key, []).append(r)
     return {k: key_state(by_key.get(k, []), now) for k in keys}
+
+
+@dataclass(frozen=True)
+class QueueRead:
+    states: dict            # key -> state
+    records: list           # the experiment's RunRecords ([] when nothing is tracked yet)
+
+
+def read_states(spec, runs, uri: Optional[str]) -> QueueRead:
+    """Each planned run's state, read without writing anything (all pending when there is no store)."""
+    uri = tracking.store_uri(uri)
+    experiment_id = tracking.find_experiment(uri, spec.experiment) if tracking.store_exists(uri) else None
+    records = tracking.run_records(uri, experiment_id) if experiment_id else []
+    return QueueRead(states([r.key for r in runs], records), records)
 
 
 def last_errors(records: Iterable[RunRecord]) -> dict[str, str]:

@@ -9,6 +9,7 @@ from mnist_core.fused import DEFAULT_CHUNK_SIZE, group_key
 
 from . import queue, tracking
 from .devices import available_cores, default_jobs, gpu_count, threads_per_worker
+from .errors import SettingsError
 from .dispatch import backend_session, dispatch, is_remote_backend
 from .spec import PlannedRun, SweepSpec, expand
 from .worker import Job, Outcome
@@ -35,6 +36,18 @@ def plan_jobs(runs: list[PlannedRun], engine: str = "auto", chunk_size: int = DE
             jobs.append(tuple(members[start:start + size]))
             start += size
     return sorted(jobs, key=len, reverse=True)  # big jobs first, so workers finish together
+
+
+def check_remote_store(backend: str, store: str) -> None:
+    """Workers on other machines cannot write a local SQLite file: a remote backend needs a server."""
+    if is_remote_backend(backend) and not tracking.is_remote(store):
+        raise SettingsError(
+            f"the {backend} backend runs workers that cannot write the local store {store}. "
+            f"Start a tracking server that they can reach, e.g.\n"
+            f"  mlflow server --host 127.0.0.1 --port 5000 --backend-store-uri sqlite:///mlruns/mlflow.db "
+            f"--artifacts-destination ./mlruns/artifacts\n"
+            f"(--host: an address the workers reach; a PostgreSQL URI for a team), then pass "
+            f"--tracking-uri http://HOST:5000 or set MLFLOW_TRACKING_URI.")
 
 
 class SweepInterrupted(Exception):

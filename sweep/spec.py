@@ -21,13 +21,15 @@ import yaml
 
 from mnist_core.config import DEFAULTS, SETTING_NAMES, RunConfig, check_setting
 
+from .errors import SweepError
+
 TOP_KEYS = ("experiment", "defaults", "seeds", "grids")
 # Short tags for the settings that a run name shows only when they differ from the default.
 _NAME_TAGS = {"momentum": "m", "gamma": "g", "restart_period": "p", "epochs": "e",
               "batch_size": "b", "test_batch_size": "tb", "seed": "s"}
 
 
-class SpecError(ValueError):
+class SpecError(SweepError, ValueError):
     """A sweep file that cannot be used; the message names the file, grid, key and value."""
 
 

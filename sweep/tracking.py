@@ -20,6 +20,8 @@ from mlflow.entities import Metric, Param, ViewType
 from mlflow.exceptions import MlflowException
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
+from .errors import SweepError
+
 DEFAULT_STORE_DIR = "mlruns"
 # Tags of a training run; the key is the run's identity in the durable queue.
 KEY, GRIDS, SWEEP, SESSION, HEARTBEAT, DIVERGED, ERROR, ATTEMPT, KIND = (
@@ -28,7 +30,7 @@ KEY, GRIDS, SWEEP, SESSION, HEARTBEAT, DIVERGED, ERROR, ATTEMPT, KIND = (
 EXPERIMENT_KIND = "mlflow.experimentKind"  # makes the MLflow UI open the experiment as model training
 
 
-class TrackingError(RuntimeError):
+class TrackingError(SweepError):
     """The tracking store cannot be reached, read or written."""
 
 
@@ -52,9 +54,26 @@ def default_tracking_uri(base: str | os.PathLike = ".") -> str:
     return f"sqlite:///{(Path(base).resolve() / DEFAULT_STORE_DIR / 'mlflow.db').as_posix()}"
 
 
+def store_uri(uri: Optional[str] = None) -> str:
+    """The URI given, else $MLFLOW_TRACKING_URI, else SQLite under ./mlruns; creates nothing."""
+    return uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
+
+
+def store_exists(uri: str) -> bool:
+    return not uri.startswith("sqlite:///") or Path(uri[len("sqlite:///"):]).exists()
+
+
+def existing_store(uri: Optional[str], hint: str) -> str:
+    """The store to read from; a local store that does not exist yet is an error saying what to do."""
+    uri = store_uri(uri)
+    if not store_exists(uri):
+        raise TrackingError(f"no tracking store at {uri}; {hint}")
+    return uri
+
+
 def resolve_tracking_uri(uri: Optional[str] = None) -> str:
     """The URI given, else $MLFLOW_TRACKING_URI, else SQLite under ./mlruns; makes the local folder."""
-    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
+    uri = store_uri(uri)
     if uri.startswith("sqlite:///"):
         Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
     elif "://" not in uri:
