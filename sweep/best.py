@@ -7,7 +7,7 @@ import pandas as pd
 
 from mnist_core.config import SETTING_NAMES, SETTING_TYPES
 
-from . import tracking
+from .lease import DIVERGED, GRIDS, KEY
 
 METRICS = ("test_error", "train_error", "test_loss", "train_loss", "best_test_error", "training_seconds")
 
@@ -20,11 +20,11 @@ def tidy_runs(frame: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame(columns=columns)
     out = pd.DataFrame({
         "run_id": frame["run_id"],
-        "key": frame.get(f"tags.{tracking.KEY}"),
+        "key": frame.get(f"tags.{KEY}"),
         "name": frame.get("tags.mlflow.runName"),
         "status": frame["status"],
-        "diverged": frame.get(f"tags.{tracking.DIVERGED}", pd.Series("false", index=frame.index)).eq("true"),
-        "grids": frame.get(f"tags.{tracking.GRIDS}", pd.Series("", index=frame.index)).fillna(""),
+        "diverged": frame.get(f"tags.{DIVERGED}", pd.Series("false", index=frame.index)).eq("true"),
+        "grids": frame.get(f"tags.{GRIDS}", pd.Series("", index=frame.index)).fillna(""),
         "start_time": frame["start_time"],
         "end_time": frame["end_time"],
     })

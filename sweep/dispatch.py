@@ -6,7 +6,7 @@ client, ray through `ray.util.joblib`.
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Iterator, Optional
+from typing import Iterator, Optional
 
 from joblib import Parallel, delayed, parallel_config
 from joblib.parallel import get_active_backend
@@ -65,24 +65,32 @@ def backend_session(backend: str, address: Optional[str] = None) -> Iterator[Non
     raise BackendError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
 
 
-def dispatch(jobs: list[Job], n_jobs: int, backend: str = "loky",
-             on_outcome: Optional[Callable[[Outcome], None]] = None) -> tuple[list[Outcome], Optional[str]]:
-    """Run `jobs`; return the outcomes received and, if the engine lost a worker, what it said.
+class Round:
+    """One round of jobs through joblib: iterate it for each run's outcome as it arrives.
 
-    `execute` catches every error of a run itself, so an exception here is the engine's: a worker
-    process that died (loky's TerminatedWorkerError, dask's KilledWorker, ray's worker errors).
+    `execute` catches every error of a run itself, so an exception from joblib is the engine's: a
+    worker process that died (loky's TerminatedWorkerError, dask's KilledWorker, ray's worker errors).
+    The round then ends early and `crash` says what the engine said. An exception raised by the
+    consumer of the outcomes (Ctrl-C, a closed stdout) is not a crash: it propagates, and joblib
+    stops the round's workers.
     """
-    outcomes: list[Outcome] = []
-    try:
-        with parallel_config(backend=backend, n_jobs=n_jobs):
+
+    def __init__(self, jobs: list[Job], n_jobs: int, backend: str = "loky"):
+        self.jobs, self.n_jobs, self.backend = jobs, n_jobs, backend
+        self.crash: Optional[str] = None
+
+    def __iter__(self) -> Iterator[Outcome]:
+        with parallel_config(backend=self.backend, n_jobs=self.n_jobs):
             # ray's joblib backend cannot stream results: its outcomes all arrive at the end
             streams = getattr(get_active_backend()[0], "supports_return_generator", False)
-            mode = "generator_unordered" if streams else "list"
-            for job_outcomes in Parallel(return_as=mode)(delayed(execute)(j) for j in jobs):
-                for outcome in job_outcomes:
-                    outcomes.append(outcome)
-                    if on_outcome is not None:
-                        on_outcome(outcome)
-    except Exception as exc:
-        return outcomes, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-    return outcomes, None
+            results = None
+            try:
+                results = Parallel(return_as="generator_unordered" if streams else "list")(
+                    delayed(execute)(job) for job in self.jobs)
+                for job_outcomes in results:
+                    yield from job_outcomes
+            except Exception as exc:
+                self.crash = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            finally:
+                if hasattr(results, "close"):
+                    results.close()  # the consumer stopped early: joblib stops the round's workers

@@ -1,13 +1,15 @@
-"""The durable queue: a run's state is read from the MLflow runs that carry its key.
+"""The durable queue: a run's whole life, read from and written to the MLflow runs that carry its key.
 
-- done:    some attempt FINISHED (diverged runs are finished too)
-- running: some attempt RUNNING whose holder still heartbeats
-- failed:  the latest attempt FAILED
-- pending: no attempt, or only KILLED ones, or RUNNING ones whose holder stopped heartbeating
+A key's state:
+- done:    some attempt FINISHED (diverged and early-stopped runs are finished too)
+- running: some attempt RUNNING whose holder still heartbeats within its lease (and, on this host,
+           still exists)
+- failed:  the latest ended attempt FAILED
+- pending: no attempt, only KILLED ones, or RUNNING ones whose lease lapsed
 
-Claiming is create-then-check: a worker creates its RUNNING run, then looks at the key's runs; it
-keeps the claim only if no other live claim is there, else it deletes its run and tries again
-later. A claim whose holder dies stops heartbeating and lapses after LEASE_SECONDS.
+Claiming is create-then-check: a worker creates its RUNNING run, then reads the key's runs; it keeps
+the claim only if no other live claim or finished run is there, else it deletes its run and tries
+again later. The claim is a `Lease` (lease.py): its holder alone writes the run's outcome.
 """
 from __future__ import annotations
 
@@ -17,22 +19,53 @@ from dataclasses import dataclass
 from typing import Iterable, Optional
 
 from . import tracking
-from .tracking import RunRecord
+from .index import Index
+from .lease import (ATTEMPT, DIVERGED, ERROR, GRIDS, HEARTBEAT, HOLDER, KEY, KIND, LEASE, LEASE_SECONDS,
+                    PRUNED, SEARCH, SESSION, SWEEP, Lease, holder_alive)
+from .tracking import RunRow
 
-HEARTBEAT_SECONDS = 10.0
-LEASE_SECONDS = 60.0
 STATES = ("pending", "running", "failed", "done")
+PARENT_RUN_ID = "mlflow.parentRunId"
 
 
-def is_live(record: RunRecord, now: float, lease: Optional[float] = None) -> bool:
-    return record.status == "RUNNING" and now - record.heartbeat <= (LEASE_SECONDS if lease is None else lease)
+@dataclass(frozen=True)
+class RunRecord:
+    """One attempt at a key, as the queue sees it."""
+    run_id: str
+    key: str
+    status: str
+    start_time: int          # ms since the epoch
+    heartbeat: float         # s since the epoch, 0 when none
+    session: str
+    error: str = ""
+    diverged: bool = False
+    holder: str = ""
+    lease: float = LEASE_SECONDS
+    pruned: bool = False
+
+    @property
+    def lease_until(self) -> float:
+        return self.heartbeat + self.lease
 
 
-def key_state(records: Iterable[RunRecord], now: float, lease: Optional[float] = None) -> str:
+def record(row: RunRow) -> RunRecord:
+    tags = row.tags
+    return RunRecord(row.run_id, tags.get(KEY, ""), row.status, row.start_time or 0,
+                     float(tags.get(HEARTBEAT) or 0), tags.get(SESSION, ""), tags.get(ERROR, ""),
+                     tags.get(DIVERGED) == "true", tags.get(HOLDER, ""),
+                     float(tags.get(LEASE) or LEASE_SECONDS), tags.get(PRUNED) == "true")
+
+
+def is_live(r: RunRecord, now: float, alive=holder_alive) -> bool:
+    """RUNNING, heartbeating within its lease, and its holder not known to be gone."""
+    return r.status == "RUNNING" and now - r.heartbeat <= r.lease and alive(r.holder) is not False
+
+
+def key_state(records: Iterable[RunRecord], now: float, alive=holder_alive) -> str:
     records = list(records)
     if any(r.status == "FINISHED" for r in records):
         return "done"
-    if any(is_live(r, now, lease) for r in records):
+    if any(is_live(r, now, alive) for r in records):
         return "running"
     ended = [r for r in records if r.status in ("FAILED", "KILLED")]
     if ended and max(ended, key=lambda r: r.start_time).status == "FAILED":
@@ -40,27 +73,19 @@ def key_state(records: Iterable[RunRecord], now: float, lease: Optional[float] =
     return "pending"
 
 
-def states(keys: Iterable[str], records: Iterable[RunRecord], now: Optional[float] = None) -> dict[str, str]:
+def by_key(records: Iterable[RunRecord]) -> dict[str, list[RunRecord]]:
+    out: dict[str, list[RunRecord]] = {}
+    for r in records:
+        out.setdefault(r.key, []).append(r)
+    return out
+
+
+def states(keys: Iterable[str], records: Iterable[RunRecord], now: Optional[float] = None,
+           alive=holder_alive) -> dict[str, str]:
     """State of every key, from the experiment's run records."""
     now = time.time() if now is None else now
-    by_key: dict[str, list[RunRecord]] = {}
-    for r in records:
-        by_key.setdefault(r.key, []).append(r)
-    return {k: key_state(by_key.get(k, []), now) for k in keys}
-
-
-@dataclass(frozen=True)
-class QueueRead:
-    states: dict            # key -> state
-    records: list           # the experiment's RunRecords ([] when nothing is tracked yet)
-
-
-def read_states(spec, runs, uri: Optional[str]) -> QueueRead:
-    """Each planned run's state, read without writing anything (all pending when there is no store)."""
-    uri = tracking.store_uri(uri)
-    experiment_id = tracking.find_experiment(uri, spec.experiment) if tracking.store_exists(uri) else None
-    records = tracking.run_records(uri, experiment_id) if experiment_id else []
-    return QueueRead(states([r.key for r in runs], records), records)
+    grouped = by_key(records)
+    return {k: key_state(grouped.get(k, ()), now, alive) for k in keys}
 
 
 def last_errors(records: Iterable[RunRecord]) -> dict[str, str]:
@@ -79,29 +104,143 @@ def count(state_by_key: dict[str, str]) -> dict[str, int]:
     return counts
 
 
+@dataclass(frozen=True)
+class QueueRead:
+    states: dict            # key -> state
+    records: list           # the experiment's RunRecords ([] when nothing is tracked yet)
+    synced_at: float = 0.0
+
+
+class QueueView:
+    """The experiment's attempts as last read (through the index: each refresh reads only what
+    changed in the store), and the states they give."""
+
+    def __init__(self, uri: str, experiment_id: str):
+        self.index = Index(uri, experiment_id)
+        self._runs: dict[str, RunRecord] = {}
+        self._keyed: dict[str, dict[str, RunRecord]] = {}
+        self._loaded = False
+
+    def refresh(self) -> "QueueView":
+        rows, dropped = self.index.sync()
+        if not self._loaded:
+            rows, self._loaded = self.index.rows(), True
+        for run_id in dropped:
+            old = self._runs.pop(run_id, None)
+            if old is not None:
+                self._keyed.get(old.key, {}).pop(run_id, None)
+        for row in rows:
+            r = record(row)
+            self._runs[r.run_id] = r
+            self._keyed.setdefault(r.key, {})[r.run_id] = r
+        return self
+
+    @property
+    def synced_at(self) -> float:
+        return self.index.synced_at
+
+    def records(self) -> list[RunRecord]:
+        return list(self._runs.values())
+
+    def attempts(self, key: str) -> list[RunRecord]:
+        return list(self._keyed.get(key, {}).values())
+
+    def states(self, keys: Iterable[str], now: Optional[float] = None) -> dict[str, str]:
+        now = time.time() if now is None else now
+        return {k: key_state(self.attempts(k), now) for k in keys}
+
+    def failures(self, key: str, session: str) -> int:
+        return sum(r.session == session and r.status == "FAILED" for r in self.attempts(key))
+
+    def live(self, keys: Iterable[str]) -> list[RunRecord]:
+        """The attempts of `keys` held by a live lease now."""
+        now = time.time()
+        return [r for k in keys for r in self.attempts(k) if is_live(r, now)]
+
+
+def read_states(spec, runs, uri: Optional[str]) -> QueueRead:
+    """Each planned run's state, read without writing to the store (all pending when there is none)."""
+    uri = tracking.store_uri(uri)
+    experiment_id = tracking.find_experiment(uri, spec.experiment) if tracking.store_exists(uri) else None
+    if experiment_id is None:
+        return QueueRead(states([r.key for r in runs], []), [])
+    view = QueueView(uri, experiment_id).refresh()
+    return QueueRead(view.states([r.key for r in runs], view.synced_at), view.records(), view.synced_at)
+
+
+# --- claims -----------------------------------------------------------------------------------------
+
+def key_records(uri: str, experiment_id: str, key: str) -> list[RunRecord]:
+    """Every attempt at one key, read from the store itself (never from the index)."""
+    return [record(row) for row in tracking.search(uri, experiment_id, f"tags.`{KEY}` = '{key}'")]
+
+
 def claim(uri: str, experiment_id: str, parent_id: str, planned, sweep_name: str, session: str,
-          attempt: int, tries: int = 20) -> Optional[str]:
-    """Create this worker's run for `planned` and return its id, or None if the key is done or held.
+          holder: str, attempt: int = 1, lease_seconds: float = LEASE_SECONDS, search: str = "",
+          tries: int = 20) -> Optional[Lease]:
+    """A lease on `planned`'s run, or None if the key is done or held by a live claim.
 
     A claim stands only if it is the one live claim of its key once it is in the store; when two
     claimants see each other, both withdraw and try again after a random pause (never two winners).
     """
     for _ in range(tries):
-        before = tracking.run_records(uri, experiment_id, planned.key)
-        # A RUNNING run of our own session is an orphan: the engine re-ran a job whose worker died.
-        others = [r for r in before if not (r.session == session and r.status == "RUNNING")]
-        if key_state(others, time.time()) in ("done", "running"):
+        before = key_records(uri, experiment_id, planned.key)
+        if key_state(before, time.time()) in ("done", "running"):
             return None
-        for stale in before:  # a holder that died: its run can no longer pass for in flight
-            if stale.status == "RUNNING" and (stale.session == session or not is_live(stale, time.time())):
-                tracking.end_run(uri, stale.run_id, "KILLED", "claim lapsed: its process stopped heartbeating")
-        run_id = tracking.create_training_run(uri, experiment_id, parent_id, planned.name, planned.key,
-                                              planned.grids, sweep_name, session, attempt)
+        for stale in before:  # a holder that died or stopped beating: its run can no longer pass for in flight
+            if stale.status == "RUNNING":
+                gone = "is gone" if holder_alive(stale.holder) is False else "stopped heartbeating"
+                end_attempt(uri, stale.run_id, "KILLED", f"claim lapsed: its holder {stale.holder} {gone}")
         now = time.time()
-        after = tracking.run_records(uri, experiment_id, planned.key)
-        rivals = [r for r in after if r.run_id != run_id and (is_live(r, now) or r.status == "FINISHED")]
+        tags = {PARENT_RUN_ID: parent_id, KIND: "train", KEY: planned.key, GRIDS: ",".join(planned.grids),
+                SWEEP: sweep_name, SESSION: session, ATTEMPT: str(attempt), HOLDER: holder,
+                HEARTBEAT: f"{now:.3f}", LEASE: f"{lease_seconds:g}"}
+        if search:
+            tags[SEARCH] = search
+        run_id = tracking.create_run(uri, experiment_id, planned.name, tags)
+        after = key_records(uri, experiment_id, planned.key)
+        rivals = [r for r in after if r.run_id != run_id and (r.status == "FINISHED" or is_live(r, time.time()))]
         if not rivals:
-            return run_id
+            lease = Lease(uri, experiment_id, run_id, planned.key, planned.name, lease_seconds)
+            lease.confirmed = now
+            return lease
         tracking.delete_run(uri, run_id)
         time.sleep(random.uniform(0.05, 0.5))
     return None
+
+
+def end_attempt(uri: str, run_id: str, status: str, error: str) -> None:
+    """End a run whose holder is gone or lapsed (never one whose holder still heartbeats)."""
+    tracking.log_batch(uri, run_id, tags={ERROR: error[-7900:]})
+    tracking.set_status(uri, run_id, status)
+
+
+def session_runs(uri: str, experiment_id: str, session: str, status: str = "RUNNING") -> list[RunRecord]:
+    return [record(row) for row in tracking.search(
+        uri, experiment_id, f"tags.`{SESSION}` = '{session}' and attributes.status = '{status}'")]
+
+
+# --- the sweep's parent run ---------------------------------------------------------------------------
+
+def find_parent(uri: str, experiment_id: str, sweep_name: str) -> Optional[str]:
+    found = tracking.search(uri, experiment_id, f"tags.`{KIND}` = 'parent' and tags.`{SWEEP}` = "
+                            f"{tracking.quoted(sweep_name)}", max_results=1, order_by=["attributes.start_time ASC"])
+    return found[0].run_id if found else None
+
+
+def parent_run(uri: str, experiment_id: str, sweep_name: str, params: dict) -> str:
+    """The sweep's parent run, RUNNING (reused on resume, so every attempt nests under one parent)."""
+    run_id = find_parent(uri, experiment_id, sweep_name)
+    if run_id:
+        tracking.set_status(uri, run_id, "RUNNING")
+        return run_id
+    run_id = tracking.create_run(uri, experiment_id, f"sweep:{sweep_name}", {KIND: "parent", SWEEP: sweep_name})
+    tracking.log_batch(uri, run_id, params=params)
+    return run_id
+
+
+def end_parent(uri: str, run_id: str, status: str, counts: dict, note: str = "") -> None:
+    tracking.log_batch(uri, run_id, metrics=[(f"runs_{k}", v, 0) for k, v in counts.items()],
+                       tags={"sweep.outcome": note} if note else None)
+    if status != "RUNNING":
+        tracking.set_status(uri, run_id, status)

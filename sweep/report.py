@@ -277,9 +277,8 @@ def write_report(spec: SweepSpec, uri: str, out_dir: str | Path) -> tuple[Path, 
     if experiment_id is None:
         raise tracking.TrackingError(f"no experiment '{spec.experiment}' in tracking store {uri}; "
                                      f"run `sweep run` first")
-    records = tracking.run_records(uri, experiment_id)
     planned_keys = [r.key for r in expand(spec)]
-    states = queue.states(planned_keys, records)
+    states = queue.QueueView(uri, experiment_id).refresh().states(planned_keys)
     finished = finished_runs(tidy_runs(tracking.runs_frame(uri, experiment_id)), planned_keys)
     analysis = analyse(spec, finished, states)
     out = Path(out_dir)
@@ -289,7 +288,7 @@ def write_report(spec: SweepSpec, uri: str, out_dir: str | Path) -> tuple[Path, 
     (out / "report.html").write_text(render_html(blocks))
     render_pdf(blocks, out / "report.pdf")
     files = sorted(out.iterdir())
-    parent = tracking.find_parent_run(uri, experiment_id, spec.name)
+    parent = queue.find_parent(uri, experiment_id, spec.name)
     if parent:
         tracking.log_artifacts(uri, parent, out, "report")
     return out, files, bool(parent)

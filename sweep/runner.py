@@ -1,48 +1,60 @@
-"""Run a sweep: read the queue from the store, dispatch what is left, retry failures, sum up."""
+"""Run a sweep: read the queue, dispatch what is left in rounds, isolate crashes, wait for runs held
+elsewhere, sum up.
+
+A run's life belongs to the queue (claim, lease, finish); the runner only decides what to dispatch
+next and ends the runs whose holder is gone (never one whose holder still heartbeats).
+"""
 from __future__ import annotations
 
+import signal
+import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Optional
 
 from mnist_core.fused import DEFAULT_CHUNK_SIZE, group_key
 
 from . import queue, tracking
 from .devices import available_cores, default_jobs, gpu_count, threads_per_worker
+from .dispatch import BACKENDS, Round, backend_session, is_remote_backend
 from .errors import SettingsError
-from .dispatch import backend_session, dispatch, is_remote_backend
+from .lease import LEASE_SECONDS, holder_alive, this_holder
 from .spec import PlannedRun, SweepSpec, expand
+from .store import open_store
 from .worker import Job, Outcome
 
 ENGINES = ("auto", "solo", "fused")
+POLL_SECONDS = 2.0
+INCOMPLETE = 3  # exit status: runs are held by another process and this one did not wait for them
 
 
-def plan_jobs(runs: list[PlannedRun], engine: str = "auto", chunk_size: int = DEFAULT_CHUNK_SIZE) -> list[tuple]:
-    """Runs per job: alone (solo), or same-shape groups in chunks of at most `chunk_size` (fused)."""
-    if engine not in ENGINES:
-        raise ValueError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
-    if engine == "solo" or chunk_size < 2:
-        return [(r,) for r in runs]
-    groups: dict[tuple, list[PlannedRun]] = {}
-    for run in runs:
-        groups.setdefault(group_key(run.config), []).append(run)
-    jobs = []
-    for members in groups.values():
-        n_chunks = -(-len(members) // chunk_size)
-        base, extra = divmod(len(members), n_chunks)  # near-equal chunks, none over chunk_size
-        start = 0
-        for i in range(n_chunks):
-            size = base + (i < extra)
-            jobs.append(tuple(members[start:start + size]))
-            start += size
-    return sorted(jobs, key=len, reverse=True)  # big jobs first, so workers finish together
+@dataclass(frozen=True)
+class Settings:
+    jobs: Optional[int] = None
+    retries: int = 1
+    data_dir: Optional[str] = None
+    device: str = "auto"
+    backend: str = "loky"
+    address: Optional[str] = None       # dask scheduler or ray cluster address
+    engine: str = "auto"                # solo, fused or auto (fuse groups of two or more)
+    chunk_size: int = DEFAULT_CHUNK_SIZE
+    wait: bool = True                   # wait for runs held by another live process, then train what they leave
+    lease_seconds: float = LEASE_SECONDS
+    gpus: Optional[int] = None          # injectable GPU count (tests fake several)
+    gpu_lock_dir: Optional[str] = None
 
 
-def check_remote_store(backend: str, store: str) -> None:
-    """Workers on other machines cannot write a local SQLite file: a remote backend needs a server."""
-    if is_remote_backend(backend) and not tracking.is_remote(store):
+def check_settings(settings: Settings, store: str) -> None:
+    """Refuse settings that cannot work, before anything is written."""
+    if settings.engine not in ENGINES:
+        raise SettingsError(f"unknown engine {settings.engine!r}; choose one of {', '.join(ENGINES)}")
+    if settings.backend not in BACKENDS:
+        raise SettingsError(f"unknown backend {settings.backend!r}; choose one of {', '.join(BACKENDS)}")
+    if settings.lease_seconds < 6:
+        raise SettingsError(f"lease of {settings.lease_seconds:g} s is too short: give at least 6 s")
+    if is_remote_backend(settings.backend) and not tracking.is_remote(store):
         raise SettingsError(
-            f"the {backend} backend runs workers that cannot write the local store {store}. "
+            f"the {settings.backend} backend runs workers that cannot write the local store {store}. "
             f"Start a tracking server that they can reach, e.g.\n"
             f"  mlflow server --host 127.0.0.1 --port 5000 --backend-store-uri sqlite:///mlruns/mlflow.db "
             f"--artifacts-destination ./mlruns/artifacts\n"
@@ -50,18 +62,60 @@ def check_remote_store(backend: str, store: str) -> None:
             f"--tracking-uri http://HOST:5000 or set MLFLOW_TRACKING_URI.")
 
 
+def expected_cost(run: PlannedRun) -> float:
+    """Relative cost of a run: epochs x weights (the arithmetic of a pass scales with them)."""
+    c = run.config
+    return c.epochs * (784 * c.width + (c.depth - 1) * c.width * c.width + 10 * c.width)
+
+
+def plan_jobs(runs: list[PlannedRun], engine: str = "auto", chunk_size: int = DEFAULT_CHUNK_SIZE) -> list[tuple]:
+    """Runs per job, the most expensive jobs first so that the slowest does not start last:
+    each run alone (solo), or same-shape groups in chunks of at most `chunk_size` (fused)."""
+    if engine not in ENGINES:
+        raise ValueError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
+    if engine == "solo" or chunk_size < 2:
+        jobs = [(r,) for r in runs]
+    else:
+        groups: dict[tuple, list[PlannedRun]] = {}
+        for run in runs:
+            groups.setdefault(group_key(run.config), []).append(run)
+        jobs = []
+        for members in groups.values():
+            n_chunks = -(-len(members) // chunk_size)
+            base, extra = divmod(len(members), n_chunks)  # near-equal chunks, none over chunk_size
+            start = 0
+            for i in range(n_chunks):
+                size = base + (i < extra)
+                jobs.append(tuple(members[start:start + size]))
+                start += size
+    return sorted(jobs, key=lambda job: sum(expected_cost(r) for r in job), reverse=True)
+
+
+class Progress:
+    """What a sweep reports as it goes; the CLI prints it, tests may record it. Every hook is optional."""
+
+    def start(self, summary: "SweepSummary") -> None: ...
+    def outcome(self, outcome: Outcome) -> None: ...
+    def waiting(self, runs: int, until: float, why: str) -> None: ...
+
+
 class SweepInterrupted(Exception):
-    """Ctrl-C: dispatching stopped and the runs in flight were marked KILLED."""
+    """Ctrl-C, SIGTERM, SIGHUP or a closed stdout: dispatching stopped, the runs in flight were ended."""
+
+    def __init__(self, reason: str, exit_code: int):
+        super().__init__(reason)
+        self.exit_code = exit_code
 
 
 @dataclass
 class SweepSummary:
-    total: int                      # runs in the (grid-filtered) sweep
-    already_done: int               # finished before this command started
-    to_train: int                   # what this command set out to train
+    total: int = 0                  # runs in the (grid-filtered) sweep
+    already_done: int = 0           # finished before this command started
+    to_train: int = 0               # what this command set out to train
+    held_elsewhere: int = 0         # running in another live process at the start
     outcomes: dict = field(default_factory=dict)   # key -> final Outcome of this command
-    held_elsewhere: int = 0         # running in another live process
     crashes: list = field(default_factory=list)    # what joblib said when a worker died
+    not_done: list = field(default_factory=list)   # (name, why) of runs left unfinished at the end
     jobs: int = 0
     threads: int = 0
     experiment_id: str = ""
@@ -74,110 +128,212 @@ class SweepSummary:
     def failed(self) -> list[Outcome]:
         return [o for o in self.outcomes.values() if o.status == "failed"]
 
-
-@dataclass(frozen=True)
-class Settings:
-    jobs: Optional[int] = None
-    retries: int = 1
-    data_dir: Optional[str] = None
-    device: str = "auto"
-    backend: str = "loky"
-    address: Optional[str] = None       # dask scheduler or ray cluster address
-    gpus: Optional[int] = None          # injectable GPU count (tests fake several)
-    gpu_lock_dir: Optional[str] = None
-    engine: str = "auto"                # solo, fused or auto (fuse groups of two or more)
-    chunk_size: int = DEFAULT_CHUNK_SIZE
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.failed else INCOMPLETE if self.not_done else 0
 
 
-def _todo(runs: list[PlannedRun], records, session: str, retries: int) -> list[PlannedRun]:
-    state = queue.states([r.key for r in runs], records)
-    tries = {}
-    for rec in records:
-        if rec.session == session and rec.status == "FAILED":
-            tries[rec.key] = tries.get(rec.key, 0) + 1
-    return [r for r in runs if state[r.key] in ("pending", "failed") and tries.get(r.key, 0) <= retries]
+def run_sweep(spec: SweepSpec, uri: str, settings: Settings = Settings(), grids=(),
+              progress: Optional[Progress] = None) -> SweepSummary:
+    """Train every run of the sweep (or of `grids`) that is not done in the store, and nothing else."""
+    planned = expand(spec, grids)
+    check_settings(settings, uri)
+    with backend_session(settings.backend, settings.address):  # an unreachable cluster fails before any write
+        uri = open_store(uri)
+        experiment_id = tracking.ensure_experiment(uri, spec.experiment)
+        return _Sweep(spec, uri, experiment_id, planned, settings, progress or Progress()).run(grids)
 
 
-def run_sweep(spec: SweepSpec, tracking_uri: str, settings: Settings = Settings(), grids=(),
-              on_start: Optional[Callable[[SweepSummary], None]] = None,
-              on_outcome: Optional[Callable[[Outcome], None]] = None) -> SweepSummary:
-    runs = expand(spec, grids)
-    experiment_id = tracking.ensure_experiment(tracking_uri, spec.experiment)
-    records = tracking.run_records(tracking_uri, experiment_id)
-    state = queue.states([r.key for r in runs], records)
-    session = uuid.uuid4().hex
-    todo = _todo(runs, records, session, settings.retries)
-    summary = SweepSummary(total=len(runs), already_done=sum(s == "done" for s in state.values()),
-                           to_train=len(todo), held_elsewhere=sum(s == "running" for s in state.values()),
-                           experiment_id=experiment_id)
-    gpus = gpu_count() if settings.gpus is None else settings.gpus
-    cores = available_cores()
-    summary.jobs = settings.jobs or default_jobs(gpus, cores)
-    summary.threads = threads_per_worker(summary.jobs, cores)
-    if on_start is not None:
-        on_start(summary)
-    if not todo:
-        return summary
-    summary.parent_run_id = tracking.parent_run(tracking_uri, experiment_id, spec.name, {
-        "spec": spec.path, "experiment": spec.experiment, "grids": ",".join(grids or spec.grids),
-        "runs": len(runs)})
-    planned_todo = list(todo)
-    remote = is_remote_backend(settings.backend)
-    try:
-        with backend_session(settings.backend, settings.address):
-            for attempt in range(1, settings.retries + 2):
-                jobs = [Job(runs=group, tracking_uri=tracking_uri, experiment_id=experiment_id,
-                            parent_run_id=summary.parent_run_id, sweep_name=spec.name, session=session,
-                            attempt=attempt, data_dir=settings.data_dir, device=settings.device,
-                            threads=1 if remote else summary.threads, gpus=settings.gpus,
-                            gpu_lock_dir=settings.gpu_lock_dir, fused=settings.engine == "fused")
-                        for group in plan_jobs(todo, settings.engine, settings.chunk_size)]
-                n_jobs = settings.jobs or (-1 if remote else summary.jobs)
-                _, crash = dispatch(jobs, n_jobs if n_jobs == -1 else min(n_jobs, len(jobs)), settings.backend,
-                                    lambda o: _record(summary, o, on_outcome))
-                if crash:
-                    summary.crashes.append(crash)
-                # Every job of the round has returned or died: a run of ours still RUNNING lost its worker.
-                _end_session_runs(tracking_uri, experiment_id, session, "FAILED",
-                                  f"worker process died abruptly ({crash or 'no outcome'})")
-                todo = _todo(runs, tracking.run_records(tracking_uri, experiment_id), session, settings.retries)
-                if not todo:
+class _Sweep:
+    def __init__(self, spec, uri, experiment_id, planned, settings: Settings, progress: Progress):
+        self.spec, self.uri, self.experiment_id, self.planned = spec, uri, experiment_id, planned
+        self.settings, self.progress = settings, progress
+        self.session, self.owner = uuid.uuid4().hex, this_holder()
+        self.view = queue.QueueView(uri, experiment_id)
+        self.summary = SweepSummary(total=len(planned), experiment_id=experiment_id)
+        gpus = gpu_count() if settings.gpus is None else settings.gpus
+        cores = available_cores()
+        self.summary.jobs = settings.jobs or default_jobs(gpus, cores)
+        self.summary.threads = threads_per_worker(self.summary.jobs, cores)
+        self.remote = is_remote_backend(settings.backend)
+
+    def run(self, grids) -> SweepSummary:
+        s = self.summary
+        self.view.refresh()
+        state = self.view.states([r.key for r in self.planned])
+        todo = self._todo()
+        s.already_done = sum(v == "done" for v in state.values())
+        s.held_elsewhere = sum(v == "running" for v in state.values())
+        s.to_train = len(todo)
+        self.todo_keys = {r.key for r in todo}
+        self.progress.start(s)
+        if not todo and (not s.held_elsewhere or not self.settings.wait):
+            self._left_over()
+            return s
+        s.parent_run_id = queue.parent_run(self.uri, self.experiment_id, self.spec.name, {
+            "spec": self.spec.path, "experiment": self.spec.experiment, "grids": ",".join(grids or self.spec.grids),
+            "runs": len(self.planned)})
+        try:
+            self._loop()
+        except KeyboardInterrupt as exc:
+            signum = getattr(exc, "signum", signal.SIGINT)
+            self._stop(f"interrupted ({signal.Signals(signum).name})")
+            raise SweepInterrupted(f"interrupted by {signal.Signals(signum).name}", 128 + signum) from None
+        except BrokenPipeError:
+            self._stop("stopped: the output pipe was closed")
+            raise
+        self._left_over()
+        self._end_parent()
+        return s
+
+    # --- rounds ---------------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        attempt, stalls = 0, 0
+        while True:
+            todo = self._todo()
+            if todo:
+                attempt += 1
+                round_ = self._dispatch(plan_jobs(todo, self.settings.engine, self.settings.chunk_size), attempt)
+                orphans = self._settle_orphans(f"its worker process died ({round_.crash})", "KILLED")
+                if round_.crash:
+                    self.summary.crashes.append(round_.crash)
+                    if orphans:
+                        self._isolate(orphans, attempt)
+                    elif not self._progressed:
+                        stalls += 1
+                        if stalls > self.settings.retries:
+                            return  # the pool dies before any run starts: what is left is reported
+                continue
+            held = self._held()
+            if not held or not self.settings.wait:
+                return
+            self.progress.waiting(len(held), max(r.lease_until for r in held), "held by another process")
+            time.sleep(POLL_SECONDS)
+
+    def _dispatch(self, jobs: list[tuple], attempt: int, n_jobs: Optional[int] = None, solo: bool = False) -> Round:
+        s = self.settings
+        work = [Job(runs=group, tracking_uri=self.uri, experiment_id=self.experiment_id,
+                    parent_run_id=self.summary.parent_run_id, sweep_name=self.spec.name, session=self.session,
+                    owner=self.owner, attempt=attempt, data_dir=s.data_dir, device=s.device,
+                    threads=1 if self.remote else self.summary.threads, gpus=s.gpus, gpu_lock_dir=s.gpu_lock_dir,
+                    fused=s.engine == "fused" and not solo, lease_seconds=s.lease_seconds)
+                for group in jobs]
+        if n_jobs is None:
+            n_jobs = s.jobs or (-1 if self.remote else self.summary.jobs)
+            n_jobs = n_jobs if n_jobs == -1 else min(n_jobs, len(work))
+        round_ = Round(work, n_jobs, s.backend)
+        self._progressed = False
+        for outcome in round_:
+            self._record(outcome)
+        return round_
+
+    def _record(self, outcome: Outcome) -> None:
+        if outcome.status != "skipped":
+            self._progressed = True
+        elif outcome.key in self.summary.outcomes:
+            return
+        self.summary.outcomes[outcome.key] = outcome
+        self.progress.outcome(outcome)
+
+    def _isolate(self, keys: list[str], attempt: int) -> None:
+        """Runs that were training when a worker died: each alone, so that only the one that kills
+        its worker fails (the others had only shared its pool)."""
+        planned = {r.key: r for r in self.planned}
+        for key in dict.fromkeys(keys):
+            for _ in range(self.settings.retries + 1):
+                if self._state(key) not in ("pending", "failed"):
                     break
-        _settle(summary, planned_todo, tracking.run_records(tracking_uri, experiment_id))
-    except KeyboardInterrupt:
-        _end_session_runs(tracking_uri, experiment_id, session, "KILLED", "interrupted (Ctrl-C)")
-        tracking.end_parent(tracking_uri, summary.parent_run_id, "KILLED", _counts(summary))
-        raise SweepInterrupted() from None
-    tracking.end_parent(tracking_uri, summary.parent_run_id, "FAILED" if summary.failed else "FINISHED",
-                        _counts(summary))
-    return summary
+                round_ = self._dispatch([(planned[key],)], attempt, n_jobs=1, solo=True)
+                if not round_.crash:
+                    break
+                self.summary.crashes.append(round_.crash)
+                self._settle_orphans(f"its worker process died while it trained alone ({round_.crash})", "FAILED")
 
+    def _settle_orphans(self, why: str, status: str) -> list[str]:
+        """This session's runs still RUNNING after a round: wait while their holders live (a remote
+        worker that goes on), end those whose holder is gone, and return their keys."""
+        orphaned = []
+        while True:
+            mine = queue.session_runs(self.uri, self.experiment_id, self.session)
+            now = time.time()
+            for r in mine:
+                if not queue.is_live(r, now):
+                    queue.end_attempt(self.uri, r.run_id, status, why)
+                    orphaned.append(r.key)
+            live = [r for r in mine if queue.is_live(r, now)]
+            if not live:
+                return orphaned
+            self.progress.waiting(len(live), max(r.lease_until for r in live), "still held by this sweep's workers")
+            time.sleep(0.2 if all(holder_alive(r.holder) is not None for r in live) else POLL_SECONDS)
 
-def _record(summary: SweepSummary, outcome: Outcome, on_outcome) -> None:
-    if outcome.status == "skipped" and outcome.key in summary.outcomes:
-        return
-    summary.outcomes[outcome.key] = outcome
-    if on_outcome is not None:
-        on_outcome(outcome)
+    # --- reading the queue ------------------------------------------------------------------------
 
+    def _state(self, key: str) -> str:
+        self.view.refresh()
+        return self.view.states([key])[key]
 
-def _settle(summary: SweepSummary, runs: list[PlannedRun], records) -> None:
-    """Runs still not done after the last attempt failed for good, with their last error."""
-    state = queue.states([r.key for r in runs], records)
-    errors = queue.last_errors(records)
-    for run in runs:
-        known = summary.outcomes.get(run.key)
-        if state[run.key] in ("pending", "failed") and (known is None or known.status != "failed"):
-            error = errors.get(run.key, "").splitlines()
-            summary.outcomes[run.key] = Outcome(run.key, run.name, "failed",
-                                                error=error[0] if error else "no outcome: its worker process died")
+    def _todo(self) -> list[PlannedRun]:
+        self.view.refresh()
+        state = self.view.states([r.key for r in self.planned])
+        retries = self.settings.retries
+        return [r for r in self.planned if state[r.key] in ("pending", "failed")
+                and self.view.failures(r.key, self.session) <= retries]
 
+    def _held(self) -> list[queue.RunRecord]:
+        self.view.refresh()
+        return self.view.live([r.key for r in self.planned])
 
-def _counts(summary: SweepSummary) -> dict:
-    return {s: summary.count(s) for s in ("done", "diverged", "failed", "skipped")}
+    # --- the end ------------------------------------------------------------------------------------
 
+    def _left_over(self) -> None:
+        """Runs not done at the end: failed for good, or why they are not done."""
+        s = self.summary
+        self.view.refresh()
+        state = self.view.states([r.key for r in self.planned])
+        errors = queue.last_errors(self.view.records())
+        for run in self.planned:
+            known = s.outcomes.get(run.key)
+            if state[run.key] == "done":
+                if run.key in self.todo_keys and (known is None or known.status == "lost"):
+                    s.outcomes[run.key] = Outcome(run.key, run.name, "skipped")
+            elif state[run.key] == "failed" and self.view.failures(run.key, self.session):
+                error = (errors.get(run.key) or "failed").splitlines()[0]
+                s.outcomes[run.key] = Outcome(run.key, run.name, "failed", error=error)
+            elif state[run.key] == "running":
+                s.not_done.append((run.name, "held by another process"))
+            elif s.parent_run_id:
+                why = s.crashes[-1] if s.crashes else "not trained"
+                s.not_done.append((run.name, f"not trained: the worker pool failed ({why})"))
 
-def _end_session_runs(uri: str, experiment_id: str, session: str, status: str, error: str) -> None:
-    for rec in tracking.run_records(uri, experiment_id):
-        if rec.session == session and rec.status == "RUNNING":
-            tracking.end_run(uri, rec.run_id, status, error)
+    def _end_parent(self) -> None:
+        """FINISHED only when every run of the whole sweep is done."""
+        s = self.summary
+        every = self.view.states([r.key for r in expand(self.spec)])
+        counts = {k: s.count(k) for k in ("done", "diverged", "failed", "skipped", "lost")}
+        missing = sum(v != "done" for v in every.values())
+        if not missing:
+            status, note = "FINISHED", ""
+        elif s.failed:
+            status, note = "FAILED", f"{len(s.failed)} runs failed"
+        elif any(v == "running" for v in every.values()):
+            status, note = "RUNNING", f"{missing} of {len(every)} runs not done; others are training them"
+        else:
+            status, note = "KILLED", f"incomplete: {missing} of {len(every)} runs not done"
+        queue.end_parent(self.uri, s.parent_run_id, status, counts, note)
+
+    def _stop(self, reason: str) -> None:
+        """After Ctrl-C, a signal or a closed stdout: end the runs whose workers are gone, then the parent.
+        joblib stops this round's workers; a remote worker that goes on keeps its runs."""
+        deadline = time.time() + 10
+        while True:
+            mine = queue.session_runs(self.uri, self.experiment_id, self.session)
+            gone = [r for r in mine if holder_alive(r.holder) is False or not queue.is_live(r, time.time())]
+            for r in gone:
+                queue.end_attempt(self.uri, r.run_id, "KILLED", reason)
+            if len(gone) == len(mine) or time.time() > deadline:
+                break
+            time.sleep(0.2)
+        if self.summary.parent_run_id:
+            counts = {k: self.summary.count(k) for k in ("done", "diverged", "failed", "skipped", "lost")}
+            queue.end_parent(self.uri, self.summary.parent_run_id, "KILLED", counts, reason)

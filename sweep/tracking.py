@@ -1,33 +1,30 @@
-"""Everything that touches MLflow: the store, experiments, runs, metrics, artifacts and searches.
+"""Plain MLflow I/O: experiments, runs, batched writes, searches and artifacts.
 
-Runs are written through `MlflowClient` with explicit run ids (never the fluent API's per-thread
-active run), so any process or thread can log to any run.
+Runs are written through one `MlflowClient` per store with explicit run ids (never the fluent API's
+per-thread active run), so any process or thread can log to any run. Every failure to use the store
+becomes one `TrackingError` naming the store. What the tags mean is the queue's business.
 """
 from __future__ import annotations
 
 import functools
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Iterable, Optional
 from urllib.parse import urlparse
 
 import mlflow
-import pandas as pd
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, ViewType
+from mlflow.entities import Metric, Param, RunTag, ViewType
 from mlflow.exceptions import MlflowException
-from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from .errors import SweepError
+from .store import default_tracking_uri, existing_store, store_exists, store_uri  # noqa: F401  (re-exported)
 
-DEFAULT_STORE_DIR = "mlruns"
-# Tags of a training run; the key is the run's identity in the durable queue.
-KEY, GRIDS, SWEEP, SESSION, HEARTBEAT, DIVERGED, ERROR, ATTEMPT, KIND = (
-    "sweep.key", "sweep.grids", "sweep.name", "sweep.session", "sweep.heartbeat",
-    "sweep.diverged", "sweep.error", "sweep.attempt", "sweep.kind")
 EXPERIMENT_KIND = "mlflow.experimentKind"  # makes the MLflow UI open the experiment as model training
+MODEL_TRAINING = "custom_model_development"
+PAGE = 1000  # runs per search request
 
 
 class TrackingError(SweepError):
@@ -43,47 +40,48 @@ def _store_errors(function):
         except TrackingError:
             raise
         except MlflowException as exc:
-            raise TrackingError(f"tracking store {uri}: {exc.message}") from exc
+            raise TrackingError(f"tracking store {uri}: {_first_line(exc.message)}") from exc
         except Exception as exc:
             raise TrackingError(f"tracking store {uri} cannot be used: {type(exc).__name__}: "
-                                f"{str(exc).splitlines()[0] if str(exc) else ''}") from exc
+                                f"{_first_line(str(exc))}") from exc
     return wrapper
 
 
-def default_tracking_uri(base: str | os.PathLike = ".") -> str:
-    return f"sqlite:///{(Path(base).resolve() / DEFAULT_STORE_DIR / 'mlflow.db').as_posix()}"
+def _first_line(text: str) -> str:
+    return text.strip().splitlines()[0] if text and text.strip() else ""
 
 
-def store_uri(uri: Optional[str] = None) -> str:
-    """The URI given, else $MLFLOW_TRACKING_URI, else SQLite under ./mlruns; creates nothing."""
-    return uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
+@dataclass(frozen=True)
+class RunRow:
+    """One MLflow run as plain data."""
+    run_id: str
+    status: str
+    start_time: int                  # ms since the epoch
+    end_time: Optional[int]          # ms, None while running
+    name: str
+    artifact_uri: str
+    tags: dict = field(default_factory=dict)
+    params: dict = field(default_factory=dict)
+    metrics: dict = field(default_factory=dict)   # latest value of each metric
+    deleted: bool = False
 
 
-def store_exists(uri: str) -> bool:
-    return not uri.startswith("sqlite:///") or Path(uri[len("sqlite:///"):]).exists()
-
-
-def existing_store(uri: Optional[str], hint: str) -> str:
-    """The store to read from; a local store that does not exist yet is an error saying what to do."""
-    uri = store_uri(uri)
-    if not store_exists(uri):
-        raise TrackingError(f"no tracking store at {uri}; {hint}")
-    return uri
-
-
-def resolve_tracking_uri(uri: Optional[str] = None) -> str:
-    """The URI given, else $MLFLOW_TRACKING_URI, else SQLite under ./mlruns; makes the local folder."""
-    uri = store_uri(uri)
-    if uri.startswith("sqlite:///"):
-        Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
-    elif "://" not in uri:
-        raise TrackingError(f"tracking URI {uri!r} is not supported: MLflow 3 refuses a plain folder store; "
-                            f"use sqlite:///PATH/mlflow.db or an http(s):// tracking server")
-    return uri
+def _row(run) -> RunRow:
+    info, data = run.info, run.data
+    return RunRow(info.run_id, info.status, info.start_time or 0, info.end_time, info.run_name or "",
+                  info.artifact_uri or "", dict(data.tags), dict(data.params), dict(data.metrics),
+                  info.lifecycle_stage == "deleted")
 
 
 def is_remote(uri: str) -> bool:
     return urlparse(uri).scheme in ("http", "https", "databricks")
+
+
+def quoted(value: str) -> str:
+    """A string literal for an MLflow filter: single quotes, or double ones when the value has a '."""
+    if "'" in value and '"' in value:
+        raise TrackingError(f"cannot search the store for {value!r}: it holds both kinds of quote")
+    return f'"{value}"' if "'" in value else f"'{value}'"
 
 
 def _artifact_root(uri: str, experiment: str) -> Optional[str]:
@@ -94,24 +92,25 @@ def _artifact_root(uri: str, experiment: str) -> Optional[str]:
     return None  # a tracking server or database store decides
 
 
+@functools.lru_cache(maxsize=8)
 def client(uri: str) -> MlflowClient:
     return MlflowClient(tracking_uri=uri)
 
 
 @_store_errors
 def ensure_experiment(uri: str, name: str) -> str:
-    """The experiment's id, created if needed; call once in the parent, before any worker starts."""
+    """The experiment's id, created if needed (tagged to open as model training in the MLflow UI)."""
     c = client(uri)
     found = c.get_experiment_by_name(name)
     if found is not None:
         if found.lifecycle_stage == "deleted":
             c.restore_experiment(found.experiment_id)
-        if EXPERIMENT_KIND not in found.tags:
-            c.set_experiment_tag(found.experiment_id, EXPERIMENT_KIND, "custom_model_development")
+        if found.tags.get(EXPERIMENT_KIND) != MODEL_TRAINING:
+            c.set_experiment_tag(found.experiment_id, EXPERIMENT_KIND, MODEL_TRAINING)
         return found.experiment_id
     try:
         return c.create_experiment(name, artifact_location=_artifact_root(uri, name),
-                                   tags={EXPERIMENT_KIND: "custom_model_development"})
+                                   tags={EXPERIMENT_KIND: MODEL_TRAINING})
     except MlflowException as exc:
         if "already exists" not in str(exc):
             raise
@@ -125,111 +124,71 @@ def find_experiment(uri: str, name: str) -> Optional[str]:
 
 
 @_store_errors
-def parent_run(uri: str, experiment_id: str, sweep_name: str, params: dict) -> str:
-    """The sweep's parent run (reused on resume, so every attempt nests under one parent)."""
-    c = client(uri)
-    run_id = find_parent_run(uri, experiment_id, sweep_name)
-    if run_id:
-        c.update_run(run_id, status="RUNNING")
-        return run_id
-    run = c.create_run(experiment_id, run_name=f"sweep:{sweep_name}", tags={KIND: "parent", SWEEP: sweep_name})
-    c.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()])
-    return run.info.run_id
+def create_run(uri: str, experiment_id: str, name: str, tags: dict) -> str:
+    return client(uri).create_run(experiment_id, run_name=name, tags=tags).info.run_id
 
 
 @_store_errors
-def end_parent(uri: str, run_id: str, status: str, counts: dict) -> None:
-    c = client(uri)
-    c.log_batch(run_id, metrics=[Metric(f"runs_{k}", float(v), _now_ms(), 0) for k, v in counts.items()])
-    c.set_terminated(run_id, status)
-
-
-@dataclass(frozen=True)
-class RunRecord:
-    """One MLflow run of a training attempt, as the queue sees it."""
-    run_id: str
-    key: str
-    status: str
-    start_time: int          # ms since the epoch
-    heartbeat: float         # s since the epoch, 0 when none
-    session: str
-    error: str
-    diverged: bool
-
-
-def _record(run) -> RunRecord:
-    tags = run.data.tags
-    return RunRecord(run.info.run_id, tags.get(KEY, ""), run.info.status, run.info.start_time or 0,
-                     float(tags.get(HEARTBEAT, 0) or 0), tags.get(SESSION, ""), tags.get(ERROR, ""),
-                     tags.get(DIVERGED) == "true")
-
-
-@_store_errors
-def run_records(uri: str, experiment_id: str, key: Optional[str] = None) -> list[RunRecord]:
-    """Every training run of the experiment (or of one key), all pages."""
-    c = client(uri)
-    query = f"tags.`{KEY}` = '{key}'" if key else f"tags.`{KIND}` = 'train'"
-    records, token = [], None
-    while True:
-        page = c.search_runs([experiment_id], query, ViewType.ACTIVE_ONLY, max_results=1000, page_token=token)
-        records += [_record(r) for r in page]
-        token = page.token
-        if not token:
-            return records
-
-
-def create_training_run(uri: str, experiment_id: str, parent_id: str, name: str, key: str,
-                        grids: tuple, sweep_name: str, session: str, attempt: int) -> str:
-    run = client(uri).create_run(experiment_id, run_name=name, tags={
-        MLFLOW_PARENT_RUN_ID: parent_id, KIND: "train", KEY: key, GRIDS: ",".join(grids),
-        SWEEP: sweep_name, SESSION: session, ATTEMPT: str(attempt), HEARTBEAT: f"{time.time():.3f}"})
-    return run.info.run_id
-
-
 def delete_run(uri: str, run_id: str) -> None:
     client(uri).delete_run(run_id)
 
 
-def log_params(uri: str, run_id: str, params: dict) -> None:
-    client(uri).log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
-
-
-def log_metrics(uri: str, run_id: str, metrics: dict, step: int) -> None:
-    now = _now_ms()
-    client(uri).log_batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
-
-
-def beat(uri: str, run_id: str) -> None:
-    client(uri).set_tag(run_id, HEARTBEAT, f"{time.time():.3f}")
-
-
-def log_artifact(uri: str, run_id: str, path: str | os.PathLike) -> None:
-    client(uri).log_artifact(run_id, str(path))
-
-
-def finish_run(uri: str, run_id: str, diverged: bool) -> None:
-    c = client(uri)
-    c.set_tag(run_id, DIVERGED, "true" if diverged else "false")
-    c.set_terminated(run_id, "FINISHED")
-
-
-def end_run(uri: str, run_id: str, status: str, error: str = "") -> None:
-    """Mark a run FAILED or KILLED, keeping the error text (tags hold up to 8000 characters)."""
-    c = client(uri)
-    if error:
-        c.set_tag(run_id, ERROR, error[-7900:])
-    c.set_terminated(run_id, status)
+@_store_errors
+def log_batch(uri: str, run_id: str, metrics: Iterable[tuple] = (), params: Optional[dict] = None,
+              tags: Optional[dict] = None) -> None:
+    """One request: metrics as (key, value, step) triples, params and tags as mappings."""
+    now = int(time.time() * 1000)
+    client(uri).log_batch(run_id,
+                          metrics=[Metric(k, float(v), now, int(step)) for k, v, step in metrics],
+                          params=[Param(k, str(v)) for k, v in (params or {}).items()],
+                          tags=[RunTag(k, str(v)) for k, v in (tags or {}).items()])
 
 
 @_store_errors
-def runs_frame(uri: str, experiment_id: str) -> pd.DataFrame:
-    """All training runs of the experiment as MLflow's own search_runs DataFrame."""
+def set_status(uri: str, run_id: str, status: str) -> None:
+    """End a run (FINISHED, FAILED, KILLED: the end time is set now) or set it RUNNING again."""
+    if status == "RUNNING":
+        client(uri).update_run(run_id, status="RUNNING")
+    else:
+        client(uri).set_terminated(run_id, status)
+
+
+@_store_errors
+def log_artifact(uri: str, run_id: str, path: str | os.PathLike, artifact_path: Optional[str] = None) -> None:
+    client(uri).log_artifact(run_id, str(path), artifact_path)
+
+
+@_store_errors
+def log_artifacts(uri: str, run_id: str, folder: str | os.PathLike, artifact_path: str) -> None:
+    client(uri).log_artifacts(run_id, str(folder), artifact_path)
+
+
+@_store_errors
+def download_artifact(uri: str, run_id: str, path: str, dst: str | os.PathLike) -> str:
+    return client(uri).download_artifacts(run_id, path, str(dst))
+
+
+@_store_errors
+def search(uri: str, experiment_id: str, query: str = "", view: str = "active",
+           max_results: Optional[int] = None, order_by: Optional[list] = None) -> list[RunRow]:
+    """Runs of the experiment matching an MLflow filter string, every page (or the first `max_results`)."""
+    view_type = {"active": ViewType.ACTIVE_ONLY, "deleted": ViewType.DELETED_ONLY, "all": ViewType.ALL}[view]
+    rows, token = [], None
+    while True:
+        size = PAGE if max_results is None else min(PAGE, max_results - len(rows))
+        page = client(uri).search_runs([experiment_id], query, view_type, max_results=size,
+                                       order_by=order_by, page_token=token)
+        rows += [_row(r) for r in page]
+        token = page.token
+        if not token or (max_results is not None and len(rows) >= max_results):
+            return rows
+
+
+@_store_errors
+def runs_frame(uri: str, experiment_id: str, query: str = "tags.`sweep.kind` = 'train'"):
+    """Runs of the experiment as MLflow's own search_runs DataFrame."""
     mlflow.set_tracking_uri(uri)
-    return mlflow.search_runs([experiment_id], filter_string=f"tags.`{KIND}` = 'train'")
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)
+    return mlflow.search_runs([experiment_id], filter_string=query)
 
 
 @_store_errors
@@ -239,24 +198,13 @@ def metric_history(uri: str, run_id: str, key: str) -> list[tuple[int, float]]:
 
 
 @_store_errors
-def find_parent_run(uri: str, experiment_id: str, sweep_name: str):
-    found = client(uri).search_runs([experiment_id], f"tags.`{KIND}` = 'parent' and tags.`{SWEEP}` = '{sweep_name}'",
-                                    max_results=1, order_by=["attributes.start_time ASC"])
-    return found[0].info.run_id if found else None
-
-
-@_store_errors
-def log_artifacts(uri: str, run_id: str, folder: str | os.PathLike, artifact_path: str) -> None:
-    client(uri).log_artifacts(run_id, str(folder), artifact_path)
-
-
-@_store_errors
 def register_agent(uri: str, run_id: str, name: str, example_pixels) -> str:
     """Log the run's agent as a pyfunc model (signature and input example included) under the
     run and register it as `name`; returns the registered version."""
     import tempfile
     from types import SimpleNamespace
 
+    import pandas as pd
     from mlflow.models import infer_signature
 
     from .registry import PIXELS, AgentModel

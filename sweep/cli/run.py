@@ -1,8 +1,31 @@
+import contextlib
+import signal
 import sys
 
 import click
 
-from .common import INTERRUPTED, grid_option, reports_errors, spec_argument, tracking_option
+from .common import grid_option, reports_errors, spec_argument, tracking_option
+
+
+class Stopped(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, handled as Ctrl-C is (the signal decides the exit status)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def signals_stop_the_sweep():
+    def stop(signum, frame):
+        raise Stopped(signum)
+
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 @click.command("run")
@@ -23,83 +46,60 @@ from .common import INTERRUPTED, grid_option, reports_errors, spec_argument, tra
               help="Scheduler of an existing cluster: tcp://HOST:8786 for dask, HOST:6379 or ray://HOST:10001 "
                    "for ray. [default: start a local one]")
 @click.option("--engine", type=click.Choice(["auto", "solo", "fused"]), default="auto", show_default=True,
-              help="auto: runs of one shape (activation, depth, width, batch size, epochs, seed) train "
-                   "together as one batched model when there are two or more; solo: each run alone; "
-                   "fused: every run through the batched engine, even alone.")
+              help="auto: runs of one shape (activation, depth, width, batch size, epochs) train together "
+                   "as one batched model when there are two or more; solo: each run alone; fused: every "
+                   "run through the batched engine, even alone.")
 @click.option("--chunk-size", type=click.IntRange(min=1), default=16, show_default=True,
               help="Most networks in one fused model; larger groups are split.")
+@click.option("--wait/--no-wait", default=True, show_default=True,
+              help="When another live process holds runs of this sweep: wait for it, then train what it "
+                   "leaves (--wait), or exit with status 3 saying the sweep is not complete (--no-wait).")
+@click.option("--lease", "lease_seconds", type=click.FloatRange(min=6), default=60, show_default=True,
+              metavar="SECONDS", help="How long a claimed run outlives its holder's last heartbeat before "
+                                      "another process may take it over.")
 @reports_errors
-def command(spec, jobs, grids, retries, tracking_uri, data_dir, device, backend, address, engine, chunk_size):
+def command(spec, jobs, grids, retries, tracking_uri, data_dir, device, backend, address, engine, chunk_size,
+            wait, lease_seconds):
     """Train every run of SPEC that is not finished in the tracking store, and nothing else."""
+    from .. import store
+    from ..runner import Settings, SweepInterrupted, check_settings, run_sweep
+    from ..spec import load_spec
+    from .progress import Printer
+
+    sweep = load_spec(spec)
+    uri = store.store_uri(tracking_uri)
+    settings = Settings(jobs=jobs, retries=retries, data_dir=data_dir, device=device, backend=backend,
+                        address=address, engine=engine, chunk_size=chunk_size, wait=wait,
+                        lease_seconds=lease_seconds)
+    check_settings(settings, uri)
+    if backend == "loky":  # a remote worker checks its own device and data
+        settings = _checked_locally(settings)
+    printer = Printer(uri, None if backend == "loky" else f"the {backend} cluster at {address or 'a new local one'}")
+    try:
+        with signals_stop_the_sweep():
+            summary = run_sweep(sweep, uri, settings, grids, printer)
+    except SweepInterrupted as exc:
+        printer.close()
+        click.echo(f"\n{exc}: runs in flight marked KILLED; `sweep run {spec}` again resumes the rest.", err=True)
+        sys.exit(exc.exit_code)
+    finally:
+        printer.close()
+    printer.summary(summary, spec)
+    sys.exit(summary.exit_code)
+
+
+def _checked_locally(settings):
+    """A bad device or missing data is reported once, here, not by every run."""
+    import dataclasses
+
     from mnist_core.data import load_mnist, resolve_data_dir
     from mnist_core.train import resolve_device
 
-    from .. import tracking
-    from ..runner import Settings, SweepInterrupted, check_remote_store, run_sweep
-    from ..spec import load_spec
-
-    sweep = load_spec(spec)
-    remote = backend != "loky"
-    store = tracking.store_uri(tracking_uri)
-    check_remote_store(backend, store)
-    if not remote:
-        resolve_device(device)  # a remote worker checks its own devices
-        load_mnist(data_dir, "cpu")  # a missing data set is reported once, here, not by every run
-        data_dir = str(resolve_data_dir(data_dir))
-    uri = tracking.resolve_tracking_uri(tracking_uri)
-    settings = Settings(jobs=jobs, retries=retries, data_dir=data_dir, device=device, backend=backend,
-                        address=address, engine=engine, chunk_size=chunk_size)
-    bar = None
-
-    def on_start(summary):
-        nonlocal bar
-        if summary.to_train == 0:
-            held = f", {summary.held_elsewhere} running elsewhere" if summary.held_elsewhere else ""
-            click.echo(f"nothing to train: {summary.already_done} of {summary.total} runs already done{held}")
-            return
-        workers = (f"{summary.jobs} worker(s) x {summary.threads} thread(s)" if backend == "loky"
-                   else f"the {backend} cluster at {address or 'a new local one'}")
-        click.echo(f"{summary.to_train} of {summary.total} runs to train ({summary.already_done} already done) "
-                   f"with {workers}; tracking at {uri}")
-        from tqdm import tqdm
-
-        bar = tqdm(total=summary.to_train, unit="run", dynamic_ncols=True, file=sys.stderr)
-
-    def on_outcome(outcome):
-        if outcome.status == "skipped":
-            line = f"  skip  {outcome.name}: finished or running elsewhere"
-        elif outcome.status == "failed":
-            line = f"  FAIL  {outcome.name}: {outcome.error}"
-        else:
-            mark = "done" if outcome.status == "done" else "DIVG"
-            line = f"  {mark}  {outcome.name}: test error {100 * outcome.test_error:.2f}% ({outcome.seconds:.1f}s)"
-        if bar is not None:
-            bar.write(line, file=sys.stderr if outcome.status == "failed" else sys.stdout)
-            if outcome.status != "failed":
-                bar.update(1)
-        else:
-            click.echo(line)
+    from ..errors import SettingsError
 
     try:
-        summary = run_sweep(sweep, uri, settings, grids, on_start=on_start, on_outcome=on_outcome)
-    except (SweepInterrupted, KeyboardInterrupt):
-        if bar is not None:
-            bar.close()
-        click.echo("\ninterrupted: runs in flight marked KILLED; `sweep run` again resumes the rest.", err=True)
-        sys.exit(INTERRUPTED)
-    if bar is not None:
-        bar.update(bar.total - bar.n)
-        bar.close()
-    if summary.to_train == 0:
-        return
-    failed = summary.failed
-    click.echo(f"\nsummary: {summary.count('done')} done, {summary.count('diverged')} diverged, "
-               f"{len(failed)} failed, {summary.count('skipped')} skipped (finished or running elsewhere)"
-               + (f"; {len(summary.crashes)} worker crash(es)" if summary.crashes else ""))
-    for crash in summary.crashes:
-        click.echo(f"  worker crash: {crash}", err=True)
-    for outcome in failed:
-        click.echo(f"  failed: {outcome.name}: {outcome.error}", err=True)
-    click.echo(f"next: sweep best {spec} --by activation   |   sweep ui")
-    if failed:
-        sys.exit(1)
+        resolve_device(settings.device)
+    except ValueError as exc:
+        raise SettingsError(f"--device {settings.device}: {exc}") from None
+    load_mnist(settings.data_dir, "cpu")
+    return dataclasses.replace(settings, data_dir=str(resolve_data_dir(settings.data_dir)))

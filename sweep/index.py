@@ -1,0 +1,136 @@
+"""A local mirror of an experiment's training runs, so that no command reads every run again.
+
+The MLflow store stays the only source of truth: this is a cache beside it (an SQLite file next to
+a local store, or under ~/.cache for a tracking server) that can be deleted at any time and is
+rebuilt from the store. A sync asks the store only for what changed: the runs that ended since the
+last sync (by end time, with a margin for writers' clocks), the runs still RUNNING, the ones that
+were RUNNING at the last sync, and the finished runs deleted or restored since. Claims never trust
+it: they read their key's runs from the store, so a stale mirror can delay an answer, never train a
+run twice.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sqlite3
+import time
+from contextlib import closing
+from pathlib import Path
+from typing import Optional
+
+from . import tracking
+from .tracking import RunRow
+
+TRAINING = "tags.`sweep.kind` = 'train'"
+SLACK_MS = 10_000  # writers' clocks may disagree by this much; runs ending that close to a sync are read again
+VERSION = 1
+_COLUMNS = ("run_id", "status", "start_time", "end_time", "name", "artifact_uri", "tags", "params", "metrics")
+
+
+def index_path(uri: str) -> Path:
+    if uri.startswith("sqlite:///"):
+        db = Path(uri[len("sqlite:///"):])
+        return db.with_name(db.name + ".sweep-index")
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mnist-sweep"
+    return cache / f"index-{hashlib.sha256(uri.encode()).hexdigest()[:16]}.sqlite"
+
+
+class Index:
+    """The training runs of one experiment, as last read from the store."""
+
+    def __init__(self, uri: str, experiment_id: str, path: Optional[Path] = None):
+        self.uri, self.experiment_id = uri, experiment_id
+        self.path = Path(path) if path else index_path(uri)
+        self.synced_at = 0.0
+
+    def sync(self) -> tuple[list[RunRow], set]:
+        """Bring the mirror up to date with the store; returns the rows read and the run ids dropped."""
+        started = time.time()
+        try:
+            changes = self._sync()
+        except sqlite3.DatabaseError:  # a damaged cache is no loss: start again from the store
+            self.path.unlink(missing_ok=True)
+            changes = self._sync()
+        self.synced_at = started
+        return changes
+
+    def rows(self, status: Optional[str] = None) -> list[RunRow]:
+        with closing(self._connect()) as db:
+            query = f"select {', '.join(_COLUMNS)} from runs where experiment_id = ?"
+            args = [self.experiment_id]
+            if status:
+                query += " and status = ?"
+                args.append(status)
+            return [_row(r) for r in db.execute(query, args)]
+
+    def _sync(self) -> tuple[list[RunRow], set]:
+        with closing(self._connect()) as db:
+            meta = db.execute("select synced_end, deleted from meta where experiment_id = ?",
+                              (self.experiment_id,)).fetchone()
+            if meta is None:
+                fresh = self._search(TRAINING)
+                deleted: set = set()
+                vanished = set()
+            else:
+                synced_end, deleted = meta[0], set(json.loads(meta[1]))
+                fresh = (self._search(f"{TRAINING} and attributes.end_time > {synced_end - SLACK_MS}")
+                         + self._search(f"{TRAINING} and attributes.status = 'RUNNING'"))
+                seen = {row.run_id for row in fresh}
+                was_running = [r for (r,) in db.execute(
+                    "select run_id from runs where experiment_id = ? and status = 'RUNNING'", (self.experiment_id,))]
+                gone = [r for r in was_running if r not in seen]
+                fresh += self._by_id(gone)  # ended with an odd clock, or deleted (a withdrawn claim)
+                vanished = {r for r in gone if r not in {row.run_id for row in fresh}}
+            now_deleted = {row.run_id for row in self._search(
+                f"{TRAINING} and attributes.status != 'RUNNING'", view="deleted")}
+            fresh += self._by_id(sorted(deleted - now_deleted))   # restored since the last sync
+            dropped = vanished | now_deleted | {row.run_id for row in fresh if row.deleted}
+            _drop(db, dropped)
+            live = [row for row in fresh if not row.deleted]
+            db.executemany(f"insert or replace into runs (experiment_id, {', '.join(_COLUMNS)}) "
+                           f"values (?, {', '.join('?' for _ in _COLUMNS)})",
+                           [(self.experiment_id, *_values(row)) for row in live])
+            ends = [row.end_time for row in live if row.end_time] + [meta[0] if meta else 0]
+            db.execute("insert or replace into meta (experiment_id, synced_end, deleted) values (?, ?, ?)",
+                       (self.experiment_id, max(ends), json.dumps(sorted(now_deleted))))
+            db.commit()
+        return live, dropped
+
+    def _search(self, query: str, view: str = "active") -> list[RunRow]:
+        return tracking.search(self.uri, self.experiment_id, query, view=view)
+
+    def _by_id(self, run_ids: list) -> list[RunRow]:
+        rows = []
+        for start in range(0, len(run_ids), 100):
+            ids = ",".join(f"'{r}'" for r in run_ids[start:start + 100])
+            rows += self._search(f"attributes.run_id IN ({ids})", view="all")
+        return rows
+
+    def _connect(self) -> sqlite3.Connection:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(self.path, timeout=30)
+        version = db.execute("pragma user_version").fetchone()[0]
+        if version != VERSION:
+            db.executescript("drop table if exists runs; drop table if exists meta;")
+            db.execute(f"create table runs (experiment_id text, {', '.join(_COLUMNS)}, primary key (run_id))")
+            db.execute("create index runs_experiment on runs (experiment_id, status)")
+            db.execute("create table meta (experiment_id text primary key, synced_end integer, deleted text)")
+            db.execute(f"pragma user_version = {VERSION}")
+            db.commit()
+        return db
+
+
+def _drop(db: sqlite3.Connection, run_ids) -> None:
+    db.executemany("delete from runs where run_id = ?", [(r,) for r in run_ids])
+
+
+def _values(row: RunRow) -> tuple:
+    return (row.run_id, row.status, row.start_time, row.end_time, row.name, row.artifact_uri,
+            json.dumps(row.tags), json.dumps(row.params), json.dumps(row.metrics))
+
+
+def _row(values) -> RunRow:
+    run_id, status, start, end, name, artifact_uri, tags, params, metrics = values
+    return RunRow(run_id, status, start, end, name, artifact_uri, json.loads(tags), json.loads(params),
+                  json.loads(metrics))
