@@ -66,7 +66,7 @@ class _NumberedCanvas(Canvas):
 
 
 def _cell(value) -> str:
-    if value is None or (isinstance(value, float) and value != value) or value is pd.NA:
+    if pd.api.types.is_scalar(value) and pd.isna(value):
         return ""
     if isinstance(value, float):
         return f"{value:.6g}"

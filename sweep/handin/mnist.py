@@ -1,12 +1,12 @@
-"""MNIST with a multi-layer perceptron (CSE4152 homework 5).
+"""MNIST with a multi-layer perceptron.
 
     python mnist.py --lr 0.001                  # train, print every epoch, save mnist_agent.pt
     python mnist.py --load mnist_agent.pt       # test a saved agent instead
 
 The network is 784 -> depth x width -> 10 with log-softmax outputs, trained by SGD on the negative
-log-likelihood. This file needs only torch and torchvision; it trains exactly as the sweep that
-chose its settings did (same seed, same data order, same schedules), and its mnist_agent.pt is the
-sweep's agent format.
+log-likelihood; `python mnist.py --help` lists the settings. Only torch and torchvision are needed.
+With the same settings and seed it trains exactly as the mnist-sweep trainer (`python -m mnist_core`)
+does, and its mnist_agent.pt is that project's agent file.
 """
 import argparse
 import math
