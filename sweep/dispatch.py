@@ -68,6 +68,8 @@ def backend_session(backend: str, address: Optional[str] = None) -> Iterator[Non
 class Round:
     """One round of jobs through joblib: iterate it for each run's outcome as it arrives.
 
+    Runs never train in the sweep's own process (joblib runs `n_jobs=1` in-process, where a run that
+    kills its process would end the sweep): one worker at a time is one job at a time on a pool.
     `execute` catches every error of a run itself, so an exception from joblib is the engine's: a
     worker process that died (loky's TerminatedWorkerError, dask's KilledWorker, ray's worker errors).
     The round then ends early and `crash` says what the engine said. An exception raised by the
@@ -80,17 +82,20 @@ class Round:
         self.crash: Optional[str] = None
 
     def __iter__(self) -> Iterator[Outcome]:
-        with parallel_config(backend=self.backend, n_jobs=self.n_jobs):
+        batches = [[job] for job in self.jobs] if self.n_jobs == 1 else [self.jobs]
+        with parallel_config(backend=self.backend, n_jobs=max(2, self.n_jobs) if self.n_jobs > 0 else self.n_jobs):
             # ray's joblib backend cannot stream results: its outcomes all arrive at the end
             streams = getattr(get_active_backend()[0], "supports_return_generator", False)
-            results = None
-            try:
-                results = Parallel(return_as="generator_unordered" if streams else "list")(
-                    delayed(execute)(job) for job in self.jobs)
-                for job_outcomes in results:
-                    yield from job_outcomes
-            except Exception as exc:
-                self.crash = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-            finally:
-                if hasattr(results, "close"):
-                    results.close()  # the consumer stopped early: joblib stops the round's workers
+            for batch in batches:
+                results = None
+                try:
+                    results = Parallel(return_as="generator_unordered" if streams else "list")(
+                        delayed(execute)(job) for job in batch)
+                    for job_outcomes in results:
+                        yield from job_outcomes
+                except Exception as exc:
+                    self.crash = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                    return
+                finally:
+                    if hasattr(results, "close"):
+                        results.close()  # the consumer stopped early: joblib stops the round's workers

@@ -25,6 +25,7 @@ KIND, KEY, GRIDS, SWEEP, SEARCH = "sweep.kind", "sweep.key", "sweep.grids", "swe
 SESSION, ATTEMPT, HOLDER, HEARTBEAT, LEASE = (
     "sweep.session", "sweep.attempt", "sweep.holder", "sweep.heartbeat", "sweep.lease")
 DIVERGED, PRUNED, ERROR = "sweep.diverged", "sweep.pruned", "sweep.error"
+OWNER = "sweep.owner"  # on the parent run: the sweep process that last started it
 
 _MAX_BATCH = 1000  # MLflow's limit of metrics per log_batch request
 
@@ -178,8 +179,8 @@ class KeepAlive:
     """While a job trains: beat every lease in time, notice runs ended by others, and stop when the
     sweep process that started this worker is gone (ending the leases, so nothing is left RUNNING)."""
 
-    def __init__(self, leases: list[Lease], owner: str, check_every: float = 1.0):
-        self.leases, self.owner, self.check_every = leases, owner, check_every
+    def __init__(self, leases: list[Lease], owner: str, parent_run_id: str = "", check_every: float = 1.0):
+        self.leases, self.owner, self.parent_run_id, self.check_every = leases, owner, parent_run_id, check_every
         self._parent = os.getppid()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="sweep-keepalive", daemon=True)
@@ -227,10 +228,19 @@ class KeepAlive:
                            f"{': ' + why.splitlines()[0] if why else ''})")
 
     def _owner_gone(self):
+        why = f"the sweep process that started this worker is gone ({self.owner})"
         for lease in self.leases:
             try:
-                lease.kill("the sweep process that started this worker is gone")
+                lease.kill(why)
             except Exception:
                 pass
+        try:  # and the sweep's parent run, unless another sweep process has started it since
+            uri, experiment = self.leases[0].uri, self.leases[0].experiment_id
+            parent = tracking.search(uri, experiment, f"attributes.run_id = '{self.parent_run_id}'")
+            if parent and parent[0].status == "RUNNING" and parent[0].tags.get(OWNER) == self.owner:
+                tracking.log_batch(uri, self.parent_run_id, tags={"sweep.outcome": why})
+                tracking.set_status(uri, self.parent_run_id, "KILLED")
+        except Exception:
+            pass
         if f":{self._parent}:" in self.owner:
             os._exit(1)  # a worker process that sweep started (loky): nothing is left for it to do

@@ -21,7 +21,7 @@ from typing import Iterable, Optional
 from . import tracking
 from .index import Index
 from .lease import (ATTEMPT, DIVERGED, ERROR, GRIDS, HEARTBEAT, HOLDER, KEY, KIND, LEASE, LEASE_SECONDS,
-                    PRUNED, SEARCH, SESSION, SWEEP, Lease, holder_alive)
+                    OWNER, PRUNED, SEARCH, SESSION, SWEEP, Lease, holder_alive)
 from .tracking import RunRow
 
 STATES = ("pending", "running", "failed", "done")
@@ -228,13 +228,16 @@ def find_parent(uri: str, experiment_id: str, sweep_name: str) -> Optional[str]:
     return found[0].run_id if found else None
 
 
-def parent_run(uri: str, experiment_id: str, sweep_name: str, params: dict) -> str:
-    """The sweep's parent run, RUNNING (reused on resume, so every attempt nests under one parent)."""
+def parent_run(uri: str, experiment_id: str, sweep_name: str, params: dict, owner: str) -> str:
+    """The sweep's parent run, RUNNING and owned by `owner` (reused on resume, so every attempt
+    nests under one parent)."""
     run_id = find_parent(uri, experiment_id, sweep_name)
     if run_id:
+        tracking.log_batch(uri, run_id, tags={OWNER: owner})
         tracking.set_status(uri, run_id, "RUNNING")
         return run_id
-    run_id = tracking.create_run(uri, experiment_id, f"sweep:{sweep_name}", {KIND: "parent", SWEEP: sweep_name})
+    run_id = tracking.create_run(uri, experiment_id, f"sweep:{sweep_name}",
+                                 {KIND: "parent", SWEEP: sweep_name, OWNER: owner})
     tracking.log_batch(uri, run_id, params=params)
     return run_id
 

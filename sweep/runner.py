@@ -172,7 +172,7 @@ class _Sweep:
             return s
         s.parent_run_id = queue.parent_run(self.uri, self.experiment_id, self.spec.name, {
             "spec": self.spec.path, "experiment": self.spec.experiment, "grids": ",".join(grids or self.spec.grids),
-            "runs": len(self.planned)})
+            "runs": len(self.planned)}, self.owner)
         try:
             self._loop()
         except KeyboardInterrupt as exc:

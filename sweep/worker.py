@@ -78,7 +78,7 @@ def execute(job: Job) -> list[Outcome]:
     if not leases:
         return outcomes
     try:
-        with KeepAlive(leases, job.owner):
+        with KeepAlive(leases, job.owner, job.parent_run_id):
             results = _train(job, leases, planned_of)
     except KeyboardInterrupt:
         for lease in leases:

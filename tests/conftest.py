@@ -4,7 +4,9 @@ from __future__ import annotations
 import json
 import os
 import struct
-import tempfile
+import subprocess
+import sys
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -59,20 +61,6 @@ def real_data_dir():
     return REAL_DATA
 
 
-# Fault-injection file read by sweep workers (see sweep/worker.py). Set before any worker starts,
-# so reused loky workers see it too; each test writes what it injects and the fixture clears it.
-HOOKS_FILE = Path(tempfile.mkdtemp(prefix="sweep-hooks-")) / "hooks.json"
-os.environ["SWEEP_TEST_HOOKS"] = str(HOOKS_FILE)
-
-
-@pytest.fixture
-def inject():
-    def write(**hooks):
-        HOOKS_FILE.write_text(json.dumps(hooks))
-    yield write
-    HOOKS_FILE.unlink(missing_ok=True)
-
-
 # Helpers of the end-to-end sweep tests: a working folder with tiny data and its own store.
 @pytest.fixture
 def env(tmp_path, tiny_dir, monkeypatch):
@@ -102,3 +90,62 @@ def finished_per_key(runs):
     return Counter(r.data.tags["sweep.key"] for r in runs if r.info.status == "FINISHED")
 
 
+
+FAULTS = Path(__file__).parent / "faults"
+
+
+def sweep_process(*args, faults=None, stdout=subprocess.PIPE, started=True) -> subprocess.Popen:
+    """`python -m sweep.cli ARGS` in a process group of its own (as a shell runs a job), with the
+    test's environment; `faults` (see faults/sitecustomize.py) are injected into it and its workers.
+    With `started`, returns once it has said what it will train (its store exists by then); what it
+    printed so far is kept as `.first_line`."""
+    env = dict(os.environ)
+    if faults is not None:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(FAULTS), env.get("PYTHONPATH")]))
+        env["SWEEP_TEST_FAULTS"] = json.dumps(faults)
+    proc = subprocess.Popen([sys.executable, "-m", "sweep.cli", *map(str, args)], stdout=stdout,
+                            stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True)
+    proc.first_line = ""
+    while started and stdout == subprocess.PIPE:  # up to the line saying what it will train
+        line = proc.stdout.readline()
+        proc.first_line += line
+        if not line or " to train" in line:
+            break
+    return proc
+
+
+def store_runs(experiment="tiny"):
+    """The experiment's training runs, or [] while the store or the experiment does not exist."""
+    uri = os.environ["MLFLOW_TRACKING_URI"]
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
+        return []  # reading would create it, racing the sweep that is creating it
+    try:
+        return training_runs(experiment)
+    except Exception:
+        return []
+
+
+def wait_until(predicate, timeout=60.0, every=0.05):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout} s waiting for {predicate}")
+
+
+def holder_pid(run) -> int:
+    return int(run.data.tags["sweep.holder"].split(":")[1])
+
+
+def assert_each_key_finished_once(runs, keys):
+    """Every key FINISHED exactly once, nothing left RUNNING, no finished run carrying an error."""
+    assert finished_per_key(runs) == Counter({k: 1 for k in keys}), finished_per_key(runs)
+    assert not [r for r in runs if r.info.status == "RUNNING"]
+    assert not [r for r in runs if r.info.status == "FINISHED" and r.data.tags.get("sweep.error")]
+
+
+def finish(proc, timeout=300) -> str:
+    """Wait for a `sweep_process` to end; its whole output."""
+    return proc.first_line + proc.communicate(timeout=timeout)[0]

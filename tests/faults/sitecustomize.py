@@ -1,0 +1,42 @@
+"""Faults injected into a `sweep run` process and its workers, for the tests only.
+
+Put this folder on PYTHONPATH and set SWEEP_TEST_FAULTS to a JSON object: {"fail": [KEY, ...],
+"fail_once": [KEY, ...], "marks": FOLDER}. A run whose key is in "fail" raises on every attempt;
+one in "fail_once" raises the first time only (a marker file in FOLDER remembers it).
+"""
+import json
+import os
+
+_faults = os.environ.get("SWEEP_TEST_FAULTS")
+
+if _faults:
+    from pathlib import Path
+
+    import mnist_core
+    import mnist_core.fused
+    from sweep.spec import run_key
+
+    _plan = json.loads(_faults)
+
+    def _maybe_fail(configs):
+        for config in configs:
+            key = run_key(config)
+            if key in _plan.get("fail", ()):
+                raise RuntimeError(f"injected failure for run {key}")
+            mark = Path(_plan.get("marks", ".")) / key
+            if key in _plan.get("fail_once", ()) and not mark.exists():
+                mark.touch()
+                raise RuntimeError(f"injected failure for run {key}, first attempt")
+
+    _train, _train_fused = mnist_core.train, mnist_core.fused.train_fused
+
+    def train(config, *args, **kwargs):
+        _maybe_fail([config])
+        return _train(config, *args, **kwargs)
+
+    def train_fused(configs, *args, **kwargs):
+        _maybe_fail(configs)
+        return _train_fused(configs, *args, **kwargs)
+
+    mnist_core.train = train
+    mnist_core.fused.train_fused = train_fused
