@@ -9,7 +9,7 @@ import torch
 
 from .agent import AGENT_FILENAME, save_agent
 from .config import CHOICES, DEFAULTS, SETTING_HELP, SETTING_NAMES, SETTING_TYPES, RunConfig
-from .data import ENV_VAR, MnistDataMissing, load_mnist
+from .data import ENV_VAR, MnistDataMissing, holdout, load_mnist
 from .train import EpochResult, resolve_device, train
 
 _CLICK_TYPES = {"int": int, "float": float, "str": str}
@@ -26,8 +26,9 @@ def setting_options(command):
 
 
 def format_epoch(r: EpochResult) -> str:
+    val = "" if r.val_loss is None else f"  val loss {r.val_loss:.4f} err {100 * r.val_error:6.2f}%"
     return (f"epoch {r.epoch:3d}  lr {r.lr:.4g}  train loss {r.train_loss:.4f} err {100 * r.train_error:6.2f}%"
-            f"  test loss {r.test_loss:.4f} err {100 * r.test_error:6.2f}%  {r.seconds:.1f}s")
+            f"{val}  test loss {r.test_loss:.4f} err {100 * r.test_error:6.2f}%  {r.seconds:.1f}s")
 
 
 def data_options(command):
@@ -61,7 +62,8 @@ def main(data_dir, no_download, device, out_dir, threads, **settings):
         torch.set_num_threads(threads)
     try:
         data = load_mnist(data_dir, torch_device, download=not no_download)
-    except MnistDataMissing as exc:
+        holdout(data, config.validation)  # a validation size the data cannot give fails here, not mid-run
+    except (MnistDataMissing, ValueError) as exc:  # broken files, a validation size over the training set
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
     click.echo(f"training {config} on {torch_device}")

@@ -30,6 +30,7 @@ class RunConfig:
     batch_size: int = _setting(64, "training mini-batch size (>= 1)")
     test_batch_size: int = _setting(1000, "batch size for evaluation (>= 1)")
     seed: int = _setting(1, "random seed for weights and data order")
+    validation: int = _setting(0, "training images held out for validation (0 = none)")
 
     def __post_init__(self):
         for f in dataclasses.fields(self):
@@ -58,6 +59,7 @@ _RANGES = {
     "batch_size": (lambda v: v >= 1, ">= 1"),
     "test_batch_size": (lambda v: v >= 1, ">= 1"),
     "seed": (lambda v: v >= 0, ">= 0"),
+    "validation": (lambda v: v >= 0, ">= 0"),
 }
 CHOICES = {"activation": ACTIVATIONS, "schedule": SCHEDULES}
 

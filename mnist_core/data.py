@@ -1,17 +1,20 @@
-"""MNIST through torchvision, turned once into normalised tensors and cached per process and device.
+"""MNIST's IDX files, checked and read with numpy, turned once into normalised tensors per process.
 
 Where the data lives: an explicit folder, else $MNIST_DATA, else ./data. The folder may hold
-torchvision's layout (`<dir>/MNIST/raw/<files>`) or the four IDX files themselves.
+torchvision's layout (`<dir>/MNIST/raw/<files>`) or the four IDX files themselves. torchvision is
+imported only to download missing files (and for `open_datasets`, the students' baseline).
 """
 from __future__ import annotations
 
 import functools
 import os
+import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
+import numpy as np
 import torch
-from torchvision.datasets import MNIST
 
 MEAN, STD = 0.1307, 0.3081
 ENV_VAR = "MNIST_DATA"
@@ -22,47 +25,116 @@ FILES = (
     "t10k-images-idx3-ubyte",
     "t10k-labels-idx1-ubyte",
 )
+IMAGE_MAGIC, LABEL_MAGIC = 0x803, 0x801  # IDX: unsigned bytes, 3 or 1 dimensions
+# The validation images are the first `validation` of this fixed permutation of the training set,
+# whatever the run's seed: every run with the same validation size holds out the same images.
+VALIDATION_SEED = 20_251_128
 
 
 class MnistDataMissing(RuntimeError):
     """The IDX files are not in the data folder and could not be downloaded."""
 
 
-@dataclass(frozen=True)
+class MnistDataError(ValueError):
+    """An IDX file is there but broken: truncated, wrong magic number or dimensions, counts disagree."""
+
+
+@dataclass(frozen=True, eq=False)  # eq=False: hashed by identity, so it can key a cache
 class MnistTensors:
-    train_x: torch.Tensor  # (60000, 784) float32, normalised
+    train_x: torch.Tensor  # (60000, 784) normalised, float32 unless loaded with another dtype
     train_y: torch.Tensor  # (60000,) int64
     test_x: torch.Tensor
     test_y: torch.Tensor
+    val_x: Optional[torch.Tensor] = None  # held-out training images, when a run asks for them
+    val_y: Optional[torch.Tensor] = None
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.train_x.dtype
+
+
+def normalise(images, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Grey values 0-255 (uint8 or float, numpy or torch, any leading shape) -> (N, 784) normalised
+    as ToTensor() + Normalize((0.1307,), (0.3081,)) would, for all images at once."""
+    pixels = torch.as_tensor(images).reshape(-1, 28 * 28).to(dtype)
+    return (pixels / 255.0 - MEAN) / STD
 
 
 def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
     return Path(data_dir or os.environ.get(ENV_VAR) or DEFAULT_DIR).expanduser().resolve()
 
 
-class _FlatMNIST(MNIST):
-    """torchvision's MNIST reading the IDX files straight from `root` (no MNIST/raw subfolders)."""
+def _read_header(path: Path) -> tuple[int, tuple[int, ...]]:
+    """(magic, dims) of an IDX file; MnistDataError if the header is cut short."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+        if len(head) < 4:
+            raise MnistDataError(f"{path}: file is empty" if not head else f"{path}: truncated header")
+        magic = struct.unpack(">I", head)[0]
+        ndim = magic & 0xFF
+        dims = f.read(4 * ndim)
+    if magic >> 8 != 0x08 or ndim == 0:
+        raise MnistDataError(f"{path}: bad magic number 0x{magic:08x}, not an IDX file of unsigned bytes")
+    if len(dims) < 4 * ndim:
+        raise MnistDataError(f"{path}: truncated header")
+    return magic, struct.unpack(f">{ndim}I", dims)
 
-    @property
-    def raw_folder(self) -> str:
-        return self.root
+
+def check_idx(path: Path, magic: int) -> tuple[int, ...]:
+    """The dims of an MNIST IDX file whose header, dimensions and size are right, without reading data."""
+    found, dims = _read_header(path)
+    kind = "images" if magic == IMAGE_MAGIC else "labels"
+    if found != magic:
+        raise MnistDataError(f"{path}: {len(dims)} dimensions (magic number 0x{found:08x}); MNIST {kind} "
+                             f"have {magic & 0xFF} (0x{magic:08x})")
+    if kind == "images" and dims[1:] != (28, 28):
+        raise MnistDataError(f"{path}: images are {' x '.join(map(str, dims[1:]))}, expected 28 x 28")
+    expected = 4 + 4 * len(dims) + int(np.prod(dims))
+    size = path.stat().st_size
+    if size != expected:
+        what = "truncated" if size < expected else "too long"
+        raise MnistDataError(f"{path}: {what}: {size} bytes where its header says {expected}")
+    if dims[0] == 0:
+        raise MnistDataError(f"{path}: holds no {kind}")
+    return dims
+
+
+def read_idx(path: Path, magic: int) -> np.ndarray:
+    """A checked MNIST IDX file as a uint8 array of its dims."""
+    dims = check_idx(path, magic)
+    return np.fromfile(path, dtype=np.uint8, offset=4 + 4 * len(dims)).reshape(dims)
+
+
+def _check_files(folder: Path) -> None:
+    for images, labels in (FILES[:2], FILES[2:]):
+        n_images = check_idx(folder / images, IMAGE_MAGIC)[0]
+        n_labels = check_idx(folder / labels, LABEL_MAGIC)[0]
+        if n_images != n_labels:
+            raise MnistDataError(f"{folder}: {images} holds {n_images} images but {labels} "
+                                 f"holds {n_labels} labels")
 
 
 def _has_files(folder: Path) -> bool:
     return all((folder / name).is_file() for name in FILES)
 
 
-def open_datasets(root: Path, download: bool = True) -> tuple[MNIST, MNIST]:
-    """The (train, test) torchvision datasets found in, or downloaded into, `root`."""
-    if _has_files(root / "MNIST" / "raw"):
-        return MNIST(str(root), train=True), MNIST(str(root), train=False)
-    if _has_files(root):
-        return _FlatMNIST(str(root), train=True), _FlatMNIST(str(root), train=False)
+def _download(root: Path) -> None:
+    from torchvision.datasets import MNIST
+
+    for train in (True, False):
+        MNIST(str(root), train=train, download=True)
+
+
+def find_mnist(root: Path, download: bool = False) -> Path:
+    """The folder that holds the four IDX files (root/MNIST/raw or root), downloaded if allowed."""
+    for folder in (root / "MNIST" / "raw", root):
+        if _has_files(folder):
+            return folder
     why = "downloading is turned off"
     if download:
         try:
-            return (MNIST(str(root), train=True, download=True),
-                    MNIST(str(root), train=False, download=True))
+            _download(root)
+            return root / "MNIST" / "raw"
         except Exception as exc:  # torchvision raises RuntimeError/URLError/OSError offline
             why = f"the download failed ({exc})"
     raise MnistDataMissing(
@@ -72,23 +144,60 @@ def open_datasets(root: Path, download: bool = True) -> tuple[MNIST, MNIST]:
     )
 
 
-def _normalise(images: torch.Tensor) -> torch.Tensor:
-    # The same numbers as ToTensor() + Normalize((0.1307,), (0.3081,)), for all images at once.
-    return ((images.reshape(len(images), -1).float() / 255.0) - MEAN) / STD
+def check_mnist(data_dir=None, download: bool = False) -> Path:
+    """The folder holding the four IDX files, their headers and sizes checked without reading pixels.
+    MnistDataMissing if they are absent (and not downloaded), MnistDataError if one is broken."""
+    folder = find_mnist(resolve_data_dir(data_dir), download)
+    _check_files(folder)
+    return folder
 
 
 @functools.lru_cache(maxsize=4)
-def _load(root: Path, device: str, download: bool) -> MnistTensors:
-    train, test = open_datasets(root, download)
+def _load(root: Path, device: str, download: bool, dtype: torch.dtype) -> MnistTensors:
+    folder = find_mnist(root, download)
+    _check_files(folder)
+    arrays = [read_idx(folder / name, IMAGE_MAGIC if "images" in name else LABEL_MAGIC) for name in FILES]
+    train_x, train_y, test_x, test_y = arrays
     dev = torch.device(device)
     return MnistTensors(
-        train_x=_normalise(train.data).to(dev),
-        train_y=train.targets.to(dev),
-        test_x=_normalise(test.data).to(dev),
-        test_y=test.targets.to(dev),
+        train_x=normalise(train_x, dtype).to(dev),
+        train_y=torch.from_numpy(train_y).long().to(dev),
+        test_x=normalise(test_x, dtype).to(dev),
+        test_y=torch.from_numpy(test_y).long().to(dev),
     )
 
 
-def load_mnist(data_dir=None, device: str | torch.device = "cpu", download: bool = True) -> MnistTensors:
-    """Normalised MNIST tensors on `device`, loaded once per process and reused by every run."""
-    return _load(resolve_data_dir(data_dir), str(torch.device(device)), download)
+def load_mnist(data_dir=None, device: str | torch.device = "cpu", download: bool = True,
+               dtype: torch.dtype = torch.float32) -> MnistTensors:
+    """Normalised MNIST tensors of `dtype` on `device`, loaded once per process and reused by every run."""
+    return _load(resolve_data_dir(data_dir), str(torch.device(device)), download, dtype)
+
+
+@functools.lru_cache(maxsize=8)
+def holdout(data: MnistTensors, validation: int) -> MnistTensors:
+    """`data` with the first `validation` images of the fixed VALIDATION_SEED permutation of its
+    training set moved to val_x/val_y (both parts in their original order); `data` itself for 0."""
+    if validation == 0:
+        return data
+    n = len(data.train_x)
+    if validation >= n:
+        raise ValueError(f"validation {validation} must be less than the {n} training images")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(VALIDATION_SEED))
+    held, kept = (part.sort().values.to(data.train_x.device) for part in (order[:validation], order[validation:]))
+    return MnistTensors(data.train_x[kept], data.train_y[kept], data.test_x, data.test_y,
+                        val_x=data.train_x[held], val_y=data.train_y[held])
+
+
+def open_datasets(root: Path, download: bool = True):
+    """The (train, test) torchvision datasets of the files in, or downloaded into, `root`: the
+    student's way of reading MNIST, kept for the baselines of the benchmarks."""
+    from torchvision.datasets import MNIST
+
+    folder = find_mnist(Path(root), download)
+
+    class _Here(MNIST):
+        @property
+        def raw_folder(self) -> str:
+            return str(folder)
+
+    return _Here(str(root), train=True), _Here(str(root), train=False)

@@ -1,108 +1,241 @@
 """Train a group of same-shape runs as one batched model (the HFTA idea, MLSys 2021).
 
-K networks that share activation, depth, width, batch size, epochs and seed see the same batches
-in the same order, so their weights can live in stacked tensors: the shared mini-batch goes
-through the K first layers as one matrix product (784 x K*width), the rest as batched products.
-The loss is the sum of each network's mean NLL, so each network's gradient is exactly its solo
-gradient; each network's own lr, momentum and schedule are applied in the update. Every member
-starts from the weights its solo run would have, so its numbers match its solo run's up to float32
-rounding. A member whose loss turns NaN or infinite is frozen (lr 0) and reported diverged.
+K networks that share activation, depth, width and what fixes their steps (batch size, epochs,
+validation split) live in stacked weights. Each member starts from its solo run's weights and sees
+its solo run's batches in its solo run's order (its seed's permutation). When the members share a
+seed they share every mini-batch, which goes through the K first layers as one (784 x K*width)
+matrix product; otherwise each member's batch is gathered into (K, B, 784) for batched products.
+The later layers are batched products either way. The loss is the sum of each member's mean NLL,
+so each member's gradient is its solo gradient, and each member's own lr, momentum and schedule
+apply in the update: a member's numbers are its solo run's up to rounding (in float64, ~1e-15).
+
+A member whose loss turns NaN or infinite (diverged), or whose callback returns False (stopped),
+leaves the stacked model, keeping the weights it had; the others go on and cost no more than alone.
 """
 from __future__ import annotations
 
-import math
 import time
-from typing import Callable, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+import torch.nn.functional as F
 
 from .config import RunConfig
-from .data import MnistTensors
-from .model import IN_FEATURES, MLP
+from .data import MnistTensors, holdout
+from .model import MLP
 from .schedule import lr_at
-from .train import DIVERGENCE_CHECK_EVERY, EpochResult, TrainResult, epoch_order, init_model
+from .train import DIVERGENCE_CHECK_EVERY, EpochResult, TrainResult, epoch_order, evaluate, init_model, measure
 
-# Settings that must be equal inside a fused group: the shape, and what fixes batches and steps.
-GROUP_SETTINGS = ("activation", "depth", "width", "batch_size", "test_batch_size", "epochs", "seed")
+# Settings that must be equal inside a fused group: the shape, and what fixes the steps.
+GROUP_SETTINGS = ("activation", "depth", "width", "batch_size", "test_batch_size", "epochs", "validation")
 
 # Networks per fused model in a sweep. On 2 CPU cores (1 thread per worker) the time per
 # network-epoch of the reference network fell from 0.25 s at 7 networks to 0.215 s at 14 and 0.20 s
 # at 28; 16 keeps most of that gain while leaving several jobs to share out among the workers.
 DEFAULT_CHUNK_SIZE = 16
 
-MemberCallback = Callable[[int, EpochResult], None]
+# Called after every epoch of member i; returning False takes member i out (None or True: go on).
+MemberCallback = Callable[[int, EpochResult], Optional[bool]]
 
 
 def group_key(config: RunConfig) -> tuple:
     return tuple(getattr(config, s) for s in GROUP_SETTINGS)
 
 
-class FusedMLP(nn.Module):
-    """K MLPs of one shape as stacked weights; forward gives (K, batch, 10) log-probabilities."""
+def take(tensors: Sequence[torch.Tensor], dims: Sequence[int], keep: torch.Tensor) -> list[torch.Tensor]:
+    """The members `keep` of each stacked tensor, whose members run along `dims`."""
+    return [t.detach().index_select(d, keep) for t, d in zip(tensors, dims)]
 
-    def __init__(self, members: Sequence[MLP]):
+
+class FusedMLP(nn.Module):
+    """K MLPs of one shape as stacked weights; forward gives (K, batch, 10) log-probabilities.
+
+    The first layer's weight is (784, K, width): seen as (784, K*width) it takes a batch shared by
+    every member in one product, seen as (K, 784, width) one batch per member. Every later layer's
+    weight is (K, fan_in, fan_out) and its bias (K, 1, fan_out).
+    """
+
+    def __init__(self, weights: Sequence[torch.Tensor], biases: Sequence[torch.Tensor], activation: nn.Module):
         super().__init__()
+        self.weights = nn.ParameterList(nn.Parameter(w) for w in weights)
+        self.biases = nn.ParameterList(nn.Parameter(b) for b in biases)
+        self.activation = activation
+
+    @classmethod
+    def stack(cls, members: Sequence[MLP]) -> "FusedMLP":
         linears = [[m for m in net.layers if isinstance(m, nn.Linear)] for net in members]
-        self.k = len(members)
-        self.width = linears[0][0].out_features
-        self.activation = [m for m in members[0].layers if not isinstance(m, nn.Linear)][0]
+        activation = next(m for m in members[0].layers if not isinstance(m, nn.Linear))
         with torch.no_grad():
-            # first layer: (784, K*width), so the shared batch needs one matrix product
-            self.w_in = nn.Parameter(torch.cat([ls[0].weight.t() for ls in linears], dim=1).contiguous())
-            self.b_in = nn.Parameter(torch.cat([ls[0].bias for ls in linears]))
-            # every later layer: (K, fan_in, fan_out) for batched products
-            self.ws = nn.ParameterList(
-                nn.Parameter(torch.stack([ls[i].weight.t() for ls in linears]).contiguous())
-                for i in range(1, len(linears[0])))
-            self.bs = nn.ParameterList(
-                nn.Parameter(torch.stack([ls[i].bias for ls in linears]).unsqueeze(1))
-                for i in range(1, len(linears[0])))
+            weights = [torch.stack([ls[0].weight.t() for ls in linears], dim=1)]
+            biases = [torch.stack([ls[0].bias for ls in linears])]
+            for i in range(1, len(linears[0])):
+                weights.append(torch.stack([ls[i].weight.t() for ls in linears]))
+                biases.append(torch.stack([ls[i].bias for ls in linears]).unsqueeze(1))
+        return cls(weights, biases, activation)
+
+    @property
+    def k(self) -> int:
+        return self.biases[0].shape[0]
+
+    def member_dims(self) -> list[int]:
+        """For each of parameters(), the dimension along which its members run."""
+        return [1] + [0] * (len(self.weights) - 1) + [0] * len(self.biases)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.activation(torch.addmm(self.b_in, x.flatten(1), self.w_in))       # (B, K*width)
-        h = h.view(len(x), self.k, self.width).transpose(0, 1)                     # (K, B, width)
-        last = len(self.ws) - 1
-        for i, (w, b) in enumerate(zip(self.ws, self.bs)):
-            h = torch.baddbmm(b, h, w)
+        """x: (B, 784) shared by every member, or (K, B, 784) one batch per member -> (K, B, 10)."""
+        h = self.activation(self._first_layer(x))
+        last = len(self.weights) - 1
+        for i in range(1, last + 1):
+            h = torch.baddbmm(self.biases[i], h, self.weights[i])
             if i < last:
                 h = self.activation(h)
         return F.log_softmax(h, dim=2)
 
+    def _first_layer(self, x: torch.Tensor) -> torch.Tensor:
+        w, b = self.weights[0], self.biases[0]
+        if x.dim() == 2:
+            h = torch.addmm(b.flatten(), x, w.flatten(1))                            # (B, K*width)
+            return h.view(len(x), self.k, -1).transpose(0, 1)                       # (K, B, width)
+        return torch.baddbmm(b.unsqueeze(1), x, w.transpose(0, 1))                  # (K, B, width)
+
+    def select(self, keep: torch.Tensor) -> "FusedMLP":
+        """A new model of the members `keep` (indices) alone, with copies of their weights."""
+        taken = take(list(self.parameters()), self.member_dims(), keep)
+        return FusedMLP(taken[:len(self.weights)], taken[len(self.weights):], self.activation)
+
     def member_state_dict(self, k: int) -> dict:
         """Member k's weights as an ordinary MLP state dict (what load_agent expects)."""
-        w_in = self.w_in.detach().view(IN_FEATURES, self.k, self.width)[:, k, :]
-        state = {"layers.0.weight": w_in.t().contiguous(),
-                 "layers.0.bias": self.b_in.detach().view(self.k, self.width)[k].clone()}
-        for i, (w, b) in enumerate(zip(self.ws, self.bs), 1):
-            state[f"layers.{2 * i}.weight"] = w.detach()[k].t().contiguous()
-            state[f"layers.{2 * i}.bias"] = b.detach()[k, 0].clone()
+        state = {}
+        for i, (w, b) in enumerate(zip(self.weights, self.biases)):
+            w = w.detach().select(1 if i == 0 else 0, k)                            # (fan_in, fan_out)
+            state[f"layers.{2 * i}.weight"] = w.t().contiguous()
+            state[f"layers.{2 * i}.bias"] = b.detach()[k].flatten().clone()
         return state
 
     def member(self, k: int, config: RunConfig) -> MLP:
-        model = MLP.from_config(config).to(self.w_in.device)
+        w = self.weights[0]
+        model = MLP.from_config(config).to(device=w.device, dtype=w.dtype)
         model.load_state_dict(self.member_state_dict(k))
         return model.eval()
 
 
 def member_nll(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """(K, B) negative log-likelihood of each member's prediction for each target."""
-    return -out.gather(2, target.expand(out.shape[0], -1).unsqueeze(2)).squeeze(2)
+    """(K, B) negative log-likelihood of each member's prediction; `target` is (B,) or (K, B)."""
+    return -out.gather(2, target.expand(out.shape[:2]).unsqueeze(2)).squeeze(2)
 
 
 @torch.no_grad()
 def evaluate_fused(model: FusedMLP, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> tuple[list, list]:
-    """Per member: mean NLL loss and error fraction over all of (x, y)."""
+    """Per member: mean NLL loss and error fraction over all of (x, y), in eval mode."""
     model.eval()
-    loss = torch.zeros(model.k, device=x.device)
+    loss = torch.zeros(model.k, device=x.device, dtype=x.dtype)
     wrong = torch.zeros(model.k, device=x.device, dtype=torch.long)
     for i in range(0, len(x), batch_size):
         out = model(x[i:i + batch_size])                                            # (K, b, 10)
         target = y[i:i + batch_size]
         loss += member_nll(out, target).sum(1)
         wrong += (out.argmax(2) != target).sum(1)
-    return (loss / len(x)).tolist(), (wrong.double() / len(x)).tolist()
+    return [v / len(x) for v in loss.tolist()], [w / len(x) for w in wrong.tolist()]
+
+
+def _per_member(values: torch.Tensor, param: torch.Tensor, dim: int) -> torch.Tensor:
+    """`values` (one per member) shaped to broadcast over `param`, whose members run along `dim`."""
+    return values.view([-1 if d == dim else 1 for d in range(param.dim())])
+
+
+class Members:
+    """The members still training: their ids (positions in the group), the stacked model, the
+    momentum buffers and, within an epoch, each one's lr, batch order and running loss."""
+
+    def __init__(self, configs: Sequence[RunConfig], device: torch.device, dtype: torch.dtype):
+        self.configs = list(configs)
+        self.ids = list(range(len(configs)))
+        self.model = FusedMLP.stack([init_model(c, device, dtype) for c in configs])
+        self.momentum = torch.tensor([c.momentum for c in configs], device=device, dtype=dtype)
+        params = list(self.model.parameters())
+        self.buffers = [torch.zeros_like(p) for p in params] if any(c.momentum for c in configs) else []
+
+    def start_epoch(self, epoch: int, orders: dict[int, torch.Tensor]) -> None:
+        """Set each member's lr for `epoch` and its batch order (`orders`: per seed)."""
+        w = self.model.weights[0]
+        self.lrs = torch.tensor([lr_at(self.configs[i], epoch) for i in self.ids], device=w.device, dtype=w.dtype)
+        self.orders = {seed: order.to(w.device) for seed, order in orders.items()}
+        self.running = torch.zeros(len(self.ids), device=w.device, dtype=w.dtype)
+        self._arrange()
+
+    def _arrange(self) -> None:
+        """Per-parameter views of the lrs and momenta; one shared batch order when one seed is left."""
+        params, dims = list(self.model.parameters()), self.model.member_dims()
+        self.lr_views = [_per_member(self.lrs, p, d) for p, d in zip(params, dims)]
+        self.momentum_views = [_per_member(self.momentum, p, d) for p, d in zip(params, dims)]
+        seeds = [self.configs[i].seed for i in self.ids]
+        shared = len(set(seeds)) == 1
+        self.order = self.orders[seeds[0]] if shared else torch.stack([self.orders[s] for s in seeds])
+
+    def step(self, data: MnistTensors, start: int, batch_size: int) -> None:
+        """One SGD step of every member on its batch at `start` of its order."""
+        idx = self.order[..., start:start + batch_size]                   # (B,) shared, or (K, B)
+        losses = member_nll(self.model(data.train_x[idx]), data.train_y[idx]).mean(1)     # (K,)
+        params = list(self.model.parameters())
+        grads = torch.autograd.grad(losses.sum(), params)
+        with torch.no_grad():
+            for i, (p, g) in enumerate(zip(params, grads)):
+                if self.buffers:
+                    g = self.buffers[i].mul_(self.momentum_views[i]).add_(g)
+                p.sub_(self.lr_views[i] * g)
+            self.running += losses.detach()
+
+    def nonfinite(self) -> list[int]:
+        """Ids of the members whose loss this epoch is NaN or infinite."""
+        bad = (~torch.isfinite(self.running)).tolist()
+        return [i for i, b in zip(self.ids, bad) if b]
+
+    def drop(self, ids: Sequence[int]) -> dict[int, MLP]:
+        """Take members `ids` out of the stacked model; their models (in eval mode), by id."""
+        gone = {i: self.model.member(self.ids.index(i), self.configs[i]) for i in ids}
+        keep = [p for p, i in enumerate(self.ids) if i not in gone]
+        self.ids = [self.ids[p] for p in keep]
+        if gone and self.ids:
+            index = torch.tensor(keep, device=self.momentum.device)
+            dims = self.model.member_dims()
+            self.model = self.model.select(index)
+            self.buffers = take(self.buffers, dims, index)
+            self.momentum, self.lrs, self.running = (t[index] for t in (self.momentum, self.lrs, self.running))
+            self._arrange()
+        return gone
+
+
+def _orders(configs: Sequence[RunConfig], n: int) -> Iterator[dict[int, torch.Tensor]]:
+    """Per epoch: the sample order of each seed of the group, as its solo runs draw them."""
+    streams = {c.seed: epoch_order(c, n, c.epochs) for c in configs}
+    for _ in range(configs[0].epochs):
+        yield {seed: next(stream) for seed, stream in streams.items()}
+
+
+def _train_epoch(members: Members, data: MnistTensors, batch_size: int) -> dict[int, MLP]:
+    """One pass over the training set. A member whose loss turns NaN or infinite leaves at the next
+    check, where its solo run would stop the epoch; returns those members' models, by id."""
+    members.model.train()
+    gone = {}
+    for step, start in enumerate(range(0, len(data.train_x), batch_size), 1):
+        members.step(data, start, batch_size)
+        if step % DIVERGENCE_CHECK_EVERY == 0:
+            gone.update(members.drop(members.nonfinite()))
+            if not members.ids:
+                break
+    return gone
+
+
+def _measure(members: Members, gone: dict[int, MLP], data: MnistTensors, batch_size: int) -> dict[int, dict]:
+    """Each member's epoch numbers (EpochResult fields), by id: from the stacked model, or for
+    members that left during the epoch from their own model, as their solo run measures them."""
+    numbers = {i: measure(evaluate, model, data, batch_size) for i, model in gone.items()}
+    if members.ids:
+        stacked = measure(evaluate_fused, members.model, data, batch_size)
+        for p, i in enumerate(members.ids):
+            numbers[i] = {name: values[p] for name, values in stacked.items()}
+    return numbers
 
 
 def _check_group(configs: Sequence[RunConfig]) -> None:
@@ -111,82 +244,43 @@ def _check_group(configs: Sequence[RunConfig]) -> None:
         raise ValueError(f"runs of a fused group must share {', '.join(GROUP_SETTINGS)}; got {sorted(keys)}")
 
 
+def _record(results: list[TrainResult], trained: list[int], epoch: int, numbers: dict, finite: dict,
+            seconds: float, on_epoch: Optional[MemberCallback]) -> list[int]:
+    """Log epoch `epoch` of each member in `trained` and call back; the ids of those that leave now."""
+    leaving = []
+    for i in trained:
+        result = results[i]
+        record = EpochResult(epoch, lr_at(result.config, epoch), seconds=seconds, **numbers[i])
+        result.history.append(record)
+        result.seconds += seconds / len(trained)  # each member's share of the group's time
+        result.stopped = on_epoch is not None and on_epoch(i, record) is False
+        result.diverged = not (finite.get(i, False) and record.finite)
+        if result.stopped or result.diverged:
+            leaving.append(i)
+    return leaving
+
+
 def train_fused(configs: Sequence[RunConfig], data: MnistTensors, device: torch.device | str = "cpu",
                 on_epoch: Optional[MemberCallback] = None) -> list[TrainResult]:
-    """Train `configs` (one group) together; the result of member k is what its solo run gives."""
+    """Train `configs` (one group) together, in the dtype of `data`; the result of member i is what
+    its solo run gives. `on_epoch(i, record)` returning False takes member i out after that epoch."""
     _check_group(configs)
-    device = torch.device(device)
-    first, k = configs[0], len(configs)
-    model = FusedMLP([init_model(c, device) for c in configs]).to(device)
-    params = list(model.parameters())
-    momentum = torch.tensor([c.momentum for c in configs], device=device)
-    use_momentum = bool((momentum > 0).any())
-    buffers = [torch.zeros_like(p) for p in params] if use_momentum else []
-    live = torch.ones(k, dtype=torch.bool, device=device)
+    data = holdout(data, configs[0].validation)
+    members = Members(configs, torch.device(device), data.dtype)
     results = [TrainResult(config=c, model=None) for c in configs]
-    started = time.perf_counter()
-    n = len(data.train_x)
-    for epoch, order in enumerate(epoch_order(first, n, first.epochs), 1):
-        epoch_start = time.perf_counter()
-        lrs = torch.tensor([lr_at(c, epoch) for c in configs], device=device)
-        finite = _train_epoch(model, params, buffers, momentum, lrs, live, data, order.to(device), first.batch_size)
-        train_loss, train_error = evaluate_fused(model, data.train_x, data.train_y, first.test_batch_size)
-        test_loss, test_error = evaluate_fused(model, data.test_x, data.test_y, first.test_batch_size)
-        seconds = time.perf_counter() - epoch_start
-        for i, result in enumerate(results):
-            if result.diverged:
-                continue
-            record = EpochResult(epoch, lrs[i].item(), train_loss[i], train_error[i], test_loss[i],
-                                 test_error[i], seconds)
-            result.history.append(record)
-            if on_epoch is not None:
-                on_epoch(i, record)
-            if not finite[i] or not (math.isfinite(train_loss[i]) and math.isfinite(test_loss[i])):
-                result.diverged = True
-                live[i] = False
-        if not live.any():
+    models = {}  # the trained models of the members that left, by id
+    for epoch, orders in enumerate(_orders(configs, len(data.train_x)), 1):
+        started, trained = time.perf_counter(), list(members.ids)
+        members.start_epoch(epoch, orders)
+        gone = _train_epoch(members, data, configs[0].batch_size)
+        models.update(gone)
+        finite = dict(zip(members.ids, torch.isfinite(members.running).tolist()))
+        numbers = _measure(members, gone, data, configs[0].test_batch_size)
+        leaving = _record(results, trained, epoch, numbers, finite, time.perf_counter() - started, on_epoch)
+        models.update(members.drop([i for i in leaving if i not in gone]))
+        if not members.ids:
             break
-    elapsed = time.perf_counter() - started
-    for i, result in enumerate(results):
-        result.model = model.member(i, configs[i])
-        result.seconds = elapsed / k  # each member's share of the group's time
+    models.update(members.drop(list(members.ids)))
+    for i, model in models.items():
+        results[i].model = model
     return results
-
-
-def _train_epoch(model, params, buffers, momentum, lrs, live, data, order, batch_size) -> list[bool]:
-    """One pass over the data in `order`; returns, per member, whether its loss stayed finite."""
-    model.train()
-    k = model.k
-    running = torch.zeros(k, device=order.device)
-    step_lrs = torch.where(live, lrs, torch.zeros_like(lrs))
-    # per-parameter views of each member's lr (and momentum): first layer is (784, K*width)
-    scale = [_per_member(p, step_lrs, model) for p in params]
-    mom = [_per_member(p, momentum, model) for p in params] if buffers else []
-    for step, start in enumerate(range(0, len(order), batch_size), 1):
-        idx = order[start:start + batch_size]
-        out = model(data.train_x[idx])                                              # (K, B, 10)
-        target = data.train_y[idx]
-        losses = member_nll(out, target).mean(1)                                    # (K,)
-        grads = torch.autograd.grad(losses.sum(), params)
-        with torch.no_grad():
-            for i, (p, g) in enumerate(zip(params, grads)):
-                if buffers:
-                    g = buffers[i].mul_(mom[i]).add_(g)
-                p.sub_(scale[i] * g)
-            running += losses.detach()
-        if step % DIVERGENCE_CHECK_EVERY == 0:
-            bad = ~torch.isfinite(running) & live
-            if bad.any():  # freeze diverged members so they stop moving; the rest carry on
-                live &= ~bad
-                step_lrs = torch.where(live, lrs, torch.zeros_like(lrs))
-                scale = [_per_member(p, step_lrs, model) for p in params]
-    return torch.isfinite(running).tolist()
-
-
-def _per_member(param: torch.Tensor, values: torch.Tensor, model: FusedMLP) -> torch.Tensor:
-    """`values` (one per member) shaped to broadcast over `param`."""
-    if param is model.w_in:                                              # (784, K*width)
-        return values.repeat_interleave(model.width).view(1, -1)
-    if param is model.b_in:                                              # (K*width,)
-        return values.repeat_interleave(model.width)
-    return values.view(-1, 1, 1)                                         # stacked (K, ., .)

@@ -9,7 +9,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .agent import load_agent
-from .data import MEAN, STD
+from .data import normalise
 
 
 def image_to_tensor(path: str, dark_on_light: bool = False) -> torch.Tensor:
@@ -21,8 +21,18 @@ def image_to_tensor(path: str, dark_on_light: bool = False) -> torch.Tensor:
     square = Image.new("L", (side, side), 0)
     square.paste(image, ((side - image.width) // 2, (side - image.height) // 2))
     small = square.resize((28, 28), Image.Resampling.LANCZOS)
-    pixels = torch.frombuffer(bytearray(small.tobytes()), dtype=torch.uint8).float() / 255.0
-    return ((pixels - MEAN) / STD).reshape(1, 784)
+    return normalise(torch.frombuffer(bytearray(small.tobytes()), dtype=torch.uint8))
+
+
+def read_images(paths, dark_on_light: bool = False) -> torch.Tensor:
+    """(N, 784) normalised images; ValueError naming the first file that cannot be read and why."""
+    rows = []
+    for path in paths:
+        try:
+            rows.append(image_to_tensor(path, dark_on_light))
+        except (UnidentifiedImageError, Image.DecompressionBombError, OSError) as exc:
+            raise ValueError(f"cannot read image {path}: {exc}") from None
+    return torch.cat(rows)
 
 
 @torch.no_grad()
@@ -44,13 +54,9 @@ def main(agent, images, dark_on_light, as_json):
     (an mnist_agent.pt written by `python -m mnist_core` or `sweep run`)."""
     try:
         model = load_agent(agent)
-    except Exception as exc:
-        click.echo(f"error: cannot load agent {agent}: {exc}", err=True)
-        sys.exit(2)
-    try:
-        batch = torch.cat([image_to_tensor(p, dark_on_light) for p in images])
-    except (UnidentifiedImageError, OSError) as exc:
-        click.echo(f"error: cannot read image: {exc}", err=True)
+        batch = read_images(images, dark_on_light)
+    except (ValueError, OSError) as exc:  # a bad agent raises AgentFileError, a ValueError
+        click.echo(f"error: {exc}", err=True)
         sys.exit(2)
     for path, probs in zip(images, predict_probabilities(model, batch)):
         digit = int(probs.argmax())

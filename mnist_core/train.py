@@ -1,11 +1,13 @@
 """Train one run: SGD on the NLL loss over in-memory tensors, evaluated after every epoch.
 
-The loop knows nothing of files or loggers: each epoch's numbers go to an `on_epoch` callback,
-and the trained model comes back in the result.
+The loop knows nothing of files or loggers: each epoch's numbers go to an `on_epoch` callback
+(which may end the run by returning False), and the trained model comes back in the result. It
+computes in the dtype of the data it is given (float32 normally, float64 for exact comparisons).
 """
 from __future__ import annotations
 
 import math
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Optional
@@ -14,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import RunConfig
-from .data import MnistTensors
+from .data import MnistTensors, holdout
 from .model import MLP
 from .schedule import lr_at
 
@@ -30,10 +32,20 @@ class EpochResult:
     test_loss: float
     test_error: float
     seconds: float  # wall time of this epoch's training and evaluation
+    val_loss: Optional[float] = None  # on the held-out training images; None without validation
+    val_error: Optional[float] = None
 
     def metrics(self) -> dict[str, float]:
-        return {"train_loss": self.train_loss, "train_error": self.train_error,
-                "test_loss": self.test_loss, "test_error": self.test_error, "lr": self.lr}
+        out = {"train_loss": self.train_loss, "train_error": self.train_error,
+               "test_loss": self.test_loss, "test_error": self.test_error, "lr": self.lr}
+        if self.val_loss is not None:
+            out.update(val_loss=self.val_loss, val_error=self.val_error)
+        return out
+
+    @property
+    def finite(self) -> bool:
+        """Whether every loss of the epoch is a number (neither NaN nor infinite)."""
+        return all(math.isfinite(v) for v in (self.train_loss, self.test_loss, self.val_loss) if v is not None)
 
 
 @dataclass
@@ -42,6 +54,7 @@ class TrainResult:
     model: MLP
     history: list[EpochResult] = field(default_factory=list)
     diverged: bool = False
+    stopped: bool = False  # the epoch callback returned False: training ended early
     seconds: float = 0.0
 
     @property
@@ -54,14 +67,21 @@ class TrainResult:
         if self.history:
             out.update({f"final_{k}": v for k, v in self.final.metrics().items() if k != "lr"})
             out["best_test_error"] = min(e.test_error for e in self.history)
+            if self.final.val_error is not None:
+                out["best_val_error"] = min(e.val_error for e in self.history)
         return out
 
 
-EpochCallback = Callable[[EpochResult], None]
+# Called after every epoch; returning False ends the run there (None or True: go on).
+EpochCallback = Callable[[EpochResult], Optional[bool]]
+DEVICES = "auto, cpu, cuda, cuda:N"
 
 
 def resolve_device(name: str = "auto") -> torch.device:
     """`auto` (CUDA when present), `cpu`, `cuda` or `cuda:N`; a CUDA device that is absent is an error."""
+    name = str(name)
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", name):
+        raise ValueError(f"unsupported device {name!r}; supported devices: {DEVICES}")
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
@@ -80,16 +100,17 @@ def epoch_order(config: RunConfig, n: int, epochs: int) -> Iterator[torch.Tensor
         yield torch.randperm(n, generator=generator)
 
 
-def init_model(config: RunConfig, device: torch.device) -> MLP:
+def init_model(config: RunConfig, device: torch.device, dtype: torch.dtype = torch.float32) -> MLP:
+    """The run's initial weights: drawn in float32 from its seed, then cast to `dtype`."""
     torch.manual_seed(config.seed)
-    return MLP.from_config(config).to(device)
+    return MLP.from_config(config).to(device=device, dtype=dtype)
 
 
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> tuple[float, float]:
     """(mean NLL loss, error fraction) of `model` over all of (x, y), in eval mode."""
     model.eval()
-    loss = torch.zeros((), device=x.device)
+    loss = torch.zeros((), device=x.device, dtype=x.dtype)
     wrong = torch.zeros((), device=x.device, dtype=torch.long)
     for i in range(0, len(x), batch_size):
         out = model(x[i:i + batch_size])
@@ -99,11 +120,22 @@ def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_siz
     return loss.item() / len(x), wrong.item() / len(x)
 
 
+def measure(evaluator, model, data: MnistTensors, batch_size: int) -> dict:
+    """`evaluator`'s (loss, error) on the training set, test set and held-out images (when there are
+    any), as EpochResult fields: {"train_loss": ..., "train_error": ..., "test_loss": ..., ...}."""
+    out = {}
+    for name, x, y in (("train", data.train_x, data.train_y), ("test", data.test_x, data.test_y),
+                       ("val", data.val_x, data.val_y)):
+        if x is not None:
+            out[f"{name}_loss"], out[f"{name}_error"] = evaluator(model, x, y, batch_size)
+    return out
+
+
 def train_one_epoch(model, optimizer, data: MnistTensors, order: torch.Tensor, batch_size: int) -> bool:
     """One pass over the training set in `order`; False as soon as the loss is NaN or infinite."""
     model.train()
     order = order.to(data.train_x.device)
-    running = torch.zeros((), device=data.train_x.device)
+    running = torch.zeros((), device=data.train_x.device, dtype=data.dtype)
     for step, start in enumerate(range(0, len(order), batch_size), 1):
         idx = order[start:start + batch_size]
         optimizer.zero_grad(set_to_none=True)
@@ -118,9 +150,11 @@ def train_one_epoch(model, optimizer, data: MnistTensors, order: torch.Tensor, b
 
 def train(config: RunConfig, data: MnistTensors, device: torch.device | str = "cpu",
           on_epoch: Optional[EpochCallback] = None) -> TrainResult:
-    """Train `config` on `data` (already on `device`). Never raises on divergence: the result says so."""
+    """Train `config` on `data` (already on `device`), in the dtype of `data`. Never raises on
+    divergence: the result says so. `on_epoch(record)` returning False ends training after that epoch."""
     device = torch.device(device)
-    model = init_model(config, device)
+    data = holdout(data, config.validation)
+    model = init_model(config, device, data.dtype)
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum)
     result = TrainResult(config=config, model=model)
     started = time.perf_counter()
@@ -130,15 +164,12 @@ def train(config: RunConfig, data: MnistTensors, device: torch.device | str = "c
         for group in optimizer.param_groups:
             group["lr"] = lr
         finite = train_one_epoch(model, optimizer, data, order, config.batch_size)
-        train_loss, train_error = evaluate(model, data.train_x, data.train_y, config.test_batch_size)
-        test_loss, test_error = evaluate(model, data.test_x, data.test_y, config.test_batch_size)
-        record = EpochResult(epoch, lr, train_loss, train_error, test_loss, test_error,
-                             time.perf_counter() - epoch_start)
+        numbers = measure(evaluate, model, data, config.test_batch_size)
+        record = EpochResult(epoch, lr, seconds=time.perf_counter() - epoch_start, **numbers)
         result.history.append(record)
-        if on_epoch is not None:
-            on_epoch(record)
-        if not finite or not (math.isfinite(train_loss) and math.isfinite(test_loss)):
-            result.diverged = True
+        result.stopped = on_epoch is not None and on_epoch(record) is False
+        result.diverged = not (finite and record.finite)
+        if result.stopped or result.diverged:
             break
     result.seconds = time.perf_counter() - started
     model.eval()

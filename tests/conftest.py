@@ -54,6 +54,36 @@ def tiny_data(tiny_dir):
     return load_mnist(tiny_dir, "cpu", download=False)
 
 
+@pytest.fixture(scope="session")
+def tiny_data64(tiny_dir):
+    """The tiny set in float64, for proofs that two code paths compute the same mathematics."""
+    import torch
+
+    from mnist_core.data import load_mnist
+
+    return load_mnist(tiny_dir, "cpu", download=False, dtype=torch.float64)
+
+
+# Tests that compare numbers pin torch's thread count (some tests change it, e.g. the CLI's
+# --threads): to $OMP_NUM_THREADS, so running the suite at 1, 2 and 4 threads tries each.
+PINNED_THREADS = int(os.environ.get("OMP_NUM_THREADS") or 1)
+
+
+@pytest.fixture
+def pinned_threads():
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(PINNED_THREADS)
+    yield PINNED_THREADS
+    torch.set_num_threads(before)
+
+
+def relative_gap(a, b) -> float:
+    """Largest relative difference, ||a - b|| / ||b||, over the tensors of two state dicts."""
+    return max(((a[name] - b[name]).norm() / b[name].norm()).item() for name in b)
+
+
 @pytest.fixture
 def real_data_dir():
     if not REAL_DATA:

@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from mnist_core import ACTIVATIONS, MLP, RunConfig
+from mnist_core.train import init_model
 
 
 @pytest.mark.parametrize("activation", ACTIVATIONS)
@@ -30,3 +31,9 @@ def test_depth_counts_hidden_layers_and_keeps_io():
 def test_leaky_relu_slope_is_one_hundredth():
     act = MLP(1, 3, "leaky_relu").layers[1]
     assert act(torch.tensor([-2.0])).item() == pytest.approx(-0.02)
+
+
+def test_float64_model_starts_from_the_float32_initial_weights():
+    narrow, wide = init_model(RunConfig(seed=3), "cpu"), init_model(RunConfig(seed=3), "cpu", torch.float64)
+    for name, weight in wide.state_dict().items():
+        assert weight.dtype == torch.float64 and torch.equal(weight, narrow.state_dict()[name].double())
