@@ -50,6 +50,10 @@ def _percent_axis(ax, label, means, lows=(), highs=()):
     """A log axis of percentages fitted to the means; an interval reaching far past them (n = 2
     gives wide ones) runs off the edge rather than squashing the means."""
     means = [m for m in means if m > 0 and math.isfinite(m)]
+    if not means:
+        ax.text(0.5, 0.5, "no finished runs yet", transform=ax.transAxes, ha="center", va="center", color="grey")
+        ax.set_yticks([])
+        return
     lows = [v for v in lows if v > 0 and math.isfinite(v)]
     highs = [v for v in highs if math.isfinite(v)]
     low = max(min(means + lows) / 1.15, min(means) / 3)
@@ -83,14 +87,14 @@ def _x_axis(ax, setting, values):
     ax.set_xlabel(f"{setting} ({unit}{', log scale' if setting in LOG_AXIS else ''})")
 
 
-def _errorbars(ax, x, table, metric, color, label=None, fmt="o-", offset=1.0):
+def _errorbars(ax, x, table, metric, color, label=None, fmt="o-"):
     """Means with their 95% intervals; no bar where n = 1 (the interval is NaN)."""
     mean = 100 * table[metric].to_numpy(dtype=float)
     low = 100 * table[f"{metric}_low"].to_numpy(dtype=float)
     high = 100 * table[f"{metric}_high"].to_numpy(dtype=float)
     below = np.where(np.isnan(low), 0, mean - np.maximum(low, mean * 1e-3))  # a log axis has no 0
     above = np.where(np.isnan(high), 0, high - mean)
-    ax.errorbar(np.asarray(x, dtype=float) * offset, mean, yerr=[below, above], fmt=fmt, color=color,
+    ax.errorbar(np.asarray(x, dtype=float), mean, yerr=[below, above], fmt=fmt, color=color,
                 label=label, capsize=3, markersize=5, elinewidth=1.2, zorder=3)
     return list(mean), list(low), list(high)
 
@@ -109,7 +113,8 @@ def figure_lr_by_setting(view: GridView, metric: str):
     """Error against lr, one line per value of the other setting, its best lr starred; one panel
     per error shown (the ranking one first)."""
     shown = shown_metrics(metric)
-    fig, axes = plt.subplots(1, len(shown), figsize=(6 * len(shown), 4.8), sharex=True, squeeze=False)
+    fig, axes = plt.subplots(1, len(shown), figsize=(5.3 * len(shown) if len(shown) > 2 else 12, 4.8), sharex=True,
+                             squeeze=False)
     axes = axes[0]
     table = points(view.runs, [view.by, "lr"], shown)
     best = best_per(view, metric).table
@@ -122,7 +127,7 @@ def figure_lr_by_setting(view: GridView, metric: str):
             color = COLORS[i % len(COLORS)]
             mine = table[table[view.by] == value]
             shown_label = label({view.by: value}, [view.by])
-            for acc, got in zip(drawn, _errorbars(ax, mine["lr"], mine, m, color, shown_label, offset=spread[i])):
+            for acc, got in zip(drawn, _errorbars(ax, mine["lr"] * spread[i], mine, m, color, shown_label)):
                 acc.extend(got)
             _mark_diverged(ax, diverged.loc[diverged[view.by] == value, "lr"] * spread[i], color)
             star = best[best[view.by] == value]
@@ -149,10 +154,13 @@ def figure_error_vs_setting(view: GridView, metric: str):
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
     table = points(view.runs, [view.x], shown)
     position = {v: i for i, v in enumerate(table[view.x])} if categorical else None
-    xs = [position[v] for v in table[view.x]] if categorical else table[view.x]
+    xs = np.array([position[v] for v in table[view.x]] if categorical else table[view.x], dtype=float)
     drawn = ([], [], [])
     for i, m in enumerate(shown):
-        got = _errorbars(ax, xs, table, m, COLORS[i], NAMES.get(m, m), fmt="o" if categorical else "o-")
+        step = i - (len(shown) - 1) / 2  # side by side, so the bars of the errors do not overlap
+        shifted = (xs + 0.06 * step if categorical else xs * 1.025 ** step if view.x in LOG_AXIS
+                   else xs + 0.012 * step * (np.ptp(xs) or 1))
+        got = _errorbars(ax, shifted, table, m, COLORS[i], NAMES.get(m, m), fmt="o" if categorical else "o-")
         for acc, values in zip(drawn, got):
             acc.extend(values)
     diverged = view.runs[view.runs["outcome"] == "diverged"]
