@@ -18,7 +18,7 @@ from torchvision import transforms
 
 from mnist_core import MLP, RunConfig, load_mnist
 from mnist_core.data import open_datasets, resolve_data_dir
-from mnist_core.train import epoch_order, evaluate, init_model, train_one_epoch
+from mnist_core.trainer import epoch_order, evaluate, init_model, train_one_epoch
 
 
 def student_epoch(root) -> float:

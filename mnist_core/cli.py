@@ -10,7 +10,7 @@ import torch
 from .agent import AGENT_FILENAME, save_agent
 from .config import CHOICES, DEFAULTS, SETTING_HELP, SETTING_NAMES, SETTING_TYPES, RunConfig
 from .data import ENV_VAR, MnistDataMissing, holdout, load_mnist
-from .train import EpochResult, resolve_device, train
+from .trainer import EpochResult, resolve_device, train
 
 _CLICK_TYPES = {"int": int, "float": float, "str": str}
 

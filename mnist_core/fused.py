@@ -25,7 +25,7 @@ from .config import RunConfig
 from .data import MnistTensors, holdout
 from .model import MLP
 from .schedule import lr_at
-from .train import DIVERGENCE_CHECK_EVERY, EpochResult, TrainResult, epoch_order, evaluate, init_model, measure
+from .trainer import DIVERGENCE_CHECK_EVERY, EpochResult, TrainResult, epoch_order, evaluate, init_model, measure
 
 # Settings that must be equal inside a fused group: the shape, and what fixes the steps.
 GROUP_SETTINGS = ("activation", "depth", "width", "batch_size", "test_batch_size", "epochs", "validation")

@@ -24,8 +24,9 @@ import urllib.request
 from pathlib import Path
 
 from sweep import tracking
-from sweep.best import best_by, finished_runs, tidy_runs
-from sweep.spec import expand, load_spec
+from sweep.best import best_by
+from sweep.results import fetch_results
+from sweep.spec import load_spec
 
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
@@ -79,8 +80,9 @@ def main() -> int:
     experiment_id = tracking.find_experiment(uri, spec.experiment)
     if experiment_id is None:
         raise SystemExit(f"error: no experiment '{spec.experiment}' in {uri}; run `sweep run {args.spec}` first")
-    runs = finished_runs(tidy_runs(tracking.runs_frame(uri, experiment_id)), [r.key for r in expand(spec)])
-    best = best_by(runs, ["activation"])
+    results = fetch_results(spec, uri)
+    runs = results.by_outcome("done", "diverged", "stopped")
+    best = best_by(results.runs, ["activation"]).table
     names = list(runs["name"])
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -1,80 +1,177 @@
-"""Tidy tables of tracked runs, and the best run per group. Pure pandas over search_runs output."""
+"""The best setting per group, ranked by its mean over seeds, and how sure that ranking is.
+
+Pure pandas over `SweepResults.runs`. A setting is every setting but the seed; its runs differ
+only in seed. Its representative run (run_id, agent_uri) is its best seed's run.
+"""
 from __future__ import annotations
 
-from typing import Iterable, Optional
+from dataclasses import dataclass, field
+from typing import Optional
 
 import pandas as pd
 
 from mnist_core.config import SETTING_NAMES, SETTING_TYPES
 
-from .lease import DIVERGED, GRIDS, KEY
+from . import stats
+from .results import FINAL_METRICS
 
-METRICS = ("test_error", "train_error", "test_loss", "train_loss", "best_test_error", "training_seconds")
-
-
-def tidy_runs(frame: pd.DataFrame) -> pd.DataFrame:
-    """One row per MLflow training run: settings typed, final metrics, state and agent URI."""
-    columns = ["run_id", "key", "name", "status", "diverged", "grids", "start_time", "end_time",
-               *SETTING_NAMES, *METRICS, "agent_uri"]
-    if frame.empty:
-        return pd.DataFrame(columns=columns)
-    out = pd.DataFrame({
-        "run_id": frame["run_id"],
-        "key": frame.get(f"tags.{KEY}"),
-        "name": frame.get("tags.mlflow.runName"),
-        "status": frame["status"],
-        "diverged": frame.get(f"tags.{DIVERGED}", pd.Series("false", index=frame.index)).eq("true"),
-        "grids": frame.get(f"tags.{GRIDS}", pd.Series("", index=frame.index)).fillna(""),
-        "start_time": frame["start_time"],
-        "end_time": frame["end_time"],
-    })
-    for name in SETTING_NAMES:
-        raw = frame.get(f"params.{name}", pd.Series(pd.NA, index=frame.index))
-        out[name] = pd.to_numeric(raw, errors="coerce") if SETTING_TYPES[name] != "str" else raw
-    for metric in METRICS:
-        out[metric] = frame.get(f"metrics.{metric}", pd.Series(float("nan"), index=frame.index)).astype(float)
-    out["agent_uri"] = frame["artifact_uri"].astype(str) + "/mnist_agent.pt"
-    return out[columns].reset_index(drop=True)
+SETTINGS = [s for s in SETTING_NAMES if s != "seed"]
+RANKABLE = tuple(m for m in FINAL_METRICS if m != "epochs_completed")
+ERROR_COLUMNS = ("test_error", "train_error", "best_test_error", "val_error", "final_val_error", "best_val_error")
 
 
-def finished_runs(runs: pd.DataFrame, keys: Optional[Iterable[str]] = None,
-                  grids: Iterable[str] = ()) -> pd.DataFrame:
-    """FINISHED runs, one per key (the latest), narrowed to `keys` or to runs tagged with `grids`."""
-    done = runs[runs["status"] == "FINISHED"]
-    if keys is not None:
-        done = done[done["key"].isin(set(keys))]
-    grids = list(grids)
-    if grids:
-        done = done[done["grids"].str.split(",").apply(lambda gs: bool(set(gs) & set(grids)))]
-    return done.sort_values("end_time").drop_duplicates("key", keep="last").reset_index(drop=True)
+@dataclass(frozen=True)
+class Best:
+    table: pd.DataFrame      # one row per group of `by`, sorted by the group's settings
+    by: tuple
+    metric: str              # the metric that ranked
+    stopped: int             # runs stopped early among the candidates
+    include_stopped: bool
+    within: dict = field(default_factory=dict)   # group label -> stats.Comparison of winner and runner-up
+    across: Optional[stats.Comparison] = None    # the best group's winner against the next group's
+    notes: tuple = ()        # why the metric was chosen, when that needs saying
+
+
+def varied(runs: pd.DataFrame) -> list[str]:
+    """The settings (seed aside) that take more than one value in `runs`."""
+    return [s for s in SETTINGS if runs[s].nunique(dropna=True) > 1]
+
+
+def _fmt(value) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def label(row, settings) -> str:
+    """A setting as people read it: 'relu', 'lr 0.1', 'relu, depth 2'."""
+    return ", ".join(str(row[s]) if SETTING_TYPES[s] == "str" else f"{s} {_fmt(row[s])}" for s in settings)
+
+
+def resolve_metric(candidates: pd.DataFrame, metric: str) -> tuple[str, tuple]:
+    """`auto`: val_error when every candidate run has one, else test_error (with a note why)."""
+    if metric != "auto":
+        if metric not in RANKABLE:
+            raise ValueError(f"unknown metric {metric!r}; metrics: auto, {', '.join(RANKABLE)}")
+        return metric, ()
+    with_val = int(candidates["val_error"].notna().sum())
+    if len(candidates) and with_val == len(candidates):
+        return "val_error", ()
+    if with_val:
+        return "test_error", (f"{len(candidates) - with_val} of {len(candidates)} runs have no val_error: "
+                              f"ranked by test_error",)
+    return "test_error", ()
+
+
+def setting_table(runs: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """One row per setting: the summary of `metric` over its seeds, the mean test and train error,
+    the values themselves (`values`) and its best seed's run."""
+    rows = []
+    for _, group in runs.groupby(SETTINGS, dropna=False, sort=False):
+        summary = stats.summarize(group[metric])
+        best = group.loc[group[metric].idxmin()]
+        rows.append({**{s: best[s] for s in SETTINGS}, metric: summary.mean, f"{metric}_std": summary.std,
+                     f"{metric}_ci_low": summary.ci_low, f"{metric}_ci_high": summary.ci_high, "n": summary.n,
+                     "test_error": group["test_error"].mean(), "train_error": group["train_error"].mean(),
+                     "values": group[metric].tolist(), "summary": summary,
+                     "run_id": best["run_id"], "agent_uri": best["agent_uri"]})
+    return pd.DataFrame(rows)
+
+
+def candidates(runs: pd.DataFrame, include_stopped: bool = False) -> pd.DataFrame:
+    """Runs that can be ranked: finished without diverging (and, on request, stopped early)."""
+    return runs[runs["outcome"].isin(("done", "stopped") if include_stopped else ("done",))]
+
+
+def best_by(runs: pd.DataFrame, by: list, metric: str = "auto", include_stopped: bool = False) -> Best:
+    """Per group of `by`, the setting with the lowest mean `metric` over its seeds, its interval,
+    and Welch's test against the group's runner-up (its next-best setting)."""
+    by = list(by)
+    unknown = [b for b in by if b not in SETTING_NAMES]
+    if unknown:
+        raise ValueError(f"cannot group by {unknown[0]!r}: not a setting; settings: {', '.join(SETTING_NAMES)}")
+    if "seed" in by:
+        raise ValueError("cannot group by 'seed': the seeds of a setting are what its mean and interval are over")
+    pool = candidates(runs, include_stopped)
+    metric, notes = resolve_metric(pool, metric)
+    stopped = int((runs["outcome"] == "stopped").sum())
+    ok = pool[pool[metric].notna()]
+    others = [s for s in dict.fromkeys(["lr", *varied(ok)]) if s not in by]
+    columns = list(dict.fromkeys([*by, *others, metric, f"{metric}_std", f"{metric}_ci_low", f"{metric}_ci_high", "n",
+               *[c for c in ("test_error", "train_error") if c != metric], "epochs", "ranked_by",
+               "runner_up", "p_value", "distinguishable", "run_id", "agent_uri"]))
+    if ok.empty:
+        return Best(pd.DataFrame(columns=columns), tuple(by), metric, stopped, include_stopped, notes=notes)
+    settings = setting_table(ok, metric).sort_values([metric, *SETTINGS], kind="stable")
+    rows, within, winners = [], {}, []
+    for _, group in (settings.groupby(by, dropna=False, sort=True) if by else [((), settings)]):
+        winner = group.iloc[0]
+        row = {**winner.drop(["values", "summary"]), "ranked_by": metric,
+               "runner_up": None, "p_value": float("nan"), "distinguishable": None}
+        if len(group) > 1:
+            second = group.iloc[1]
+            comparison = stats.compare(label(winner, others), winner["values"], label(second, others),
+                                       second["values"])
+            within[label(winner, by)] = comparison
+            row.update(runner_up=", ".join(f"{s}={_fmt(second[s])}" for s in others), p_value=comparison.p,
+                       distinguishable=comparison.distinguishable)
+        rows.append(row)
+        winners.append(winner)
+    table = pd.DataFrame(rows)[columns]
+    table["n"] = table["n"].astype(int)
+    across = None
+    if by and len(winners) > 1:
+        first, second = sorted(winners, key=lambda w: w[metric])[:2]
+        across = stats.compare(label(first, by), first["values"], label(second, by), second["values"])
+    return Best(table.reset_index(drop=True), tuple(by), metric, stopped, include_stopped, within, across, notes)
+
+
+def overall_winner(best: Best) -> pd.Series:
+    """The group winner with the lowest mean: the run `--register` registers."""
+    return best.table.loc[best.table[best.metric].astype(float).idxmin()]
+
+
+def words(best: Best) -> list[str]:
+    """What a person should read under the table: which metric ranked, how sure each answer is,
+    and what was left out."""
+    lines = list(best.notes)
+    ranked = (f"Ranked by {best.metric}, the mean over each setting's seeds (validation error: the test "
+              f"error shown was not used to choose)." if best.metric.startswith(("val_", "final_val", "best_val"))
+              else f"Ranked by {best.metric}, the mean over each setting's seeds.")
+    lines.append(ranked + " run_id is the setting's best seed.")
+    if len(best.table) and (best.table["n"] == 1).all():
+        lines.append("n = 1 per setting: no interval can be given and no test made "
+                     "(give the sweep file several seeds, e.g. seeds: [1, 2, 3]).")
+    else:
+        for group, comparison in best.within.items():
+            lines.append(f"{group}: {stats.describe(comparison)}." if group else f"{stats.describe(comparison)}.")
+        if best.across is not None:
+            lines.append(f"Across {', '.join(best.by)}: {stats.describe(best.across)}.")
+    if best.stopped:
+        lines.append(f"{best.stopped} run(s) stopped early (pruned) "
+                     + ("are included (--include-stopped)." if best.include_stopped
+                        else "were left out; --include-stopped ranks them too."))
+    return lines
 
 
 def as_percent(frame: pd.DataFrame) -> pd.DataFrame:
     """A copy with the error columns written as percentages, for people to read."""
     out = frame.copy()
-    for col in ("test_error", "train_error", "best_test_error"):
-        if col in out:
+    for col in out.columns:
+        if col.startswith(ERROR_COLUMNS) and not col.endswith("_std"):
             out[col] = out[col].map(lambda v: "" if pd.isna(v) else f"{100 * v:.2f}%")
     return out
 
 
-def varied(runs: pd.DataFrame) -> list[str]:
-    return [s for s in SETTING_NAMES if runs[s].nunique(dropna=True) > 1]
-
-
-def best_by(runs: pd.DataFrame, by: list[str], metric: str = "test_error") -> pd.DataFrame:
-    """Per group of `by`, the finished, non-diverged run with the lowest `metric`."""
-    unknown = [b for b in by if b not in SETTING_NAMES]
-    if unknown:
-        raise ValueError(f"cannot group by {unknown[0]!r}: not a setting; settings: {', '.join(SETTING_NAMES)}")
-    if metric not in runs.columns:
-        raise ValueError(f"unknown metric {metric!r}; metrics: {', '.join(METRICS)}")
-    ok = runs[~runs["diverged"] & runs[metric].notna()]
-    others = [s for s in ["lr", *varied(ok)] if s not in by]
-    columns = [*by, *dict.fromkeys(others), "test_error", "train_error", "epochs", "run_id", "agent_uri"]
-    if metric not in columns:
-        columns.insert(len(by) + len(dict.fromkeys(others)), metric)
-    if ok.empty:
-        return pd.DataFrame(columns=columns)
-    winners = ok.loc[ok.groupby(by, dropna=False)[metric].idxmin()] if by else ok.loc[[ok[metric].idxmin()]]
-    return winners[columns].sort_values(by or metric).reset_index(drop=True)
+def for_people(best: Best) -> pd.DataFrame:
+    """The table as `sweep best` prints it: percentages, the interval in one column, no script columns."""
+    m = best.metric
+    out = best.table.copy()
+    summaries = [stats.Summary(r.n, r[m], r[f"{m}_std"], r[f"{m}_ci_low"], r[f"{m}_ci_high"])
+                 for _, r in out.iterrows()]
+    out.insert(out.columns.get_loc(f"{m}_std"), "95% CI",
+               [stats.format_interval(s) if m in ERROR_COLUMNS else
+                ("" if s.n < 2 else f"{s.ci_low:.4g} to {s.ci_high:.4g}") for s in summaries])
+    out[f"{m}_std"] = [("" if s.n < 2 else f"{100 * s.std:.2f}" if m in ERROR_COLUMNS else f"{s.std:.3g}")
+                       for s in summaries]
+    out = out.rename(columns={f"{m}_std": "std (points)" if m in ERROR_COLUMNS else "std"})
+    out = out.drop(columns=[f"{m}_ci_low", f"{m}_ci_high", "ranked_by", "runner_up", "p_value", "distinguishable"])
+    return as_percent(out)

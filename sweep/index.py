@@ -24,7 +24,7 @@ from .tracking import RunRow
 
 TRAINING = "tags.`sweep.kind` = 'train'"
 SLACK_MS = 10_000  # writers' clocks may disagree by this much; runs ending that close to a sync are read again
-VERSION = 1
+VERSION = 2
 _COLUMNS = ("run_id", "status", "start_time", "end_time", "name", "artifact_uri", "tags", "params", "metrics")
 
 
@@ -39,24 +39,43 @@ def index_path(uri: str) -> Path:
 class Index:
     """The training runs of one experiment, as last read from the store."""
 
-    def __init__(self, uri: str, experiment_id: str, path: Optional[Path] = None):
-        self.uri, self.experiment_id = uri, experiment_id
+    def __init__(self, uri: str, experiment_id: str, path: Optional[Path] = None, experiment: str = ""):
+        self.uri, self.experiment_id, self.experiment = uri, experiment_id, experiment
         self.path = Path(path) if path else index_path(uri)
         self.synced_at = 0.0
+
+    @classmethod
+    def last_read(cls, uri: str, experiment: str) -> Optional["Index"]:
+        """The index of an experiment as the last sync left it, found by name without asking the
+        store (nor importing MLflow); None when it was never read."""
+        path = index_path(uri)
+        if not path.exists():
+            return None
+        try:
+            with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)) as db:
+                found = db.execute("select experiment_id, synced_at from meta where experiment = ?"
+                                   " order by synced_at desc", (experiment,)).fetchone()
+        except sqlite3.DatabaseError:
+            return None
+        if found is None:
+            return None
+        index = cls(uri, found[0], path, experiment)
+        index.synced_at = found[1]
+        return index
 
     def sync(self) -> tuple[list[RunRow], set]:
         """Bring the mirror up to date with the store; returns the rows read and the run ids dropped."""
         started = time.time()
         try:
-            changes = self._sync()
+            changes = self._sync(started)
         except sqlite3.DatabaseError:  # a damaged cache is no loss: start again from the store
             self.path.unlink(missing_ok=True)
-            changes = self._sync()
+            changes = self._sync(started)
         self.synced_at = started
         return changes
 
     def rows(self, status: Optional[str] = None) -> list[RunRow]:
-        with closing(self._connect()) as db:
+        with closing(self._connect()) as db:  # (only reads: no store, no MLflow)
             query = f"select {', '.join(_COLUMNS)} from runs where experiment_id = ?"
             args = [self.experiment_id]
             if status:
@@ -64,9 +83,9 @@ class Index:
                 args.append(status)
             return [_row(r) for r in db.execute(query, args)]
 
-    def _sync(self) -> tuple[list[RunRow], set]:
+    def _sync(self, started: float) -> tuple[list[RunRow], set]:
         with closing(self._connect()) as db:
-            meta = db.execute("select synced_end, deleted from meta where experiment_id = ?",
+            meta = db.execute("select synced_end, deleted, experiment from meta where experiment_id = ?",
                               (self.experiment_id,)).fetchone()
             if meta is None:
                 fresh = self._search(TRAINING)
@@ -92,8 +111,10 @@ class Index:
                            f"values (?, {', '.join('?' for _ in _COLUMNS)})",
                            [(self.experiment_id, *_values(row)) for row in live])
             ends = [row.end_time for row in live if row.end_time] + [meta[0] if meta else 0]
-            db.execute("insert or replace into meta (experiment_id, synced_end, deleted) values (?, ?, ?)",
-                       (self.experiment_id, max(ends), json.dumps(sorted(now_deleted))))
+            self.experiment = self.experiment or (meta[2] if meta else "")
+            db.execute("insert or replace into meta (experiment_id, experiment, synced_end, synced_at, deleted) "
+                       "values (?, ?, ?, ?, ?)", (self.experiment_id, self.experiment, max(ends), started,
+                                                  json.dumps(sorted(now_deleted))))
             db.commit()
         return live, dropped
 
@@ -115,7 +136,8 @@ class Index:
             db.executescript("drop table if exists runs; drop table if exists meta;")
             db.execute(f"create table runs (experiment_id text, {', '.join(_COLUMNS)}, primary key (run_id))")
             db.execute("create index runs_experiment on runs (experiment_id, status)")
-            db.execute("create table meta (experiment_id text primary key, synced_end integer, deleted text)")
+            db.execute("create table meta (experiment_id text primary key, experiment text, synced_end integer, "
+                       "synced_at real, deleted text)")
             db.execute(f"pragma user_version = {VERSION}")
             db.commit()
         return db

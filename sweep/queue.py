@@ -42,6 +42,7 @@ class RunRecord:
     holder: str = ""
     lease: float = LEASE_SECONDS
     pruned: bool = False
+    search: str = ""
 
     @property
     def lease_until(self) -> float:
@@ -53,7 +54,7 @@ def record(row: RunRow) -> RunRecord:
     return RunRecord(row.run_id, tags.get(KEY, ""), row.status, row.start_time or 0,
                      float(tags.get(HEARTBEAT) or 0), tags.get(SESSION, ""), tags.get(ERROR, ""),
                      tags.get(DIVERGED) == "true", tags.get(HOLDER, ""),
-                     float(tags.get(LEASE) or LEASE_SECONDS), tags.get(PRUNED) == "true")
+                     float(tags.get(LEASE) or LEASE_SECONDS), tags.get(PRUNED) == "true", tags.get(SEARCH, ""))
 
 
 def is_live(r: RunRecord, now: float, alive=holder_alive) -> bool:
@@ -115,14 +116,15 @@ class QueueView:
     """The experiment's attempts as last read (through the index: each refresh reads only what
     changed in the store), and the states they give."""
 
-    def __init__(self, uri: str, experiment_id: str):
-        self.index = Index(uri, experiment_id)
+    def __init__(self, uri: str, experiment_id: str, experiment: str = "", index: Optional[Index] = None):
+        self.index = index or Index(uri, experiment_id, experiment=experiment)
         self._runs: dict[str, RunRecord] = {}
         self._keyed: dict[str, dict[str, RunRecord]] = {}
         self._loaded = False
 
-    def refresh(self) -> "QueueView":
-        rows, dropped = self.index.sync()
+    def refresh(self, sync: bool = True) -> "QueueView":
+        """Read what changed in the store (or, without `sync`, what the index held at its last sync)."""
+        rows, dropped = self.index.sync() if sync else ([], set())
         if not self._loaded:
             rows, self._loaded = self.index.rows(), True
         for run_id in dropped:
@@ -158,13 +160,20 @@ class QueueView:
         return [r for k in keys for r in self.attempts(k) if is_live(r, now)]
 
 
-def read_states(spec, runs, uri: Optional[str]) -> QueueRead:
-    """Each planned run's state, read without writing to the store (all pending when there is none)."""
+def read_states(spec, runs, uri: Optional[str], sync: bool = True) -> Optional[QueueRead]:
+    """Each planned run's state, read without writing to the store (all pending when there is none).
+    Without `sync`, as the index last saw them (no store read; None when it never did)."""
     uri = tracking.store_uri(uri)
+    if not sync:
+        index = Index.last_read(uri, spec.experiment)
+        if index is None:
+            return None
+        view = QueueView(uri, index.experiment_id, index=index).refresh(sync=False)
+        return QueueRead(view.states([r.key for r in runs], index.synced_at), view.records(), index.synced_at)
     experiment_id = tracking.find_experiment(uri, spec.experiment) if tracking.store_exists(uri) else None
     if experiment_id is None:
         return QueueRead(states([r.key for r in runs], []), [])
-    view = QueueView(uri, experiment_id).refresh()
+    view = QueueView(uri, experiment_id, spec.experiment).refresh()
     return QueueRead(view.states([r.key for r in runs], view.synced_at), view.records(), view.synced_at)
 
 

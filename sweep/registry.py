@@ -20,11 +20,10 @@ class AgentModel(mlflow.pyfunc.PythonModel):
         import numpy as np
         import torch
 
-        from mnist_core.data import MEAN, STD
+        from mnist_core import normalise
 
-        pixels = torch.tensor(np.asarray(model_input, dtype=np.float32)) / 255.0
         with torch.no_grad():
-            probs = self.model((pixels - MEAN) / STD).exp().numpy()
+            probs = self.model(normalise(np.asarray(model_input, dtype=np.float32))).exp().numpy()
         out = pd.DataFrame(probs, columns=[f"p{d}" for d in range(10)])
         out.insert(0, "digit", probs.argmax(1))
         return out

@@ -1,9 +1,14 @@
-"""`sweep report`: figures, report.md, a self-contained report.html and report.pdf from the store."""
+"""`sweep report`: figures, report.md, a self-contained report.html and report.pdf from a sweep's
+results. The figures and the blocks are built without I/O; `write_report` writes the files, into a
+temporary folder first, so a failed report leaves nothing behind."""
 from __future__ import annotations
 
 import base64
 import html
-import textwrap
+import math
+import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,17 +16,20 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-from matplotlib.backends.backend_pdf import PdfPages  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
-from . import queue, tracking  # noqa: E402
-from .analysis import LOG_AXIS, Analysis, GridView, analyse, best_lr_table, conclusions, mean_over_seeds  # noqa: E402
-from .best import as_percent, finished_runs, tidy_runs  # noqa: E402
-from .spec import SweepSpec, expand  # noqa: E402
+from . import stats  # noqa: E402
+from .analysis import (LOG_AXIS, NAMES, NUMERIC, Analysis, GridView, best_per, conclusions, curve_runs,  # noqa: E402
+                       points, shown_metrics)
+from .best import SETTINGS, as_percent, best_by, label  # noqa: E402
+from .pdf import render_pdf  # noqa: E402
 
 COLORS = plt.rcParams["axes.prop_cycle"].by_key()["color"]
 DIVERGED_MARK = dict(marker="x", markersize=9, markeredgewidth=2, linestyle="none")
+UNITS = {"depth": "hidden layers", "width": "units per hidden layer", "lr": "learning rate",
+         "momentum": "SGD momentum", "batch_size": "examples per batch", "epochs": "training epochs"}
 
 
 @dataclass
@@ -37,94 +45,162 @@ def _mark_diverged(ax, xs, color):
         ax.plot([x], [0.97], color=color, transform=trans, clip_on=False, **DIVERGED_MARK)
 
 
-def _percent_axis(ax, label):
+def _percent_axis(ax, label, means, lows=(), highs=()):
+    """A log axis of percentages fitted to the means; an interval reaching far past them (n = 2
+    gives wide ones) runs off the edge rather than squashing the means."""
+    means = [m for m in means if m > 0 and math.isfinite(m)]
+    if not means:
+        ax.text(0.5, 0.5, "no finished runs yet", transform=ax.transAxes, ha="center", va="center", color="grey")
+        ax.set_yticks([])
+        return
+    lows = [v for v in lows if v > 0 and math.isfinite(v)]
+    highs = [v for v in highs if math.isfinite(v)]
+    low = max(min(means + lows) / 1.15, min(means) / 3)
+    high = min(max(means + highs) * 1.15, max(means) * 3, 100)
     ax.set_yscale("log")
-    low, high = ax.get_ylim()
-    ticks = ([0.1, 0.2, 0.3, 0.5, 1, 2, 3, 5, 10, 20, 30, 50, 100] if high / low > 20 else
-             [0.1, 0.2, 0.3, 0.5, 0.7, 1, 1.5, 2, 2.5, 3, 4, 5, 7, 10, 15, 20, 30, 50, 70, 100])
-    ax.yaxis.set_major_locator(matplotlib.ticker.FixedLocator(ticks))
+    ax.set_ylim(low, high)
+    ax.yaxis.set_major_locator(matplotlib.ticker.FixedLocator(_log_ticks(low, high)))
     ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
-    ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.yaxis.set_minor_locator(matplotlib.ticker.NullLocator())
     ax.set_ylabel(label)
-    ax.grid(True, which="both", alpha=0.3)
+    ax.grid(True, which="major", alpha=0.3)
 
 
-def _diverged_handle():
-    return Line2D([], [], color="grey", label="diverged (no error)", **DIVERGED_MARK)
+def _log_ticks(low: float, high: float) -> list:
+    """Round-number ticks for a log axis from `low` to `high`, a handful, dense enough to read a
+    narrow range (3.0, 3.2, 3.4) as well as a wide one (1, 2, 5, 10)."""
+    ratio = high / low
+    if ratio < 2.5:
+        return [t for t in matplotlib.ticker.MaxNLocator(nbins=6).tick_values(low, high) if low <= t <= high]
+    mantissas = (1, 2, 5) if ratio > 30 else (1, 1.5, 2, 3, 5, 7) if ratio > 6 else (1, 1.5, 2, 2.5, 3, 4, 5, 6, 8)
+    return [m * 10.0 ** e for e in range(-3, 3) for m in mantissas if low <= m * 10.0 ** e <= high]
 
 
-def figure_lr_by_activation(view: GridView, best: pd.DataFrame):
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), sharex=True)
-    means = mean_over_seeds(view.runs, ["activation", "lr"])
+def _x_axis(ax, setting, values):
+    if setting in LOG_AXIS:
+        ax.set_xscale("log")
+    ax.set_xticks(sorted(values))
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+    unit = UNITS.get(setting, setting)
+    ax.set_xlabel(f"{setting} ({unit}{', log scale' if setting in LOG_AXIS else ''})")
+
+
+def _errorbars(ax, x, table, metric, color, label=None, fmt="o-"):
+    """Means with their 95% intervals; no bar where n = 1 (the interval is NaN)."""
+    mean = 100 * table[metric].to_numpy(dtype=float)
+    low = 100 * table[f"{metric}_low"].to_numpy(dtype=float)
+    high = 100 * table[f"{metric}_high"].to_numpy(dtype=float)
+    below = np.where(np.isnan(low), 0, mean - np.maximum(low, mean * 1e-3))  # a log axis has no 0
+    above = np.where(np.isnan(high), 0, high - mean)
+    ax.errorbar(np.asarray(x, dtype=float), mean, yerr=[below, above], fmt=fmt, color=color,
+                label=label, capsize=3, markersize=5, elinewidth=1.2, zorder=3)
+    return list(mean), list(low), list(high)
+
+
+def _legend_extras(n_max, diverged):
+    extras = []
+    if n_max > 1:
+        extras.append(Line2D([], [], color="grey", marker="|", markersize=12, linestyle="none",
+                             label="95% interval of the mean"))
+    if diverged:
+        extras.append(Line2D([], [], color="grey", label="diverged (no error)", **DIVERGED_MARK))
+    return extras
+
+
+def figure_lr_by_setting(view: GridView, metric: str):
+    """Error against lr, one line per value of the other setting, its best lr starred; one panel
+    per error shown (the ranking one first)."""
+    shown = shown_metrics(metric)
+    fig, axes = plt.subplots(1, len(shown), figsize=(5.3 * len(shown) if len(shown) > 2 else 12, 4.8), sharex=True,
+                             squeeze=False)
+    axes = axes[0]
+    table = points(view.runs, [view.by, "lr"], shown)
+    best = best_per(view, metric).table
     diverged = view.runs[view.runs["outcome"] == "diverged"]
-    for i, activation in enumerate(sorted(view.runs["activation"].unique())):
-        color = COLORS[i % len(COLORS)]
-        mine = means[means["activation"] == activation]
-        for ax, metric in zip(axes, ("test_error", "train_error")):
-            ax.plot(mine["lr"], 100 * mine[metric], "o-", color=color, label=activation)
-            _mark_diverged(ax, diverged.loc[diverged["activation"] == activation, "lr"], color)
-            star = best[best["activation"] == activation]
+    values = sorted(view.runs[view.by].unique())
+    spread = 1.03 ** (np.arange(len(values)) - (len(values) - 1) / 2)  # side by side, so bars do not overlap
+    for ax, m in zip(axes, shown):
+        drawn = ([], [], [])
+        for i, value in enumerate(values):
+            color = COLORS[i % len(COLORS)]
+            mine = table[table[view.by] == value]
+            shown_label = label({view.by: value}, [view.by])
+            for acc, got in zip(drawn, _errorbars(ax, mine["lr"] * spread[i], mine, m, color, shown_label)):
+                acc.extend(got)
+            _mark_diverged(ax, diverged.loc[diverged[view.by] == value, "lr"] * spread[i], color)
+            star = best[best[view.by] == value]
             if len(star):
                 point = mine[mine["lr"] == star["lr"].iloc[0]]
-                ax.plot(point["lr"], 100 * point[metric], "*", color=color, markersize=18,
-                        markeredgecolor="black")
-    for ax, title in zip(axes, ("Final test error", "Final train error")):
-        ax.set_xscale("log")
-        ax.set_xlabel("learning rate (log scale)")
-        _percent_axis(ax, f"{title.lower()} (%, log scale)")
-        ax.set_title(f"{title} vs learning rate")
+                ax.plot(point["lr"] * spread[i], 100 * point[m], "*", color=color, markersize=16,
+                        markeredgecolor="black", alpha=0.8, zorder=2)
+        _x_axis(ax, "lr", view.runs["lr"].unique())
+        _percent_axis(ax, f"final {NAMES.get(m, m)} (%, log scale)", *drawn)
+        ax.set_title(f"Final {NAMES.get(m, m)} vs learning rate" + (" (ranks the settings)" if m == metric else ""))
     handles, _ = axes[0].get_legend_handles_labels()
     handles.append(Line2D([], [], marker="*", color="grey", markeredgecolor="black", markersize=14,
-                          linestyle="none", label="best lr of the activation"))
-    if len(diverged):
-        handles.append(_diverged_handle())
-    fig.legend(handles=handles, loc="lower center", ncol=len(handles), frameon=False)
-    fig.tight_layout(rect=(0, 0.08, 1, 1))
+                          linestyle="none", label=f"best lr of the {view.by}"))
+    handles += _legend_extras(int(table["n"].max()), len(diverged))
+    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 7), frameon=False)
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
     return fig
 
 
-def figure_numeric(view: GridView):
-    fig, ax = plt.subplots(figsize=(7, 4.8))
-    means = mean_over_seeds(view.runs, [view.x])
-    for metric, color, label in (("test_error", COLORS[0], "test"), ("train_error", COLORS[1], "train")):
-        ax.plot(means[view.x], 100 * means[metric], "o-", color=color, label=f"{label} error")
-    _mark_diverged(ax, view.runs.loc[view.runs["outcome"] == "diverged", view.x], "black")
-    if view.x in LOG_AXIS:
-        ax.set_xscale("log")
-    ax.set_xticks(sorted(view.runs[view.x].unique()))
-    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
-    ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
-    unit = {"depth": "hidden layers", "width": "units per hidden layer", "lr": "learning rate"}.get(view.x, view.x)
-    ax.set_xlabel(f"{view.x} ({unit}{', log scale' if view.x in LOG_AXIS else ''})")
-    _percent_axis(ax, "final error (%, log scale)")
+def figure_error_vs_setting(view: GridView, metric: str):
+    """Error against the one setting a grid sweeps (a number, or a schedule), means with 95% intervals."""
+    shown = shown_metrics(metric)
+    categorical = view.x not in NUMERIC
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    table = points(view.runs, [view.x], shown)
+    position = {v: i for i, v in enumerate(table[view.x])} if categorical else None
+    xs = np.array([position[v] for v in table[view.x]] if categorical else table[view.x], dtype=float)
+    drawn = ([], [], [])
+    for i, m in enumerate(shown):
+        step = i - (len(shown) - 1) / 2  # side by side, so the bars of the errors do not overlap
+        shifted = (xs + 0.06 * step if categorical else xs * 1.025 ** step if view.x in LOG_AXIS
+                   else xs + 0.012 * step * (np.ptp(xs) or 1))
+        got = _errorbars(ax, shifted, table, m, COLORS[i], NAMES.get(m, m), fmt="o" if categorical else "o-")
+        for acc, values in zip(drawn, got):
+            acc.extend(values)
+    diverged = view.runs[view.runs["outcome"] == "diverged"]
+    if categorical:
+        _mark_diverged(ax, [position[v] for v in diverged[view.x] if v in position], "black")
+        ax.set_xticks(range(len(position)), list(position))
+        ax.set_xlim(-0.5, len(position) - 0.5)
+        ax.set_xlabel(view.x)
+    else:
+        _mark_diverged(ax, diverged[view.x], "black")
+        _x_axis(ax, view.x, view.runs[view.x].unique())
+    _percent_axis(ax, "final error (%, log scale)", *drawn)
     ax.set_title(f"Final error vs {view.x} (grid '{view.name}')")
     handles, _ = ax.get_legend_handles_labels()
-    if (view.runs["outcome"] == "diverged").any():
-        handles.append(_diverged_handle())
-    ax.legend(handles=handles, loc="best")
+    ax.legend(handles=handles + _legend_extras(int(table["n"].max()), len(diverged)), loc="best")
     fig.tight_layout()
     return fig
 
 
-def figure_curves(curves: dict, title: str, lrs: dict | None = None):
-    """Per-epoch test error of each labelled run (and its lr per epoch, when given)."""
-    fig, axes = plt.subplots(1, 2 if lrs else 1, figsize=(12 if lrs else 7, 4.8), squeeze=False)
+def figure_curves(histories: dict, title: str, with_lr: bool = False):
+    """Per-epoch test error of each labelled run (and its learning rate per epoch)."""
+    fig, axes = plt.subplots(1, 2 if with_lr else 1, figsize=(12 if with_lr else 7.5, 4.8), squeeze=False)
     ax = axes[0][0]
-    for i, (label, points) in enumerate(curves.items()):
-        if points:
-            steps, values = zip(*points)
-            ax.plot(steps, [100 * v for v in values], "o-", color=COLORS[i % len(COLORS)], label=label, markersize=4)
+    values = []
+    for i, (name, history) in enumerate(histories.items()):
+        if "test_error" in history:
+            series = history["test_error"].dropna()
+            ax.plot(series.index, 100 * series, "o-", color=COLORS[i % len(COLORS)], label=name, markersize=4)
+            values += list(100 * series)
     ax.set_xlabel("epoch")
-    _percent_axis(ax, "test error (%, log scale)")
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    _percent_axis(ax, "test error (%, log scale)", values)
     ax.set_title(title)
     ax.legend(loc="upper right")
-    if lrs:
+    if with_lr:
         ax2 = axes[0][1]
-        for i, (label, points) in enumerate(lrs.items()):
-            if points:
-                steps, values = zip(*points)
-                ax2.plot(steps, values, "o-", color=COLORS[i % len(COLORS)], label=label, markersize=4)
+        for i, (name, history) in enumerate(histories.items()):
+            if "lr" in history:
+                ax2.plot(history.index, history["lr"], "o-", color=COLORS[i % len(COLORS)], label=name, markersize=4)
         ax2.set_xlabel("epoch")
+        ax2.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax2.set_ylabel("learning rate")
         ax2.set_title("Learning rate per epoch")
         ax2.grid(True, alpha=0.3)
@@ -133,68 +209,133 @@ def figure_curves(curves: dict, title: str, lrs: dict | None = None):
     return fig
 
 
-def _history(uri, run_id, metric):
-    return tracking.metric_history(uri, run_id, metric) if isinstance(run_id, str) else []
+def _interval_table(table: pd.DataFrame, settings: list, metric: str) -> pd.DataFrame:
+    """A best_by table for people: settings, the ranking error with its interval, n, test and
+    train error, and the test against the runner-up."""
+    out = table[[*settings, metric]].copy()
+    out["95% CI"] = [stats.format_interval(stats.Summary(int(r["n"]), r[metric], r[f"{metric}_std"],
+                                                         r[f"{metric}_ci_low"], r[f"{metric}_ci_high"]))
+                     for _, r in table.iterrows()]
+    out["n"] = table["n"]
+    for other in ("test_error", "train_error"):
+        if other != metric:
+            out[other] = table[other]
+    return as_percent(out)
 
 
-def _shown(frame: pd.DataFrame, columns: list) -> pd.DataFrame:
-    return as_percent(frame[columns])
+def _runner_up_columns(out: pd.DataFrame, table: pd.DataFrame, heading: str) -> pd.DataFrame:
+    out[heading] = table["runner_up"].fillna("").str.replace("lr=", "")
+    out["p"] = [("" if not r else "no test (n = 1)") if pd.isna(p) else
+                stats.format_p(p).removeprefix("p = ").removeprefix("p ")
+                for p, r in zip(table["p_value"], table["runner_up"].fillna(""))]
+    return out
 
 
-def build_blocks(analysis: Analysis, uri: str, out: Path) -> list[Block]:
-    blocks = [Block("h1", f"Sweep report: {analysis.spec.experiment} ({analysis.spec.path})")]
-    counts = analysis.runs["outcome"].value_counts()
-    blocks.append(Block("p", f"{len(analysis.runs)} planned runs: {counts.get('done', 0)} finished, "
-                             f"{counts.get('diverged', 0)} diverged, {counts.get('missing', 0)} missing. "
-                             f"Errors are final-epoch fractions of misclassified images, shown in percent."))
+def _outcome_counts(view: GridView, settings: list) -> pd.Series:
+    """Per setting, the runs that did not finish cleanly, in words ('1 diverged, 1 missing')."""
+    left = view.runs[view.runs["outcome"] != "done"]
+    return left.groupby(settings)["outcome"].apply(
+        lambda o: ", ".join(f"{n} {k}" for k, n in o.value_counts().sort_index().items()))
 
-    def save(fig, name, caption):
-        path = out / f"{name}.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
+
+def build_report(analysis: Analysis, folder: Path):
+    """The report as blocks, and the figures to save (path -> matplotlib figure) that the
+    figure blocks point to. No I/O."""
+    results, metric = analysis.results, analysis.metric
+    title = (f"{results.spec.experiment} ({results.spec.path})" if results.spec is not None
+             else results.experiment)
+    blocks = [Block("h1", f"Sweep report: {title}")]
+    figures = {}
+    counts = results.runs["outcome"].value_counts()
+    seeds = results.runs.groupby(SETTINGS, dropna=False).size().max() if len(results.runs) else 0
+    blocks.append(Block("p", f"{len(results.runs)} planned runs: " + ", ".join(
+        f"{counts.get(k, 0)} {k}" for k in ("done", "diverged", "stopped", "failed", "missing")) + "."))
+    blocks.append(Block("p", f"Errors are final-epoch fractions of misclassified images, shown in percent. "
+                             f"Each setting is run with up to {seeds} seed(s); points are means over its "
+                             f"finished seeds, bars their 95% confidence interval (Student t), and no bar "
+                             f"where a setting has one seed. Two settings are called distinguishable when "
+                             f"Welch's t-test gives p < {stats.ALPHA}."))
+    if metric != "test_error":
+        blocks.append(Block("p", f"Settings are ranked by {NAMES.get(metric, metric)} ({metric}); the test "
+                                 f"error is reported for them but did not choose them."))
+
+    def figure(fig, name, caption):
+        path = folder / f"{name}.png"
+        figures[path] = fig
         blocks.append(Block("figure", (path, caption)))
 
-    lr_view = None
     for view in analysis.grids:
         blocks.append(Block("h2", f"Grid '{view.name}': varies {', '.join(view.varied) or 'nothing'}"))
-        blocks.extend(Block("p", line) for line in conclusions(view))
-        if view.kind == "lr_by_activation":
-            lr_view = view
-            best = best_lr_table(view)
-            save(figure_lr_by_activation(view, best), f"{view.name}_error_vs_lr",
-                 "Final test and train error against learning rate, one line per activation; "
-                 "a star marks each activation's best learning rate.")
-            blocks.append(Block("table", _shown(best, ["activation", "lr", "test_error", "train_error", "seeds"])))
-        elif view.kind == "numeric":
-            save(figure_numeric(view), f"{view.name}_error_vs_{view.x}", f"Final error against {view.x}.")
-        elif view.kind == "schedule":
-            done = view.runs[view.runs["outcome"] != "missing"].drop_duplicates("schedule")
-            curves = {r.schedule: _history(uri, r.run_id, "test_error") for r in done.itertuples()}
-            lrs = {r.schedule: _history(uri, r.run_id, "lr") for r in done.itertuples()}
-            save(figure_curves(curves, "Test error per epoch, by schedule", lrs), f"{view.name}_curves",
-                 "Per-epoch test error and learning rate of each schedule.")
-        if view.kind != "lr_by_activation":
-            columns = ["name", *view.varied, "outcome", "test_error", "train_error"]
-            ordered = view.runs.sort_values(view.x) if view.kind == "numeric" else view.runs
-            blocks.append(Block("table", _shown(ordered, list(dict.fromkeys(columns)))))
+        blocks.extend(Block("p", line) for line in conclusions(view, metric))
+        if view.done.empty:
+            continue
+        bars = " Bars: 95% intervals over seeds (none where n = 1)."
+        if view.kind == "lr_by_setting":
+            figure(figure_lr_by_setting(view, metric), f"{view.name}_error_vs_lr",
+                   f"Final error against learning rate, one line per {view.by}; a star marks each "
+                   f"{view.by}'s best learning rate." + bars)
+            best = best_per(view, metric).table.sort_values(metric, kind="stable")
+            blocks.append(Block("p", f"Each {view.by} at its best learning rate; p: Welch's t-test against "
+                                     f"its next-best learning rate."))
+            shown = _runner_up_columns(_interval_table(best, [view.by, "lr"], metric), best, "next-best lr")
+            blocks.append(Block("table", shown))
+            curves = curve_runs(view, metric)
+            if curves:
+                figure(figure_curves({k: results.histories.get(r, pd.DataFrame()) for k, r in curves.items()},
+                                     f"Test error per epoch, each {view.by} at its best lr"),
+                       f"{view.name}_best_curves",
+                       f"Per-epoch test error of each {view.by} at its best learning rate (its best seed's run).")
+        elif view.kind in ("numeric", "schedule"):
+            figure(figure_error_vs_setting(view, metric), f"{view.name}_error_vs_{view.x}",
+                   f"Final error against {view.x}." + bars)
+            if view.kind == "schedule":
+                curves = curve_runs(view, metric)
+                figure(figure_curves({k: results.histories.get(r, pd.DataFrame()) for k, r in curves.items()},
+                                     "Test error per epoch, by schedule", with_lr=True), f"{view.name}_curves",
+                       "Per-epoch test error and learning rate of each schedule (its best seed's run).")
+            best = best_per(view, metric).table
+            shown = _with_leftovers(_interval_table(best, [view.x], metric), best, view, [view.x])
+            blocks.append(Block("table", shown.sort_values(view.x, kind="stable")))
+        else:
+            table = best_by(view.runs, view.varied, metric).table.sort_values(metric)
+            blocks.append(Block("table", _with_leftovers(_interval_table(table, view.varied, metric), table, view,
+                                                         view.varied)))
 
-    pool = lr_view.runs if lr_view is not None else analysis.runs
-    ok = pool[pool["outcome"] == "done"]
-    if len(ok) and ok["activation"].nunique() > 1:
-        winners = ok.loc[ok.groupby("activation")["test_error"].idxmin()]
-        curves = {f"{r.activation} (lr {r.lr:g})": _history(uri, r.run_id, "test_error") for r in winners.itertuples()}
-        blocks.append(Block("h2", "Best run of each activation"))
-        save(figure_curves(curves, "Test error per epoch, best run of each activation"), "best_per_activation_curves",
-             "Per-epoch test error of the best run of each activation.")
-
-    missing = analysis.missing
+    left = analysis.outcome("missing", "failed")
     blocks.append(Block("h2", "Missing runs"))
-    if len(missing):
-        blocks.append(Block("p", f"{len(missing)} runs have no finished result (state in the queue shown):"))
-        blocks.append(Block("table", missing[["name", "grids", "state"]]))
+    if len(left):
+        blocks.append(Block("p", f"{_runs(len(left))} no finished result (state in the queue shown):"))
+        blocks.append(Block("table", left[["name", "grids", "state"]]))
     else:
         blocks.append(Block("p", "None: every planned run has finished."))
-    return blocks
+    stopped = analysis.outcome("stopped")
+    if len(stopped):
+        blocks.append(Block("h2", "Runs stopped early"))
+        blocks.append(Block("p", f"{_runs(len(stopped), 'was', 'were')} stopped early by the search and left out of "
+                                 f"every mean and test:"))
+        blocks.append(Block("table", stopped[["name", "grids", "epochs_completed", "epochs"]].astype(
+            {"epochs_completed": "Int64"})))
+    return blocks, figures
+
+
+def _runs(n: int, one: str = "has", many: str = "have") -> str:
+    return f"1 run {one}" if n == 1 else f"{n} runs {many}"
+
+
+def _with_leftovers(out: pd.DataFrame, table: pd.DataFrame, view: GridView, settings: list) -> pd.DataFrame:
+    """Add a column 'not in the mean' (diverged, missing, ... runs of each setting) when any, and a
+    row for each setting none of whose runs finished cleanly."""
+    counts = _outcome_counts(view, settings)
+    if counts.empty:
+        return out
+    keys = list(table[settings].itertuples(index=False, name=None)) if len(settings) > 1 else list(table[settings[0]])
+    out = out.assign(**{"not in the mean": [counts.get(k, "") for k in keys]})
+    extra = [{**dict(zip(settings, k if len(settings) > 1 else (k,))), "not in the mean": text}
+             for k, text in counts.items() if k not in keys]
+    if not extra:
+        return out
+    out["n"] = out["n"].astype(object)
+    return pd.concat([out, pd.DataFrame(extra)], ignore_index=True).fillna("")
 
 
 def render_markdown(blocks: list[Block], out: Path) -> str:
@@ -236,59 +377,33 @@ def render_html(blocks: list[Block]) -> str:
             f"<style>{style}</style></head><body>{''.join(body)}</body></html>\n")
 
 
-def render_pdf(blocks: list[Block], path: Path) -> None:
-    """Text pages (headings, conclusions, tables) followed by every figure, one per page."""
-    lines: list[tuple[str, str]] = []
-    for b in blocks:
-        if b.kind in ("h1", "h2"):
-            lines += [("", ""), (b.kind, str(b.content))]
-        elif b.kind == "p":
-            lines += [("p", l) for l in textwrap.wrap(str(b.content), 100)]
-        elif b.kind == "table":
-            lines += [("mono", l) for l in b.content.to_string(index=False).splitlines()]
-    per_page = 60
-    with PdfPages(path) as pdf:
-        for start in range(0, len(lines), per_page):
-            fig = plt.figure(figsize=(8.27, 11.69))
-            y = 0.96
-            for kind, text in lines[start:start + per_page]:
-                style = {"h1": dict(size=13, weight="bold"), "h2": dict(size=11, weight="bold"),
-                         "mono": dict(size=6.5, family="monospace")}.get(kind, dict(size=8))
-                fig.text(0.06, y, text, va="top", **style)
-                y -= 0.0155
-            pdf.savefig(fig)
-            plt.close(fig)
-        for b in blocks:
-            if b.kind == "figure":
-                path_png, caption = b.content
-                image = plt.imread(path_png)
-                fig = plt.figure(figsize=(11.69, 8.27))
-                ax = fig.add_axes((0.02, 0.08, 0.96, 0.88))
-                ax.imshow(image)
-                ax.axis("off")
-                fig.text(0.5, 0.03, caption, ha="center", size=10, style="italic")
-                pdf.savefig(fig)
-                plt.close(fig)
-
-
-def write_report(spec: SweepSpec, uri: str, out_dir: str | Path) -> tuple[Path, list[Path], bool]:
-    """Build the report into `out_dir`; return the folder, the files and whether it was logged to MLflow."""
-    experiment_id = tracking.find_experiment(uri, spec.experiment)
-    if experiment_id is None:
-        raise tracking.TrackingError(f"no experiment '{spec.experiment}' in tracking store {uri}; "
-                                     f"run `sweep run` first")
-    planned_keys = [r.key for r in expand(spec)]
-    states = queue.QueueView(uri, experiment_id).refresh().states(planned_keys)
-    finished = finished_runs(tidy_runs(tracking.runs_frame(uri, experiment_id)), planned_keys)
-    analysis = analyse(spec, finished, states)
+def write_report(analysis: Analysis, out_dir: str | Path) -> tuple[Path, list[Path]]:
+    """Write the figures, report.md, report.html and report.pdf into `out_dir` (made if needed, its
+    other files left alone); return the folder and the files written. Everything is built in a
+    temporary folder beside it first: a report that fails leaves nothing behind."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    blocks = build_blocks(analysis, uri, out)
-    (out / "report.md").write_text(render_markdown(blocks, out))
-    (out / "report.html").write_text(render_html(blocks))
-    render_pdf(blocks, out / "report.pdf")
-    files = sorted(out.iterdir())
-    parent = queue.find_parent(uri, experiment_id, spec.name)
-    if parent:
-        tracking.log_artifacts(uri, parent, out, "report")
-    return out, files, bool(parent)
+    created = [p for p in (out, *out.parents) if not p.exists()]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name or 'report'}-", dir=out.parent))
+    try:
+        blocks, figures = build_report(analysis, tmp)
+        for path, fig in figures.items():
+            fig.savefig(path, dpi=110)
+            plt.close(fig)
+        (tmp / "report.md").write_text(render_markdown(blocks, tmp))
+        (tmp / "report.html").write_text(render_html(blocks))
+        render_pdf(blocks, tmp / "report.pdf")
+        out.mkdir(exist_ok=True)
+        names = sorted(p.name for p in tmp.iterdir())
+        for name in names:
+            os.replace(tmp / name, out / name)
+        return out, [out / name for name in names]
+    except BaseException:
+        plt.close("all")
+        shutil.rmtree(tmp, ignore_errors=True)
+        for path in created:  # the folders this call made, deepest first, if still empty
+            if path.is_dir() and not any(path.iterdir()):
+                path.rmdir()
+        raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

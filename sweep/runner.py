@@ -149,7 +149,7 @@ class _Sweep:
         self.spec, self.uri, self.experiment_id, self.planned = spec, uri, experiment_id, planned
         self.settings, self.progress = settings, progress
         self.session, self.owner = uuid.uuid4().hex, this_holder()
-        self.view = queue.QueueView(uri, experiment_id)
+        self.view = queue.QueueView(uri, experiment_id, spec.experiment)
         self.summary = SweepSummary(total=len(planned), experiment_id=experiment_id)
         gpus = gpu_count() if settings.gpus is None else settings.gpus
         cores = available_cores()

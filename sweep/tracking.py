@@ -2,22 +2,19 @@
 
 Runs are written through one `MlflowClient` per store with explicit run ids (never the fluent API's
 per-thread active run), so any process or thread can log to any run. Every failure to use the store
-becomes one `TrackingError` naming the store. What the tags mean is the queue's business.
+becomes one `TrackingError` naming the store. What the tags mean is the queue's business. MLflow is
+imported on first use: commands that only read the index beside the store never load it.
 """
 from __future__ import annotations
 
 import functools
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Optional
 from urllib.parse import urlparse
-
-import mlflow
-from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, RunTag, ViewType
-from mlflow.exceptions import MlflowException
 
 from .errors import SweepError
 from .store import default_tracking_uri, existing_store, store_exists, store_uri  # noqa: F401  (re-exported)
@@ -39,9 +36,10 @@ def _store_errors(function):
             return function(uri, *args, **kwargs)
         except TrackingError:
             raise
-        except MlflowException as exc:
-            raise TrackingError(f"tracking store {uri}: {_first_line(exc.message)}") from exc
         except Exception as exc:
+            mlflow_errors = sys.modules.get("mlflow.exceptions")  # loaded if MLflow raised it
+            if mlflow_errors is not None and isinstance(exc, mlflow_errors.MlflowException):
+                raise TrackingError(f"tracking store {uri}: {_first_line(exc.message)}") from exc
             raise TrackingError(f"tracking store {uri} cannot be used: {type(exc).__name__}: "
                                 f"{_first_line(str(exc))}") from exc
     return wrapper
@@ -93,13 +91,17 @@ def _artifact_root(uri: str, experiment: str) -> Optional[str]:
 
 
 @functools.lru_cache(maxsize=8)
-def client(uri: str) -> MlflowClient:
+def client(uri: str):
+    from mlflow import MlflowClient
+
     return MlflowClient(tracking_uri=uri)
 
 
 @_store_errors
 def ensure_experiment(uri: str, name: str) -> str:
     """The experiment's id, created if needed (tagged to open as model training in the MLflow UI)."""
+    from mlflow.exceptions import MlflowException
+
     c = client(uri)
     found = c.get_experiment_by_name(name)
     if found is not None:
@@ -137,6 +139,8 @@ def delete_run(uri: str, run_id: str) -> None:
 def log_batch(uri: str, run_id: str, metrics: Iterable[tuple] = (), params: Optional[dict] = None,
               tags: Optional[dict] = None) -> None:
     """One request: metrics as (key, value, step) triples, params and tags as mappings."""
+    from mlflow.entities import Metric, Param, RunTag
+
     now = int(time.time() * 1000)
     client(uri).log_batch(run_id,
                           metrics=[Metric(k, float(v), now, int(step)) for k, v, step in metrics],
@@ -172,6 +176,8 @@ def download_artifact(uri: str, run_id: str, path: str, dst: str | os.PathLike) 
 def search(uri: str, experiment_id: str, query: str = "", view: str = "active",
            max_results: Optional[int] = None, order_by: Optional[list] = None) -> list[RunRow]:
     """Runs of the experiment matching an MLflow filter string, every page (or the first `max_results`)."""
+    from mlflow.entities import ViewType
+
     view_type = {"active": ViewType.ACTIVE_ONLY, "deleted": ViewType.DELETED_ONLY, "all": ViewType.ALL}[view]
     rows, token = [], None
     while True:
@@ -187,6 +193,8 @@ def search(uri: str, experiment_id: str, query: str = "", view: str = "active",
 @_store_errors
 def runs_frame(uri: str, experiment_id: str, query: str = "tags.`sweep.kind` = 'train'"):
     """Runs of the experiment as MLflow's own search_runs DataFrame."""
+    import mlflow
+
     mlflow.set_tracking_uri(uri)
     return mlflow.search_runs([experiment_id], filter_string=query)
 
@@ -204,6 +212,7 @@ def register_agent(uri: str, run_id: str, name: str, example_pixels) -> str:
     import tempfile
     from types import SimpleNamespace
 
+    import mlflow
     import pandas as pd
     from mlflow.models import infer_signature
 

@@ -179,3 +179,57 @@ def assert_each_key_finished_once(runs, keys):
 def finish(proc, timeout=300) -> str:
     """Wait for a `sweep_process` to end; its whole output."""
     return proc.first_line + proc.communicate(timeout=timeout)[0]
+
+
+# Stores of known runs, written the way a worker writes them: claimed, logged through the lease, finished.
+def new_store(folder, spec_text, name="s.yaml"):
+    from sweep import queue, tracking
+    from sweep.lease import this_holder
+    from sweep.spec import parse_spec
+    from sweep.store import open_store
+
+    path = folder / name
+    path.write_text(spec_text)
+    spec = parse_spec(spec_text, str(path))
+    uri = open_store(f"sqlite:///{folder}/mlruns/mlflow.db")
+    experiment_id = tracking.ensure_experiment(uri, spec.experiment)
+    parent = queue.parent_run(uri, experiment_id, spec.name, {}, this_holder())
+    return spec, uri, experiment_id, parent
+
+
+def log_run(uri, experiment_id, parent, run, sweep_name, test_error, *, train_error=None, val_error=None,
+            status="FINISHED", diverged=False, pruned=False, epochs_completed=None, agent=None):
+    """One training run with known numbers: per-epoch metrics (the last epoch's are the values
+    given, earlier ones 0.5 / epoch), the summary, the agent (a placeholder file unless given), its end."""
+    import math
+    import tempfile
+
+    from sweep import queue
+    from sweep.lease import this_holder
+
+    lease = queue.claim(uri, experiment_id, parent, run, sweep_name, "test-session", this_holder())
+    lease.log_params(run.config.as_params())
+    epochs = run.config.epochs if epochs_completed is None else epochs_completed
+    for epoch in range(1, epochs + 1):
+        last = epoch == epochs
+        early = 0.5 / epoch
+        metrics = {"test_error": test_error if last else early,
+                   "train_error": (train_error if train_error is not None else test_error / 2) if last else early / 2,
+                   "test_loss": 0.1, "train_loss": 0.1, "lr": run.config.lr}
+        if val_error is not None:
+            metrics.update(val_error=val_error if last else early, val_loss=0.2)
+        lease.log_epoch(metrics, epoch)
+    summary = {"epochs_completed": float(epochs), "final_test_error": test_error, "training_seconds": 1.0,
+               "best_test_error": test_error if math.isnan(test_error) else min(test_error, 0.5 / max(epochs - 1, 1))}
+    if val_error is not None:
+        summary.update(final_val_error=val_error, best_val_error=val_error)
+    if status != "FINISHED":
+        lease.log_epoch(summary, epochs)
+        (lease.fail if status == "FAILED" else lease.kill)("RuntimeError: boom")
+        return lease.run_id
+    with tempfile.TemporaryDirectory() as tmp:
+        if agent is None:
+            agent = Path(tmp) / "mnist_agent.pt"
+            agent.write_bytes(b"a placeholder: these tests never load it")
+        assert lease.finish(summary, epochs, agent, diverged, pruned)
+    return lease.run_id

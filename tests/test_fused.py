@@ -12,7 +12,7 @@ from mlflow import MlflowClient
 
 from mnist_core import ACTIVATIONS, RunConfig, load_agent, lr_at, train
 from mnist_core.fused import GROUP_SETTINGS, FusedMLP, group_key, train_fused
-from mnist_core.train import init_model
+from mnist_core.trainer import init_model
 from sweep.cli import main
 from sweep.runner import plan_jobs
 from sweep.spec import PlannedRun, run_key, run_name

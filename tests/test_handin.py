@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from mnist_core import MnistTensors, RunConfig, load_agent, save_agent, train
-from mnist_core.train import evaluate
+from mnist_core.trainer import evaluate
 from sweep.handin import mnist as handin
 
 SCRIPT = handin.__file__

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from mnist_core import ACTIVATIONS, MLP, RunConfig
-from mnist_core.train import init_model
+from mnist_core.trainer import init_model
 
 
 @pytest.mark.parametrize("activation", ACTIVATIONS)

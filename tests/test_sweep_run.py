@@ -13,7 +13,7 @@ from mnist_core import load_agent
 from sweep.cli import main
 from sweep.spec import expand, load_spec
 
-from conftest import finished_per_key, training_runs, write_spec
+from conftest import finish, finished_per_key, sweep_process, training_runs, write_spec
 
 METRICS = {"train_loss", "train_error", "test_loss", "test_error", "lr"}
 
@@ -86,13 +86,13 @@ grids:
         check_complete(run, 3, client)
 
 
-def test_failing_run_is_retried_and_a_hopeless_one_reported(env, inject):
+def test_failing_run_is_retried_and_a_hopeless_one_reported(env):
     spec = write_spec(env, "experiment: tiny\ndefaults: {epochs: 1}\ngrids:\n  g: {lr: [0.01, 0.1, 0.2]}\n")
     keys = {r.config.lr: r.key for r in expand(load_spec(spec))}
-    inject(fail=[f"{keys[0.01]}@1", keys[0.2]])
-    result = sweep("run", spec, "--jobs", 2, "--retries", 1, "--engine", "solo")
-    assert result.exit_code == 1
-    assert "summary: 2 done, 0 diverged, 1 failed" in result.output
+    faults = {"fail_once": [keys[0.01]], "fail": [keys[0.2]], "marks": str(env)}
+    proc = sweep_process("run", spec, "--jobs", 2, "--retries", 1, "--engine", "solo", faults=faults)
+    out = finish(proc)
+    assert proc.returncode == 1 and "summary: 2 done, 0 diverged, 1 failed" in out, out
     runs = training_runs()
     by_key = Counter((r.data.tags["sweep.key"], r.info.status) for r in runs)
     assert by_key[(keys[0.01], "FAILED")] == 1 and by_key[(keys[0.01], "FINISHED")] == 1
@@ -103,8 +103,7 @@ def test_failing_run_is_retried_and_a_hopeless_one_reported(env, inject):
     assert "2 done" in status.output and "1 failed" in status.output
     assert "failed: relu-lr0.2-d2-w50-e1: RuntimeError: injected failure" in status.output
 
-    inject()  # the fault is gone: the next run trains only the failed one
-    again = sweep("run", spec)
+    again = sweep("run", spec)  # the fault is gone: the next run trains only the failed one
     assert again.exit_code == 0 and "1 of 3 runs to train (2 already done)" in again.output
     assert set(finished_per_key(training_runs()).values()) == {1}
 
@@ -118,20 +117,6 @@ def test_diverged_run_is_finished_tagged_and_left_out_of_best(env):
     assert len(diverged) == 1 and diverged[0].info.status == "FINISHED"
     best = sweep("best", spec, "--by", "schedule", "--format", "json")
     assert '"lr":0.1' in best.output.replace(" ", "")
-
-
-def test_worker_killed_mid_run_is_retried_and_others_finish(env, inject):
-    spec = write_spec(env, "experiment: tiny\ndefaults: {epochs: 2}\ngrids:\n  g: {width: [4, 8, 16, 32]}\n")
-    keys = {r.config.width: r.key for r in expand(load_spec(spec))}
-    inject(crash=[f"{keys[8]}@1"])
-    result = sweep("run", spec, "--jobs", 2)
-    assert result.exit_code == 0, result.output
-    assert "worker crash" in result.output
-    runs = training_runs()
-    assert finished_per_key(runs) == Counter({k: 1 for k in keys.values()})
-    crashed = [r for r in runs if r.info.status == "FAILED"]
-    assert crashed and all("worker process died" in r.data.tags["sweep.error"] for r in crashed)
-    assert not [r for r in runs if r.info.status == "RUNNING"]
 
 
 def test_sigint_kills_in_flight_runs_and_a_second_run_resumes(env):

@@ -5,7 +5,7 @@ import torch
 
 from mnist_core import RunConfig, resolve_device, train
 from mnist_core.data import holdout
-from mnist_core.train import evaluate
+from mnist_core.trainer import evaluate
 
 
 def test_learns_the_tiny_digits(tiny_data):

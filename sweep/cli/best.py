@@ -9,52 +9,57 @@ from .common import fail, grid_option, reports_errors, tracking_option
 @click.argument("spec", type=click.Path(dir_okay=False), required=False)
 @click.option("--by", multiple=True, metavar="SETTING", default=("activation",), show_default=True,
               help="Group by this setting (repeatable).")
-@click.option("--metric", default="test_error", show_default=True,
-              help="Lower is better: test_error (final), best_test_error, test_loss, train_error, ...")
+@click.option("--metric", default="auto", show_default=True,
+              help="Lower is better. auto: val_error when the runs have one, else test_error (final epoch); "
+                   "or best_test_error, test_loss, train_error, val_loss, ...")
+@click.option("--include-stopped", is_flag=True,
+              help="Also rank runs that a search stopped early (tag sweep.pruned); left out by default.")
 @click.option("--experiment", default=None, help="Experiment name. [default: the SPEC's experiment]")
 @grid_option
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
 @click.option("--register", metavar="NAME", default=None,
-              help="Register the overall best run's agent in the MLflow model registry as NAME "
-                   "(pyfunc, with signature and input example; `mlflow models predict` serves it).")
+              help="Register the overall best setting's run (its best seed) in the MLflow model registry as "
+                   "NAME (pyfunc, with signature and input example; `mlflow models predict` serves it).")
 @click.option("--data-dir", type=click.Path(file_okay=False), envvar="MNIST_DATA", default=None,
               help="MNIST folder, for --register's input example (test images). [default: $MNIST_DATA]")
 @tracking_option
 @reports_errors
-def command(spec, by, metric, experiment, grids, fmt, register, data_dir, tracking_uri):
-    """Per group of --by, the finished run with the lowest --metric (failed and diverged runs ignored).
+def command(spec, by, metric, include_stopped, experiment, grids, fmt, register, data_dir, tracking_uri):
+    """Per group of --by, the setting with the lowest mean --metric over its seeds, with its 95%
+    interval and whether it is ahead of the group's runner-up by more than the noise (Welch's t-test).
+    Failed and diverged runs are ignored.
 
-    SPEC (default ./sweeps.yaml when present) or --experiment picks the runs; with SPEC, --grid
-    narrows to that grid's runs, e.g. `sweep best --by activation --grid lr_by_activation`."""
+    SPEC (default ./sweeps.yaml when present) or --experiment picks the runs; --grid narrows to
+    that grid's runs, e.g. `sweep best --by activation --grid lr_by_activation`."""
     from .. import tracking
-    from ..best import as_percent, best_by, finished_runs, tidy_runs
-    from ..spec import expand, load_spec
+    from ..best import best_by, for_people, overall_winner, words
+    from ..results import fetch_results
+    from ..spec import load_spec
 
-    keys = None
     if not spec and not experiment and Path("sweeps.yaml").exists():
         spec = "sweeps.yaml"
-    if spec:
-        sweep = load_spec(spec)
-        experiment = experiment or sweep.experiment
-        keys = [r.key for r in expand(sweep, grids)]
-    if not experiment:
+    sweep = load_spec(spec) if spec else None
+    if sweep is None and not experiment:
         fail("give a sweep file (SPEC) or --experiment NAME")
     uri = tracking.existing_store(tracking_uri, "run `sweep run` first")
-    experiment_id = tracking.find_experiment(uri, experiment)
-    if experiment_id is None:
-        fail(f"no experiment '{experiment}' in tracking store {uri}; run `sweep run` first")
-    runs = finished_runs(tidy_runs(tracking.runs_frame(uri, experiment_id)), keys, grids if keys is None else ())
-    table = best_by(runs, list(by), metric)
-    if table.empty:
-        fail(f"no finished, non-diverged runs in experiment '{experiment}' yet", code=1)
+    results = fetch_results(sweep, uri, grids, experiment=experiment)
+    try:
+        best = best_by(results.runs, list(by), metric, include_stopped)
+    except ValueError as exc:
+        fail(str(exc))
+    if best.table.empty:
+        fail(f"no finished, non-diverged runs with {best.metric} in experiment '{results.experiment}' yet", code=1)
     if fmt == "csv":
-        click.echo(table.to_csv(index=False), nl=False)
+        click.echo(best.table.to_csv(index=False), nl=False)
     elif fmt == "json":
-        click.echo(table.to_json(orient="records", indent=2))
+        click.echo(best.table.to_json(orient="records", indent=2))
     else:
-        click.echo(as_percent(table).to_string(index=False))
+        click.echo(for_people(best).to_string(index=False))
+        click.echo("\n".join(["", *words(best)]))
+    if fmt != "table" and best.stopped:
+        click.echo(words(best)[-1], err=True)
     if register:
-        winner = table.loc[table[metric].idxmin()]
+        winner = overall_winner(best)
         version = tracking.register_agent(uri, winner["run_id"], register, _example_pixels(data_dir))
         click.echo(f"registered run {winner['run_id']} as model '{register}' version {version}: "
                    f"mlflow models predict -m models:/{register}/{version} -i INPUT.json --env-manager local",

@@ -1,3 +1,5 @@
+import time
+
 import click
 
 from .common import grid_option, reports_errors, spec_argument, tracking_option
@@ -7,18 +9,34 @@ from .common import grid_option, reports_errors, spec_argument, tracking_option
 @spec_argument
 @grid_option
 @tracking_option
+@click.option("--max-runs", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Allow a sweep of up to N runs. [default: 100,000]")
 @reports_errors
-def command(spec, grids, tracking_uri):
-    """List the runs SPEC expands to, with their grids, settings and state. Trains nothing."""
+def command(spec, grids, tracking_uri, max_runs):
+    """List the runs and searches SPEC expands to, with their grids and their state as the store last
+    showed it. Trains nothing and reads no store (`sweep status` does)."""
     from .. import queue
-    from ..spec import expand, load_spec
+    from ..spec import MAX_RUNS, describe_search, expand, load_spec, select
 
-    sweep = load_spec(spec)
-    runs = expand(sweep, grids)
-    state = queue.read_states(sweep, runs, tracking_uri).states
-    width = max(len(r.name) for r in runs)
-    click.echo(f"{'run':<{width}}  {'state':<8} grids")
-    for r in runs:  # the name shows every setting that differs from the defaults
-        click.echo(f"{r.name:<{width}}  {state[r.key]:<8} {','.join(r.grids)}")
-    click.echo(f"\n{len(runs)} runs in experiment '{sweep.experiment}': "
-               + ", ".join(f"{n} {s}" for s, n in queue.count(state).items()))
+    sweep = load_spec(spec, max_runs=max_runs or MAX_RUNS)
+    grid_names, search_names = select(sweep, grids)
+    runs = expand(sweep, grid_names) if grid_names else []
+    read = queue.read_states(sweep, runs, tracking_uri, sync=False)
+    if runs:
+        width = max(len(r.name) for r in runs)
+        click.echo(f"{'run':<{width}}  {'state':<8} grids")
+        for r in runs:  # the name shows every setting that differs from the defaults
+            click.echo(f"{r.name:<{width}}  {read.states[r.key] if read else '?':<8} {','.join(r.grids)}")
+    for name in search_names:
+        search = sweep.searches[name]
+        lines = describe_search(search)
+        if read:
+            done = sum(r.status == "FINISHED" and r.search == name for r in read.records)
+            lines[0] += f"; {done} of {search.trials} trials done"
+        click.echo(("\n" if runs else "") + "\n".join(lines))
+    counts = ", ".join(f"{n} {s}" for s, n in queue.count(read.states).items()) if read else "states not read yet"
+    click.echo(f"\n{len(runs)} runs in experiment '{sweep.experiment}'"
+               + (f" and {len(search_names)} search(es)" if search_names else "") + f": {counts}")
+    if read:
+        click.echo(f"(states as the store showed them at {time.strftime('%H:%M:%S', time.localtime(read.synced_at))};"
+                   f" `sweep status` reads it again)")

@@ -93,7 +93,7 @@ def _checked_locally(settings):
     import dataclasses
 
     from mnist_core.data import load_mnist, resolve_data_dir
-    from mnist_core.train import resolve_device
+    from mnist_core.trainer import resolve_device
 
     from ..errors import SettingsError
 

@@ -1,0 +1,155 @@
+"""A sweep's results, read from the tracking store once. Every store read of `sweep best` and
+`sweep report` is in `fetch_results`; what they compute afterwards is pure and works on the
+`SweepResults` it returns.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Mapping, Optional, Union
+
+import pandas as pd
+
+from mnist_core.config import SETTING_NAMES, SETTING_TYPES
+
+from . import queue, tracking
+from .index import Index
+from .lease import DIVERGED, GRIDS, KEY, PRUNED
+from .spec import SweepSpec, expand
+FINAL_METRICS = ("test_error", "train_error", "test_loss", "train_loss", "best_test_error", "training_seconds",
+                 "epochs_completed", "val_error", "val_loss", "final_val_error", "best_val_error")
+EPOCH_METRICS = ("train_loss", "train_error", "test_loss", "test_error", "val_loss", "val_error", "lr")
+OUTCOMES = ("done", "diverged", "stopped", "failed", "missing")
+COLUMNS = ["key", "name", "grids", *SETTING_NAMES, "outcome", "state", "run_id", *FINAL_METRICS, "agent_uri"]
+
+
+@dataclass(frozen=True)
+class SweepResults:
+    """What the store holds about a sweep, fetched once.
+
+    runs: one row per planned run of the selected grids (COLUMNS): its settings, outcome
+    (done, diverged, stopped, failed or missing), queue state, and for a finished run its run_id,
+    final metrics (NaN where the run did not log one) and agent_uri. Without a spec, one row per
+    run key found in the experiment."""
+    experiment: str
+    experiment_id: str
+    runs: pd.DataFrame
+    spec: Optional[SweepSpec] = None
+    grids: tuple = ()                      # the grids selected: every grid of the spec when none was named
+    parent_run_id: Optional[str] = None    # the sweep's parent run, None before `sweep run` made one
+    histories: Mapping[str, pd.DataFrame] = field(default_factory=dict)  # run_id -> per-epoch metrics by step
+
+    def grid_runs(self, grid: str) -> pd.DataFrame:
+        """The runs that belong to `grid`."""
+        member = self.runs["grids"].str.split(",").apply(lambda names: grid in names)
+        return self.runs[member].reset_index(drop=True)
+
+    def by_outcome(self, *outcomes: str) -> pd.DataFrame:
+        return self.runs[self.runs["outcome"].isin(outcomes)]
+
+
+Histories = Union[Callable[[SweepResults], Iterable[str]], Iterable[str], None]
+
+
+def fetch_results(spec: Optional[SweepSpec], uri: str, grids: Iterable[str] = (), histories: Histories = None,
+                  experiment: Optional[str] = None) -> SweepResults:
+    """Read the sweep's runs (of `grids` only, when given) from the store at `uri`.
+
+    `histories` names the runs whose per-epoch metrics are fetched too: run ids, or a function of
+    the results (without histories) that returns them. Without a spec, `experiment` names the
+    experiment and the runs are the ones found there (tagged with one of `grids`, when given).
+    Raises tracking.TrackingError when the experiment does not exist."""
+    grids = tuple(grids)
+    planned = planned_frame(spec, grids) if spec is not None else None  # an unknown grid fails here, first
+    experiment = experiment or spec.experiment
+    experiment_id = tracking.find_experiment(uri, experiment)
+    if experiment_id is None:
+        raise tracking.TrackingError(f"no experiment '{experiment}' in tracking store {uri}; run `sweep run` first")
+    index = Index(uri, experiment_id, experiment=experiment)
+    index.sync()  # only what changed since the last read; the rest comes from the index beside the store
+    rows = index.rows()
+    store = store_runs(rows)
+    if spec is not None:
+        selected = grids or tuple(spec.grids)
+        parent = queue.find_parent(uri, experiment_id, spec.name)
+    else:
+        planned = found_frame(store, grids)
+        selected, parent = grids, None
+    runs = join_outcomes(planned, store, queue.states(planned["key"], [queue.record(r) for r in rows]))
+    results = SweepResults(experiment, experiment_id, runs, spec, selected, parent)
+    wanted = histories(results) if callable(histories) else histories or ()
+    fetched = {run_id: _history(uri, store, run_id) for run_id in dict.fromkeys(wanted)}
+    return dataclasses.replace(results, histories=fetched)
+
+
+def _history(uri: str, store: pd.DataFrame, run_id: str) -> pd.DataFrame:
+    row = store.loc[store["run_id"] == run_id].iloc[0]
+    series = {}
+    for metric in EPOCH_METRICS:
+        if pd.notna(row[f"metrics.{metric}"]):
+            points = tracking.metric_history(uri, run_id, metric)
+            series[metric] = pd.Series(dict(points), dtype=float)
+    frame = pd.DataFrame(series)
+    frame.index.name = "step"
+    return frame
+
+
+def store_runs(rows: list) -> pd.DataFrame:
+    """The store's runs (tracking.RunRow) -> one typed row per MLflow run (every attempt, any status)."""
+    def tag(name, default=""):
+        return [r.tags.get(name, default) for r in rows]
+
+    out = pd.DataFrame({
+        "run_id": [r.run_id for r in rows],
+        "key": tag(KEY),
+        "name": [r.name for r in rows],
+        "status": [r.status for r in rows],
+        "grids": tag(GRIDS),
+        "diverged": [v == "true" for v in tag(DIVERGED, "false")],
+        "pruned": [v == "true" for v in tag(PRUNED, "false")],
+        "start_time": pd.array([r.start_time for r in rows], dtype="Int64"),
+        "end_time": pd.array([r.end_time for r in rows], dtype="Int64"),
+    })
+    for name in SETTING_NAMES:
+        raw = pd.Series([r.params.get(name) for r in rows], dtype=object)
+        out[name] = raw if SETTING_TYPES[name] == "str" else pd.to_numeric(raw, errors="coerce")
+    for metric in (*FINAL_METRICS, "lr"):
+        out[f"metrics.{metric}"] = pd.Series([r.metrics.get(metric, float("nan")) for r in rows], dtype=float)
+    out["agent_uri"] = [f"{r.artifact_uri}/mnist_agent.pt" for r in rows]
+    return out
+
+
+def planned_frame(spec: SweepSpec, grids: tuple = ()) -> pd.DataFrame:
+    rows = [{"key": r.key, "name": r.name, "grids": ",".join(r.grids), **r.config.as_params()}
+            for r in expand(spec, grids)]
+    return pd.DataFrame(rows, columns=["key", "name", "grids", *SETTING_NAMES])
+
+
+def found_frame(store: pd.DataFrame, grids: tuple = ()) -> pd.DataFrame:
+    """Without a spec, the planned runs are the keys found in the store (their latest attempt's
+    name, grids and settings), narrowed to runs tagged with one of `grids`."""
+    latest = store[store["key"] != ""].sort_values("start_time").drop_duplicates("key", keep="last")
+    if grids:
+        latest = latest[latest["grids"].str.split(",").apply(lambda names: bool(set(names) & set(grids)))]
+    return latest[["key", "name", "grids", *SETTING_NAMES]].reset_index(drop=True)
+
+
+def join_outcomes(planned: pd.DataFrame, store: pd.DataFrame, states: Mapping[str, str]) -> pd.DataFrame:
+    """Planned runs with their latest FINISHED run: outcome done, diverged or stopped (pruned, or
+    fewer epochs than planned); without one, failed (the queue says so) or missing."""
+    finished = (store[store["status"] == "FINISHED"].sort_values("end_time")
+                .drop_duplicates("key", keep="last").set_index("key"))
+    runs = planned.copy()
+    found = finished.reindex(runs["key"])
+    runs["run_id"] = found["run_id"].to_numpy()
+    for metric in FINAL_METRICS:
+        runs[metric] = found[f"metrics.{metric}"].to_numpy(dtype=float)
+    runs["agent_uri"] = found["agent_uri"].to_numpy()
+    runs["state"] = runs["key"].map(states).fillna("pending")
+    short = runs["epochs_completed"] < runs["epochs"]
+    runs["outcome"] = "missing"
+    runs.loc[runs["state"] == "failed", "outcome"] = "failed"
+    runs.loc[runs["run_id"].notna(), "outcome"] = "done"
+    runs.loc[runs["run_id"].notna() & (found["pruned"].eq(True).to_numpy() | short), "outcome"] = "stopped"
+    runs.loc[found["diverged"].eq(True).to_numpy(), "outcome"] = "diverged"
+    return runs[COLUMNS].reset_index(drop=True)
