@@ -15,7 +15,7 @@ leaves the stacked model, keeping the weights it had; the others go on and cost 
 from __future__ import annotations
 
 import time
-from typing import Callable, Iterator, Optional, Sequence
+from typing import Callable, Iterable, Iterator, Optional, Sequence
 
 import torch
 from torch import nn
@@ -37,6 +37,8 @@ DEFAULT_CHUNK_SIZE = 16
 
 # Called after every epoch of member i; returning False takes member i out (None or True: go on).
 MemberCallback = Callable[[int, EpochResult], Optional[bool]]
+# Called after every epoch with the records of the members going on; the members it names leave.
+GroupCallback = Callable[[dict], Iterable[int]]
 
 
 def group_key(config: RunConfig) -> tuple:
@@ -245,25 +247,29 @@ def _check_group(configs: Sequence[RunConfig]) -> None:
 
 
 def _record(results: list[TrainResult], trained: list[int], epoch: int, numbers: dict, finite: dict,
-            seconds: float, on_epoch: Optional[MemberCallback]) -> list[int]:
+            seconds: float, on_epoch: Optional[MemberCallback], on_group: Optional[GroupCallback]) -> list[int]:
     """Log epoch `epoch` of each member in `trained` and call back; the ids of those that leave now."""
-    leaving = []
+    records = {}
     for i in trained:
         result = results[i]
-        record = EpochResult(epoch, lr_at(result.config, epoch), seconds=seconds, **numbers[i])
+        record = records[i] = EpochResult(epoch, lr_at(result.config, epoch), seconds=seconds, **numbers[i])
         result.history.append(record)
         result.seconds += seconds / len(trained)  # each member's share of the group's time
         result.stopped = on_epoch is not None and on_epoch(i, record) is False
         result.diverged = not (finite.get(i, False) and record.finite)
-        if result.stopped or result.diverged:
-            leaving.append(i)
-    return leaving
+    going_on = {i: r for i, r in records.items() if not (results[i].stopped or results[i].diverged)}
+    for i in on_group(going_on) if on_group is not None and going_on else ():
+        results[i].stopped = True
+    return [i for i in trained if results[i].stopped or results[i].diverged]
 
 
 def train_fused(configs: Sequence[RunConfig], data: MnistTensors, device: torch.device | str = "cpu",
-                on_epoch: Optional[MemberCallback] = None) -> list[TrainResult]:
+                on_epoch: Optional[MemberCallback] = None,
+                on_group: Optional[GroupCallback] = None) -> list[TrainResult]:
     """Train `configs` (one group) together, in the dtype of `data`; the result of member i is what
-    its solo run gives. `on_epoch(i, record)` returning False takes member i out after that epoch."""
+    its solo run gives. `on_epoch(i, record)` returning False takes member i out after that epoch;
+    so does `on_group(records)` returning i, called once an epoch with every going member's record
+    (for decisions that compare members with each other)."""
     _check_group(configs)
     data = holdout(data, configs[0].validation)
     members = Members(configs, torch.device(device), data.dtype)
@@ -276,7 +282,8 @@ def train_fused(configs: Sequence[RunConfig], data: MnistTensors, device: torch.
         models.update(gone)
         finite = dict(zip(members.ids, torch.isfinite(members.running).tolist()))
         numbers = _measure(members, gone, data, configs[0].test_batch_size)
-        leaving = _record(results, trained, epoch, numbers, finite, time.perf_counter() - started, on_epoch)
+        leaving = _record(results, trained, epoch, numbers, finite, time.perf_counter() - started, on_epoch,
+                          on_group)
         models.update(members.drop([i for i in leaving if i not in gone]))
         if not members.ids:
             break

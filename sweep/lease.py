@@ -25,6 +25,8 @@ KIND, KEY, GRIDS, SWEEP, SEARCH = "sweep.kind", "sweep.key", "sweep.grids", "swe
 SESSION, ATTEMPT, HOLDER, HEARTBEAT, LEASE = (
     "sweep.session", "sweep.attempt", "sweep.holder", "sweep.heartbeat", "sweep.lease")
 DIVERGED, PRUNED, ERROR = "sweep.diverged", "sweep.pruned", "sweep.error"
+TRIAL, DUPLICATE_OF = "sweep.trial", "sweep.duplicate_of"
+CURVE = "sweep.curve"  # the objective after each epoch, as JSON: what early stopping compares
 OWNER = "sweep.owner"  # on the parent run: the sweep process that last started it
 
 _MAX_BATCH = 1000  # MLflow's limit of metrics per log_batch request
@@ -78,6 +80,7 @@ class Lease:
         self.ended = False
         self._metrics: list[tuple] = []
         self._params: dict = {}
+        self._tags: dict = {}
         self._lock = threading.RLock()
 
     @property
@@ -92,12 +95,14 @@ class Lease:
         with self._lock:
             self._params.update(params)
 
-    def log_epoch(self, metrics: dict, step: int, flush: bool = False) -> bool:
-        """Buffer an epoch's metrics; write them now when `flush` or a beat is due. False once lost."""
+    def log_epoch(self, metrics: dict, step: int, flush: bool = False, tags: Optional[dict] = None) -> bool:
+        """Buffer an epoch's metrics (and tags); write them now when `flush` or a beat is due.
+        False once the lease is lost."""
         with self._lock:
             if not self.held:
                 return False
             self._metrics += [(k, v, step) for k, v in metrics.items()]
+            self._tags.update(tags or {})
             if flush or time.time() - self.confirmed >= self.beat_every:
                 self.beat()
             return self.held
@@ -122,15 +127,17 @@ class Lease:
             if self.held:
                 self.lost = why
 
-    def finish(self, metrics: dict, step: int, agent: Path, diverged: bool, pruned: bool) -> bool:
+    def finish(self, metrics: dict, step: int, agent: Optional[Path], diverged: bool, pruned: bool,
+               tags: Optional[dict] = None) -> bool:
         """Log the final metrics, tags and agent, then mark the run FINISHED, unless the lease was lost."""
         with self._lock:
             if not self.beat():
                 return False
             self._metrics += [(k, v, step) for k, v in metrics.items()]
-            self._write(tags={DIVERGED: str(diverged).lower(), PRUNED: str(pruned).lower()})
+            self._write(tags={DIVERGED: str(diverged).lower(), PRUNED: str(pruned).lower(), **(tags or {})})
             try:
-                tracking.log_artifact(self.uri, self.run_id, agent)
+                if agent is not None:
+                    tracking.log_artifact(self.uri, self.run_id, agent)
             except tracking.TrackingError as exc:
                 raise RuntimeError(f"cannot store the agent in the run's artifacts: {exc}") from exc
             if not self._fresh():  # storing the agent outlasted the lease: someone may own the run now
@@ -170,6 +177,7 @@ class Lease:
     def _write(self, tags: dict) -> None:
         metrics, self._metrics = self._metrics, []
         params, self._params = self._params, {}
+        tags, self._tags = {**self._tags, **tags}, {}
         for start in range(0, max(len(metrics), 1), _MAX_BATCH):
             tracking.log_batch(self.uri, self.run_id, metrics[start:start + _MAX_BATCH], params, tags)
             params, tags = {}, {}

@@ -21,7 +21,7 @@ from typing import Iterable, Optional
 from . import tracking
 from .index import Index
 from .lease import (ATTEMPT, DIVERGED, ERROR, GRIDS, HEARTBEAT, HOLDER, KEY, KIND, LEASE, LEASE_SECONDS,
-                    OWNER, PRUNED, SEARCH, SESSION, SWEEP, Lease, holder_alive)
+                    OWNER, PRUNED, SEARCH, SESSION, SWEEP, TRIAL, Lease, holder_alive)
 from .tracking import RunRow
 
 STATES = ("pending", "running", "failed", "done")
@@ -185,8 +185,7 @@ def key_records(uri: str, experiment_id: str, key: str) -> list[RunRecord]:
 
 
 def claim(uri: str, experiment_id: str, parent_id: str, planned, sweep_name: str, session: str,
-          holder: str, attempt: int = 1, lease_seconds: float = LEASE_SECONDS, search: str = "",
-          tries: int = 20) -> Optional[Lease]:
+          holder: str, attempt: int = 1, lease_seconds: float = LEASE_SECONDS, tries: int = 20) -> Optional[Lease]:
     """A lease on `planned`'s run, or None if the key is done or held by a live claim.
 
     A claim stands only if it is the one live claim of its key once it is in the store; when two
@@ -204,8 +203,8 @@ def claim(uri: str, experiment_id: str, parent_id: str, planned, sweep_name: str
         tags = {PARENT_RUN_ID: parent_id, KIND: "train", KEY: planned.key, GRIDS: ",".join(planned.grids),
                 SWEEP: sweep_name, SESSION: session, ATTEMPT: str(attempt), HOLDER: holder,
                 HEARTBEAT: f"{now:.3f}", LEASE: f"{lease_seconds:g}"}
-        if search:
-            tags[SEARCH] = search
+        if planned.search:
+            tags.update({SEARCH: planned.search, TRIAL: str(planned.trial)})
         run_id = tracking.create_run(uri, experiment_id, planned.name, tags)
         after = key_records(uri, experiment_id, planned.key)
         rivals = [r for r in after if r.run_id != run_id and (r.status == "FINISHED" or is_live(r, time.time()))]

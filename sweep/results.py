@@ -14,13 +14,14 @@ from mnist_core.config import SETTING_NAMES, SETTING_TYPES
 
 from . import queue, tracking
 from .index import Index
-from .lease import DIVERGED, GRIDS, KEY, PRUNED
-from .spec import SweepSpec, expand
+from .lease import DIVERGED, DUPLICATE_OF, GRIDS, KEY, PRUNED, SEARCH, TRIAL
+from .spec import SweepSpec, expand, select
 FINAL_METRICS = ("test_error", "train_error", "test_loss", "train_loss", "best_test_error", "training_seconds",
                  "epochs_completed", "val_error", "val_loss", "final_val_error", "best_val_error")
 EPOCH_METRICS = ("train_loss", "train_error", "test_loss", "test_error", "val_loss", "val_error", "lr")
-OUTCOMES = ("done", "diverged", "stopped", "failed", "missing")
-COLUMNS = ["key", "name", "grids", *SETTING_NAMES, "outcome", "state", "run_id", *FINAL_METRICS, "agent_uri"]
+OUTCOMES = ("done", "diverged", "stopped", "duplicate", "failed", "missing")
+COLUMNS = ["key", "name", "grids", *SETTING_NAMES, "outcome", "state", "run_id", *FINAL_METRICS, "agent_uri",
+           "search", "trial"]
 
 
 @dataclass(frozen=True)
@@ -29,8 +30,10 @@ class SweepResults:
 
     runs: one row per planned run of the selected grids (COLUMNS): its settings, outcome
     (done, diverged, stopped, failed or missing), queue state, and for a finished run its run_id,
-    final metrics (NaN where the run did not log one) and agent_uri. Without a spec, one row per
-    run key found in the experiment."""
+    final metrics (NaN where the run did not log one) and agent_uri; then one row per trial of the
+    selected searches that has a run (its `grids` is the search's name, `search` and `trial` say
+    which; a trial whose settings a finished run had already is a `duplicate` of it). Without a
+    spec, one row per run key found in the experiment."""
     experiment: str
     experiment_id: str
     runs: pd.DataFrame
@@ -61,6 +64,7 @@ def fetch_results(spec: Optional[SweepSpec], uri: str, grids: Iterable[str] = ()
     Raises tracking.TrackingError when the experiment does not exist."""
     grids = tuple(grids)
     planned = planned_frame(spec, grids) if spec is not None else None  # an unknown grid fails here, first
+    searches = select(spec, grids)[1] if spec is not None else ()
     experiment = experiment or spec.experiment
     experiment_id = tracking.find_experiment(uri, experiment)
     if experiment_id is None:
@@ -70,8 +74,9 @@ def fetch_results(spec: Optional[SweepSpec], uri: str, grids: Iterable[str] = ()
     rows = index.rows()
     store = store_runs(rows)
     if spec is not None:
-        selected = grids or tuple(spec.grids)
+        selected = grids or (*spec.grids, *spec.searches)
         parent = queue.find_parent(uri, experiment_id, spec.name)
+        planned = pd.concat([planned, searched_frame(store, searches)], ignore_index=True)
     else:
         planned = found_frame(store, grids)
         selected, parent = grids, None
@@ -107,6 +112,9 @@ def store_runs(rows: list) -> pd.DataFrame:
         "grids": tag(GRIDS),
         "diverged": [v == "true" for v in tag(DIVERGED, "false")],
         "pruned": [v == "true" for v in tag(PRUNED, "false")],
+        "duplicate": [bool(v) for v in tag(DUPLICATE_OF)],
+        "search": tag(SEARCH),
+        "trial": pd.array([int(v) if v else None for v in tag(TRIAL)], dtype="Int64"),
         "start_time": pd.array([r.start_time for r in rows], dtype="Int64"),
         "end_time": pd.array([r.end_time for r in rows], dtype="Int64"),
     })
@@ -120,18 +128,26 @@ def store_runs(rows: list) -> pd.DataFrame:
 
 
 def planned_frame(spec: SweepSpec, grids: tuple = ()) -> pd.DataFrame:
-    rows = [{"key": r.key, "name": r.name, "grids": ",".join(r.grids), **r.config.as_params()}
-            for r in expand(spec, grids)]
-    return pd.DataFrame(rows, columns=["key", "name", "grids", *SETTING_NAMES])
+    rows = [{"key": r.key, "name": r.name, "grids": ",".join(r.grids), **r.config.as_params(), "search": "",
+             "trial": pd.NA} for r in expand(spec, grids)]
+    return pd.DataFrame(rows, columns=["key", "name", "grids", *SETTING_NAMES, "search", "trial"])
+
+
+def searched_frame(store: pd.DataFrame, searches: tuple) -> pd.DataFrame:
+    """The trials of `searches` that have a run: one row per slot (its latest attempt's settings)."""
+    trials = store[store["search"].isin(searches)].sort_values("start_time").drop_duplicates("key", keep="last")
+    trials = trials.sort_values(["search", "trial"]).assign(grids=trials["search"])
+    return trials[["key", "name", "grids", *SETTING_NAMES, "search", "trial"]].reset_index(drop=True)
 
 
 def found_frame(store: pd.DataFrame, grids: tuple = ()) -> pd.DataFrame:
     """Without a spec, the planned runs are the keys found in the store (their latest attempt's
     name, grids and settings), narrowed to runs tagged with one of `grids`."""
     latest = store[store["key"] != ""].sort_values("start_time").drop_duplicates("key", keep="last")
+    latest = latest.assign(grids=latest["grids"].where(latest["search"] == "", latest["search"]))
     if grids:
         latest = latest[latest["grids"].str.split(",").apply(lambda names: bool(set(names) & set(grids)))]
-    return latest[["key", "name", "grids", *SETTING_NAMES]].reset_index(drop=True)
+    return latest[["key", "name", "grids", *SETTING_NAMES, "search", "trial"]].reset_index(drop=True)
 
 
 def join_outcomes(planned: pd.DataFrame, store: pd.DataFrame, states: Mapping[str, str]) -> pd.DataFrame:
@@ -152,4 +168,5 @@ def join_outcomes(planned: pd.DataFrame, store: pd.DataFrame, states: Mapping[st
     runs.loc[runs["run_id"].notna(), "outcome"] = "done"
     runs.loc[runs["run_id"].notna() & (found["pruned"].eq(True).to_numpy() | short), "outcome"] = "stopped"
     runs.loc[found["diverged"].eq(True).to_numpy(), "outcome"] = "diverged"
+    runs.loc[found["duplicate"].eq(True).to_numpy(), "outcome"] = "duplicate"
     return runs[COLUMNS].reset_index(drop=True)

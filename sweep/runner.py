@@ -19,7 +19,10 @@ from .devices import available_cores, default_jobs, gpu_count, threads_per_worke
 from .dispatch import BACKENDS, Round, backend_session, is_remote_backend
 from .errors import SettingsError
 from .lease import LEASE_SECONDS, holder_alive, this_holder
-from .spec import PlannedRun, SweepSpec, expand
+from .early_stop import groups_of, rule_for
+from .lease import CURVE, DIVERGED, DUPLICATE_OF, KEY, PRUNED, SEARCH
+from .search import ask, free_slots, slot_key, trials_in_store
+from .spec import PlannedRun, SweepSpec, expand, run_key, select
 from .store import open_store
 from .worker import Job, Outcome
 
@@ -135,44 +138,49 @@ class SweepSummary:
 
 def run_sweep(spec: SweepSpec, uri: str, settings: Settings = Settings(), grids=(),
               progress: Optional[Progress] = None) -> SweepSummary:
-    """Train every run of the sweep (or of `grids`) that is not done in the store, and nothing else."""
+    """Train every run of the sweep's grids and searches (or of those named in `grids`) that is not
+    done in the store, and nothing else."""
+    _, search_names = select(spec, grids)
     planned = expand(spec, grids)
     check_settings(settings, uri)
     with backend_session(settings.backend, settings.address):  # an unreachable cluster fails before any write
         uri = open_store(uri)
         experiment_id = tracking.ensure_experiment(uri, spec.experiment)
-        return _Sweep(spec, uri, experiment_id, planned, settings, progress or Progress()).run(grids)
+        searches = [spec.searches[name] for name in search_names]
+        return _Sweep(spec, uri, experiment_id, planned, searches, settings, progress or Progress()).run(grids)
 
 
 class _Sweep:
-    def __init__(self, spec, uri, experiment_id, planned, settings: Settings, progress: Progress):
-        self.spec, self.uri, self.experiment_id, self.planned = spec, uri, experiment_id, planned
+    def __init__(self, spec, uri, experiment_id, planned, searches, settings: Settings, progress: Progress):
+        self.spec, self.uri, self.experiment_id = spec, uri, experiment_id
+        self.planned, self.searches = planned, searches
         self.settings, self.progress = settings, progress
         self.session, self.owner = uuid.uuid4().hex, this_holder()
         self.view = queue.QueueView(uri, experiment_id, spec.experiment)
-        self.summary = SweepSummary(total=len(planned), experiment_id=experiment_id)
+        self.summary = SweepSummary(total=len(planned) + sum(s.trials for s in searches), experiment_id=experiment_id)
         gpus = gpu_count() if settings.gpus is None else settings.gpus
         cores = available_cores()
         self.summary.jobs = settings.jobs or default_jobs(gpus, cores)
         self.summary.threads = threads_per_worker(self.summary.jobs, cores)
         self.remote = is_remote_backend(settings.backend)
+        self.trials: dict[str, PlannedRun] = {}   # search trials asked by this process, by slot key
 
     def run(self, grids) -> SweepSummary:
         s = self.summary
         self.view.refresh()
-        state = self.view.states([r.key for r in self.planned])
+        state = self.view.states(self._keys())
         todo = self._todo()
         s.already_done = sum(v == "done" for v in state.values())
         s.held_elsewhere = sum(v == "running" for v in state.values())
-        s.to_train = len(todo)
+        s.to_train = len(todo) + sum(len(self._free(search)) for search in self.searches)
         self.todo_keys = {r.key for r in todo}
         self.progress.start(s)
-        if not todo and (not s.held_elsewhere or not self.settings.wait):
+        if not s.to_train and (not s.held_elsewhere or not self.settings.wait):
             self._left_over()
             return s
         s.parent_run_id = queue.parent_run(self.uri, self.experiment_id, self.spec.name, {
-            "spec": self.spec.path, "experiment": self.spec.experiment, "grids": ",".join(grids or self.spec.grids),
-            "runs": len(self.planned)}, self.owner)
+            "spec": self.spec.path, "experiment": self.spec.experiment,
+            "grids": ",".join(grids or [*self.spec.grids, *self.spec.searches]), "runs": s.total}, self.owner)
         try:
             self._loop()
         except KeyboardInterrupt as exc:
@@ -192,6 +200,8 @@ class _Sweep:
         attempt, stalls = 0, 0
         while True:
             todo = self._todo()
+            todo += self._ask(free_workers=max(0, self.summary.jobs - len(plan_jobs(todo, self.settings.engine,
+                                                                               self.settings.chunk_size))))
             if todo:
                 attempt += 1
                 round_ = self._dispatch(plan_jobs(todo, self.settings.engine, self.settings.chunk_size), attempt)
@@ -217,7 +227,8 @@ class _Sweep:
                     parent_run_id=self.summary.parent_run_id, sweep_name=self.spec.name, session=self.session,
                     owner=self.owner, attempt=attempt, data_dir=s.data_dir, device=s.device,
                     threads=1 if self.remote else self.summary.threads, gpus=s.gpus, gpu_lock_dir=s.gpu_lock_dir,
-                    fused=s.engine == "fused" and not solo, lease_seconds=s.lease_seconds)
+                    fused=s.engine == "fused" and not solo, lease_seconds=s.lease_seconds,
+                    judging=tuple(self._judging(run) for run in group))
                 for group in jobs]
         if n_jobs is None:
             n_jobs = s.jobs or (-1 if self.remote else self.summary.jobs)
@@ -227,6 +238,14 @@ class _Sweep:
         for outcome in round_:
             self._record(outcome)
         return round_
+
+    def _judging(self, run: PlannedRun) -> tuple:
+        """The grids (all the sweep's, not only those selected) or search a run is judged in, and its rule."""
+        grids = () if run.search else self._memberships().get(run.key, run.grids)
+        return groups_of(grids, run.search), rule_for(self.spec, grids, run.search)
+
+    def _memberships(self) -> dict:
+        return {r.key: r.grids for r in expand(self.spec)}  # expanded once per spec (memoized)
 
     def _record(self, outcome: Outcome) -> None:
         if outcome.status != "skipped":
@@ -239,10 +258,10 @@ class _Sweep:
     def _isolate(self, keys: list[str], attempt: int) -> None:
         """Runs that were training when a worker died: each alone, so that only the one that kills
         its worker fails (the others had only shared its pool)."""
-        planned = {r.key: r for r in self.planned}
+        planned = {**{r.key: r for r in self.planned}, **self.trials}
         for key in dict.fromkeys(keys):
             for _ in range(self.settings.retries + 1):
-                if self._state(key) not in ("pending", "failed"):
+                if key not in planned or self._state(key) not in ("pending", "failed"):
                     break
                 round_ = self._dispatch([(planned[key],)], attempt, n_jobs=1, solo=True)
                 if not round_.crash:
@@ -269,20 +288,70 @@ class _Sweep:
 
     # --- reading the queue ------------------------------------------------------------------------
 
+    def _keys(self, searches=None) -> list[str]:
+        """The queue keys of the selected grid runs (unless `searches` is given) and of every slot
+        of the selected searches."""
+        grid_keys = [r.key for r in self.planned] if searches is None else []
+        return grid_keys + [slot_key(self.spec, search, n)
+                            for search in (self.searches if searches is None else searches) for n in range(search.trials)]
+
     def _state(self, key: str) -> str:
         self.view.refresh()
         return self.view.states([key])[key]
 
     def _todo(self) -> list[PlannedRun]:
+        """Grid runs to train now (a failed one while retries are left)."""
         self.view.refresh()
         state = self.view.states([r.key for r in self.planned])
         retries = self.settings.retries
         return [r for r in self.planned if state[r.key] in ("pending", "failed")
                 and self.view.failures(r.key, self.session) <= retries]
 
+    def _free(self, search) -> list[int]:
+        slots = free_slots(self.spec, search, self.view.states(self._keys([search])))
+        return [n for n in slots if self.view.failures(slot_key(self.spec, search, n), self.session)
+                <= self.settings.retries]
+
+    def _ask(self, free_workers: int) -> list[PlannedRun]:
+        """New trials of each search, as many as there are free workers (at least one when only
+        searches are left); a trial whose settings some finished run has already is not trained again."""
+        asked = []
+        for search in self.searches:
+            free = self._free(search)
+            if not free:
+                continue
+            rows = [row for row in self.view.index.rows() if row.tags.get(SEARCH) == search.name]
+            trials = trials_in_store(search, rows, self.view.states([row.tags.get(KEY, "") for row in rows]))
+            for trial in ask(self.spec, search, trials, free, max(1, free_workers)):
+                if not self._fill_with_finished(trial):
+                    self.trials[trial.key] = trial
+                    asked.append(trial)
+        return asked
+
+    def _fill_with_finished(self, trial: PlannedRun) -> bool:
+        """If a finished run has the trial's settings already, its slot records that run's result
+        (tagged as a duplicate of it, nothing trained); True when it did."""
+        key = run_key(trial.config)
+        same = [row for row in self.view.index.rows("FINISHED") if row.tags.get(KEY) == key
+                or (row.tags.get(SEARCH) and not row.tags.get(DUPLICATE_OF) and _config_key(row) == key)]
+        if not same:
+            return False
+        original = same[0]
+        lease = queue.claim(self.uri, self.experiment_id, self.summary.parent_run_id, trial, self.spec.name,
+                            self.session, self.owner, lease_seconds=self.settings.lease_seconds)
+        if lease is not None:
+            lease.log_params({**trial.config.as_params(), "device": original.params.get("device", "")})
+            lease.finish(original.metrics, int(original.metrics.get("epochs_completed", 0)), None,
+                         original.tags.get(DIVERGED) == "true", original.tags.get(PRUNED) == "true",
+                         tags={DUPLICATE_OF: original.run_id, CURVE: original.tags.get(CURVE, "[]")})
+            self._record(Outcome(trial.key, trial.name, "duplicate", lease.run_id,
+                                 original.metrics.get("test_error", float("nan")),
+                                 error=f"same settings as run {original.run_id}: not trained again"))
+        return True
+
     def _held(self) -> list[queue.RunRecord]:
         self.view.refresh()
-        return self.view.live([r.key for r in self.planned])
+        return self.view.live(self._keys())
 
     # --- the end ------------------------------------------------------------------------------------
 
@@ -290,27 +359,31 @@ class _Sweep:
         """Runs not done at the end: failed for good, or why they are not done."""
         s = self.summary
         self.view.refresh()
-        state = self.view.states([r.key for r in self.planned])
+        names = {r.key: r.name for r in self.planned}
+        names.update({slot_key(self.spec, search, n): f"{search.name} trial {n}"
+                      for search in self.searches for n in range(search.trials)})
+        state = self.view.states(list(names))
         errors = queue.last_errors(self.view.records())
-        for run in self.planned:
-            known = s.outcomes.get(run.key)
-            if state[run.key] == "done":
-                if run.key in self.todo_keys and (known is None or known.status == "lost"):
-                    s.outcomes[run.key] = Outcome(run.key, run.name, "skipped")
-            elif state[run.key] == "failed" and self.view.failures(run.key, self.session):
-                error = (errors.get(run.key) or "failed").splitlines()[0]
-                s.outcomes[run.key] = Outcome(run.key, run.name, "failed", error=error)
-            elif state[run.key] == "running":
-                s.not_done.append((run.name, "held by another process"))
+        for key, name in names.items():
+            known = s.outcomes.get(key)
+            if state[key] == "done":
+                if key in self.todo_keys and (known is None or known.status == "lost"):
+                    s.outcomes[key] = Outcome(key, name, "skipped")
+            elif state[key] == "failed" and self.view.failures(key, self.session):
+                error = (errors.get(key) or "failed").splitlines()[0]
+                s.outcomes[key] = Outcome(key, name, "failed", error=error)
+            elif state[key] == "running":
+                s.not_done.append((name, "held by another process"))
             elif s.parent_run_id:
                 why = s.crashes[-1] if s.crashes else "not trained"
-                s.not_done.append((run.name, f"not trained: the worker pool failed ({why})"))
+                s.not_done.append((name, f"not trained: the worker pool failed ({why})"))
 
     def _end_parent(self) -> None:
-        """FINISHED only when every run of the whole sweep is done."""
+        """FINISHED only when every run of the whole sweep (every grid run, every search's trials) is done."""
         s = self.summary
-        every = self.view.states([r.key for r in expand(self.spec)])
-        counts = {k: s.count(k) for k in ("done", "diverged", "failed", "skipped", "lost")}
+        slots = [slot_key(self.spec, search, n) for search in self.spec.searches.values() for n in range(search.trials)]
+        every = self.view.states([r.key for r in expand(self.spec)] + slots)
+        counts = {k: s.count(k) for k in ("done", "diverged", "pruned", "duplicate", "failed", "skipped", "lost")}
         missing = sum(v != "done" for v in every.values())
         if not missing:
             status, note = "FINISHED", ""
@@ -335,5 +408,17 @@ class _Sweep:
                 break
             time.sleep(0.2)
         if self.summary.parent_run_id:
-            counts = {k: self.summary.count(k) for k in ("done", "diverged", "failed", "skipped", "lost")}
+            counts = {k: self.summary.count(k) for k in ("done", "diverged", "pruned", "failed", "skipped", "lost")}
             queue.end_parent(self.uri, self.summary.parent_run_id, "KILLED", counts, reason)
+
+
+def _config_key(row) -> str:
+    """The settings key of a search trial's run, from its params."""
+    from mnist_core.config import SETTING_NAMES, SETTING_TYPES, RunConfig
+
+    typed = {k: (int(float(v)) if SETTING_TYPES[k] == "int" else float(v) if SETTING_TYPES[k] == "float" else v)
+             for k, v in row.params.items() if k in SETTING_NAMES}
+    try:
+        return run_key(RunConfig(**typed))
+    except ValueError:
+        return ""

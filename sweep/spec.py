@@ -88,6 +88,8 @@ class PlannedRun:
     key: str                # stable hash of the settings: the run's identity in the store
     name: str               # readable, e.g. relu-lr0.03-d2-w50
     grids: tuple            # the grids this run belongs to
+    search: str = ""        # or the search that sampled it (then `key` names its trial slot)
+    trial: int = -1         # its trial number in that search
 
 
 def run_key(config: RunConfig) -> str:

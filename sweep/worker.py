@@ -6,6 +6,7 @@ arguments; it relies on nothing inherited from the parent.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import tempfile
 import traceback
@@ -14,7 +15,8 @@ from typing import Optional
 
 from . import queue
 from .devices import GpuPool, gpu_count
-from .lease import LEASE_SECONDS, KeepAlive, Lease, this_holder, holder_alive
+from .early_stop import Judge, objective
+from .lease import CURVE, LEASE_SECONDS, KeepAlive, Lease, holder_alive, this_holder
 
 
 @dataclass(frozen=True)
@@ -34,13 +36,15 @@ class Job:
     gpu_lock_dir: Optional[str] = None  # where that host's GPU slot locks live (tests)
     fused: bool = False                 # train even a single run through the fused engine
     lease_seconds: float = LEASE_SECONDS
+    judging: tuple = ()                 # per run: (the grids/search it is judged in, early_stop.Rule)
 
 
 @dataclass(frozen=True)
 class Outcome:
     key: str
     name: str
-    status: str              # done, diverged, failed, skipped (done or held elsewhere), lost (taken over)
+    status: str              # done, diverged, pruned (stopped early), failed, skipped (done or held
+                             # elsewhere), lost (taken over)
     run_id: str = ""
     test_error: float = float("nan")
     seconds: float = 0.0
@@ -66,8 +70,8 @@ def execute(job: Job) -> list[Outcome]:
         return []  # the sweep that queued this job is gone: leave its runs to the next one
     torch.set_num_threads(job.threads)
     holder = this_holder()
-    outcomes, leases, planned_of = [], [], {}
-    for planned in job.runs:
+    outcomes, leases, planned_of, judging = [], [], {}, {}
+    for i, planned in enumerate(job.runs):
         lease = queue.claim(job.tracking_uri, job.experiment_id, job.parent_run_id, planned, job.sweep_name,
                             job.session, holder, job.attempt, job.lease_seconds)
         if lease is None:
@@ -75,11 +79,13 @@ def execute(job: Job) -> list[Outcome]:
         else:
             leases.append(lease)
             planned_of[lease.run_id] = planned
+            judging[lease.run_id] = job.judging[i] if job.judging else (frozenset(), None)
     if not leases:
         return outcomes
+    judge = Judge(job.tracking_uri, job.experiment_id, judging)
     try:
         with KeepAlive(leases, job.owner, job.parent_run_id):
-            results = _train(job, leases, planned_of)
+            results = _train(job, leases, planned_of, judge)
     except KeyboardInterrupt:
         for lease in leases:
             with contextlib.suppress(Exception):
@@ -87,10 +93,11 @@ def execute(job: Job) -> list[Outcome]:
         raise
     except Exception as exc:
         return outcomes + [_failed(lease, planned_of[lease.run_id], exc) for lease in leases]
-    return outcomes + [_finish(lease, planned_of[lease.run_id], result) for lease, result in zip(leases, results)]
+    return outcomes + [_finish(lease, planned_of[lease.run_id], result, lease.run_id in judge.stopped)
+                       for lease, result in zip(leases, results)]
 
 
-def _train(job: Job, leases: list[Lease], planned_of: dict):
+def _train(job: Job, leases: list[Lease], planned_of: dict, judge: Judge):
     from mnist_core import load_mnist, resolve_device, train
     from mnist_core.fused import train_fused
 
@@ -100,13 +107,25 @@ def _train(job: Job, leases: list[Lease], planned_of: dict):
         for lease, config in zip(leases, configs):
             lease.log_params({**config.as_params(), "device": device.type})
         data = load_mnist(job.data_dir, device)
+        judged = any(rule for _, rule in judge.members.values())
 
         def log_epoch(i, record):  # False stops this run: its lease is lost
-            return leases[i].log_epoch(record.metrics(), record.epoch)
+            metric = objective(configs[i])
+            curve = judge.record(leases[i].run_id, getattr(record, metric))
+            return leases[i].log_epoch(record.metrics(), record.epoch, flush=judged,
+                                       tags={CURVE: json.dumps([round(v, 6) for v in curve])})
+
+        def stop_early(records):  # after every epoch: those that early stopping takes out
+            epoch = next(iter(records.values())).epoch
+            stopping = judge.stops(epoch, [leases[i].run_id for i in records])
+            return [i for i in records if leases[i].run_id in stopping]
 
         if len(configs) == 1 and not job.fused:
-            return [train(configs[0], data, device, on_epoch=lambda r: log_epoch(0, r))]
-        return train_fused(configs, data, device, on_epoch=log_epoch)
+            def solo_epoch(record):
+                return log_epoch(0, record) is not False and not stop_early({0: record})
+
+            return [train(configs[0], data, device, on_epoch=solo_epoch)]
+        return train_fused(configs, data, device, on_epoch=log_epoch, on_group=stop_early if judged else None)
 
 
 def _failed(lease: Lease, planned, exc: BaseException) -> Outcome:
@@ -118,8 +137,9 @@ def _failed(lease: Lease, planned, exc: BaseException) -> Outcome:
     return Outcome(planned.key, planned.name, "failed", lease.run_id, error=f"{type(exc).__name__}: {exc}")
 
 
-def _finish(lease: Lease, planned, result) -> Outcome:
-    """Log a trained run's summary and agent and mark it FINISHED; a failure here fails this run only."""
+def _finish(lease: Lease, planned, result, pruned: bool) -> Outcome:
+    """Log a trained run's summary and agent and mark it FINISHED (stopped early when `pruned`); a
+    failure here fails this run only."""
     from mnist_core import AGENT_FILENAME, save_agent
 
     if not lease.held:
@@ -128,11 +148,11 @@ def _finish(lease: Lease, planned, result) -> Outcome:
         summary = result.summary()
         with tempfile.TemporaryDirectory() as tmp:
             agent = save_agent(os.path.join(tmp, AGENT_FILENAME), result.model, planned.config, summary)
-            finished = lease.finish(summary, len(result.history), agent, result.diverged, pruned=False)
+            finished = lease.finish(summary, len(result.history), agent, result.diverged, pruned)
     except Exception as exc:
         return _failed(lease, planned, exc)
     if not finished:
         return Outcome(planned.key, planned.name, "lost", lease.run_id, error=lease.lost)
     final = result.final.test_error if result.final else float("nan")
-    return Outcome(planned.key, planned.name, "diverged" if result.diverged else "done",
-                   lease.run_id, final, result.seconds)
+    status = "diverged" if result.diverged else "pruned" if pruned else "done"
+    return Outcome(planned.key, planned.name, status, lease.run_id, final, result.seconds)

@@ -20,7 +20,9 @@ def outcome_line(outcome) -> str:
         return f"  LOST  {outcome.name}: {outcome.error}"
     if outcome.status == "failed":
         return f"  FAIL  {outcome.name}: {outcome.error}"
-    mark = "done" if outcome.status == "done" else "DIVG"
+    if outcome.status == "duplicate":
+        return f"  dup   {outcome.name}: {outcome.error}"
+    mark = {"done": "done", "diverged": "DIVG", "pruned": "STOP"}[outcome.status]
     return f"  {mark}  {outcome.name}: test error {100 * outcome.test_error:.2f}% ({outcome.seconds:.1f}s)"
 
 
@@ -58,7 +60,7 @@ class Printer(Progress):
 
     def outcome(self, outcome) -> None:
         line = outcome_line(outcome)
-        if outcome.status in ("done", "diverged", "skipped"):
+        if outcome.status in ("done", "diverged", "pruned", "duplicate", "skipped"):
             self.done += 1
         if self.bar is not None:
             self.bar.write(line, file=sys.stderr if outcome.status == "failed" else sys.stdout)
@@ -89,7 +91,10 @@ class Printer(Progress):
             return
         failed = summary.failed
         click.echo(f"\nsummary: {summary.count('done')} done, {summary.count('diverged')} diverged, "
-                   f"{len(failed)} failed, {summary.count('skipped')} skipped (finished or running elsewhere)"
+                   + (f"{summary.count('pruned')} stopped early, " if summary.count("pruned") else "")
+                   + (f"{summary.count('duplicate')} already trained (same settings), "
+                      if summary.count("duplicate") else "")
+                   + f"{len(failed)} failed, {summary.count('skipped')} skipped (finished or running elsewhere)"
                    + (f", {summary.count('lost')} taken over by another process" if summary.count("lost") else "")
                    + (f"; {len(summary.crashes)} worker crash(es)" if summary.crashes else ""))
         for crash in summary.crashes:
