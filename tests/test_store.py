@@ -1,12 +1,11 @@
-"""sweep.store: which store, whether it is there, and a local store created safely: interrupted at
-any moment it leaves no store or a complete one; several commands creating it at once all succeed."""
-import http.server
+"""sweep.store and local stores: which store, whether it is there, and a store created safely:
+interrupted at any moment it leaves no store or a complete one; several processes creating it at
+once all succeed; what cannot be used is one line, at once. (Servers: test_edges.py.)"""
 import multiprocessing
 import os
 import signal
 import sqlite3
 import subprocess
-import threading
 import time
 from pathlib import Path
 
@@ -242,49 +241,3 @@ def test_a_store_that_cannot_be_written_is_refused_at_once_and_still_read(tmp_pa
     assert time.time() - start < 10
     assert_one_line(caught.value, "cannot be written", str(db), "--tracking-uri")
     assert store.existing_store(uri_of(db), "") == uri_of(db)  # reading it is fine
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture
-def fake_server():
-    """An HTTP server on 127.0.0.1 whose /health answers a chosen status."""
-    health = {"status": 200}
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            self.send_response(health["status"] if self.path == "/health" else 404)
-            self.end_headers()
-
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}", health
-    server.shutdown()
-
-
-def test_a_server_is_asked_once_briefly(fake_server):
-    url, health = fake_server
-    assert store.open_store(url) == url and store.existing_store(url, "") == url
-    health["status"] = 503
-    with pytest.raises(StoreError) as caught:
-        store.store_exists(url)
-    assert_one_line(caught.value, url, "503")
-
-
-def test_an_unreachable_server_is_one_line_within_seconds():
-    url = f"http://127.0.0.1:{free_port()}"
-    for use in (store.store_exists, store.open_store, lambda u: store.existing_store(u, "")):
-        start = time.time()
-        with pytest.raises(StoreError) as caught:
-            use(url)
-        assert time.time() - start < 10
-        assert_one_line(caught.value, url, "cannot be reached", "Connection refused")
