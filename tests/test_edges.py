@@ -56,10 +56,13 @@ def start(args, **popen):
                             stderr=subprocess.PIPE, text=True, **popen)
 
 
-def python_starting(err: str) -> bool:
-    """Ctrl-C while Python itself starts (site, .pth files), before any code of ours has run: Python
-    prints its own traceback there, which no program can prevent."""
-    return "Traceback" in err and f"{os.sep}sweep{os.sep}" not in err
+def before_entry(proc, out: str, err: str) -> bool:
+    """Ctrl-C before `sweep.cli.entry` has run, while Python starts and finds the package: no program
+    can change what happens there. Before Python handles SIGINT at all the process dies of it;
+    later Python prints its own traceback."""
+    if proc.returncode == -signal.SIGINT and not out and not err:
+        return True
+    return "Traceback" in err and ", in entry" not in err
 
 
 def check_interrupted(proc, out: str, err: str, complete: str) -> None:
@@ -94,7 +97,7 @@ def test_ctrl_c_at_any_moment_of_plan_and_status(tracked):
     runs = [((name, tracked), delay) for name in commands for delay in DELAYS]
     results = interrupted(runs)
     for ((name, _), _), (proc, out, err) in zip(runs, results):
-        if not python_starting(err):
+        if not before_entry(proc, out, err):
             check_interrupted(proc, out, err, commands[name])
     assert sum(proc.returncode == 130 for proc, _, _ in results) >= len(results) // 2
 
@@ -105,7 +108,7 @@ def test_ctrl_c_during_the_start_up_of_run(tracked):
     results = interrupted([(("run", tracked, "--jobs", "1"), delay) for delay in (0.1, 0.5, 1.0, 2.0, 3.0)])
     checked = 0
     for proc, out, err in results:
-        if "to train" in out or python_starting(err):
+        if "to train" in out or before_entry(proc, out, err):
             continue  # it had reached the runner, or not yet our code
         check_interrupted(proc, out, err, complete="next: sweep best")
         checked += 1
