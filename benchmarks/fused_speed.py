@@ -27,6 +27,7 @@ from torchvision import transforms
 from mnist_core import MLP, load_mnist
 from mnist_core.data import open_datasets, resolve_data_dir
 from sweep import tracking
+from sweep.store import open_store
 from sweep.runner import Settings, run_sweep
 from sweep.spec import parse_spec
 
@@ -66,7 +67,7 @@ def through_sweep(engine: str, data_dir: str, activations=ACTIVATIONS, lrs=LRS) 
     spec = parse_spec(f"experiment: bench\ndefaults: {{epochs: 1}}\ngrids:\n"
                       f"  g: {{activation: {activations}, lr: {lrs}}}\n", "bench.yaml")
     with tempfile.TemporaryDirectory() as tmp:
-        uri = tracking.resolve_tracking_uri(f"sqlite:///{tmp}/mlruns/mlflow.db")
+        uri = open_store(f"sqlite:///{tmp}/mlruns/mlflow.db")
         tracking.ensure_experiment(uri, "bench")  # store creation is a one-off, outside the timing
         start = time.perf_counter()
         summary = run_sweep(spec, uri, Settings(engine=engine, data_dir=data_dir))

@@ -17,6 +17,7 @@ import torch
 
 from mnist_core import RunConfig, load_mnist, train
 from sweep import tracking
+from sweep.store import open_store
 from sweep.runner import Settings, run_sweep
 from sweep.spec import parse_spec
 
@@ -37,7 +38,7 @@ def main():
     plain = time.perf_counter() - start
 
     with tempfile.TemporaryDirectory() as tmp:
-        uri = tracking.resolve_tracking_uri(f"sqlite:///{tmp}/mlruns/mlflow.db")
+        uri = open_store(f"sqlite:///{tmp}/mlruns/mlflow.db")
         tracking.ensure_experiment(uri, "overhead")  # store creation is a one-off, not per run
         spec = parse_spec(f"experiment: overhead\ndefaults: {{epochs: {args.epochs}}}\n"
                           f"grids:\n  g: {{lr: {lrs}}}\n", "overhead.yaml")

@@ -24,6 +24,7 @@ import urllib.request
 from pathlib import Path
 
 from sweep import tracking
+from sweep.store import store_uri
 from sweep.best import best_by
 from sweep.results import fetch_results
 from sweep.spec import load_spec
@@ -76,7 +77,7 @@ def main() -> int:
     from playwright.sync_api import sync_playwright
 
     spec = load_spec(args.spec)
-    uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or tracking.default_tracking_uri()
+    uri = store_uri(args.tracking_uri)
     experiment_id = tracking.find_experiment(uri, spec.experiment)
     if experiment_id is None:
         raise SystemExit(f"error: no experiment '{spec.experiment}' in {uri}; run `sweep run {args.spec}` first")

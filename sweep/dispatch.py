@@ -6,7 +6,9 @@ client, ray through `ray.util.joblib`.
 from __future__ import annotations
 
 import contextlib
+import socket
 from typing import Iterator, Optional
+from urllib.parse import urlsplit
 
 from joblib import Parallel, delayed, parallel_config
 from joblib.parallel import get_active_backend
@@ -15,6 +17,8 @@ from .errors import SweepError
 from .worker import Job, Outcome, execute
 
 BACKENDS = ("loky", "dask", "ray")
+KNOCK_SECONDS = 5      # is anything listening at the address at all
+CONNECT_SECONDS = 10   # for a dask scheduler that listens to answer
 
 
 class BackendError(SweepError):
@@ -27,17 +31,24 @@ def is_remote_backend(backend: str) -> bool:
 
 @contextlib.contextmanager
 def backend_session(backend: str, address: Optional[str] = None) -> Iterator[None]:
-    """Connect to the engine for the time of a sweep: a dask scheduler or a ray cluster."""
+    """Connect to the engine for the time of a sweep: a dask scheduler or a ray cluster.
+
+    Enter it before writing anything to the tracking store: a cluster that cannot be reached is a
+    BackendError within seconds, and the store is left as it was."""
+    if backend not in BACKENDS:
+        raise BackendError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     if backend == "loky":
         yield
         return
+    if address:
+        _check_listening(backend, address)
     if backend == "dask":
         try:
             from dask.distributed import Client
         except ImportError:
             raise BackendError("the dask backend needs dask.distributed: pip install 'mnist-sweep[dask]'") from None
         try:
-            client = Client(address, timeout="20s") if address else Client()
+            client = Client(address, timeout=f"{CONNECT_SECONDS}s") if address else Client()
         except Exception as exc:  # OSError/TimeoutError from distributed
             raise BackendError(f"cannot reach the dask scheduler at {address}: {exc}") from None
         try:
@@ -45,24 +56,49 @@ def backend_session(backend: str, address: Optional[str] = None) -> Iterator[Non
         finally:
             client.close()
         return
-    if backend == "ray":
-        try:
-            import ray
-            from ray.util.joblib import register_ray
-        except ImportError:
-            raise BackendError("the ray backend needs ray: pip install 'mnist-sweep[ray]'") from None
-        try:
-            ray.init(address=address, ignore_reinit_error=True, include_dashboard=False, log_to_driver=False)
-        except Exception as exc:
-            where = address or "a new local one"
-            raise BackendError(f"cannot start or reach the ray cluster at {where}: {exc}") from None
-        register_ray()
-        try:
-            yield
-        finally:
-            ray.shutdown()
-        return
-    raise BackendError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    try:
+        import ray
+        from ray.util.joblib import register_ray
+    except ImportError:
+        raise BackendError("the ray backend needs ray: pip install 'mnist-sweep[ray]'") from None
+    try:
+        ray.init(address=address, ignore_reinit_error=True, include_dashboard=False, log_to_driver=False)
+    except Exception as exc:
+        where = address or "a new local one"
+        raise BackendError(f"cannot start or reach the ray cluster at {where}: {exc}") from None
+    register_ray()
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def _check_listening(backend: str, address: str) -> None:
+    """Knock on HOST:PORT once, briefly: ray would wait minutes for a cluster that is not there."""
+    where = f"the {'dask scheduler' if backend == 'dask' else 'ray cluster'} at {address}"
+    split = urlsplit(address if "://" in address else f"tcp://{address}")
+    try:
+        host, port = split.hostname, split.port
+    except ValueError:
+        raise BackendError(f"cannot reach {where}: not HOST:PORT") from None
+    if split.scheme not in ("tcp", "tls", "ray") or not host or port is None:
+        return  # auto, local, inproc://, ucx://...: the engine's own checks apply
+    try:
+        socket.create_connection((host, port), timeout=KNOCK_SECONDS).close()
+    except OSError as exc:
+        reason = f"no answer within {KNOCK_SECONDS} s" if isinstance(exc, TimeoutError) else exc.strerror or exc
+        hint = "dask scheduler" if backend == "dask" else "ray start --head"
+        raise BackendError(f"cannot reach {where} ({reason}); start it ({hint}) or check --address") from None
+
+
+def release_local_workers() -> None:
+    """Stop the pool of local worker processes that joblib keeps for reuse, so that a finished
+    sweep leaves no process behind (holding its output open, or cleaning up after it at exit)."""
+    from joblib.externals.loky import reusable_executor
+
+    executor = reusable_executor._executor  # joblib offers no public way to stop its reusable pool
+    if executor is not None:  # joblib's MemmappingExecutor also removes its temporary folder then
+        (executor.terminate if hasattr(executor, "terminate") else executor.shutdown)()
 
 
 class Round:
@@ -89,7 +125,7 @@ class Round:
             for batch in batches:
                 results = None
                 try:
-                    results = Parallel(return_as="generator_unordered" if streams else "list")(
+                    results = Parallel(return_as="generator_unordered" if streams else "list", max_nbytes=None)(
                         delayed(execute)(job) for job in batch)
                     for job_outcomes in results:
                         yield from job_outcomes

@@ -20,6 +20,7 @@ from typing import Iterable, Optional
 
 from . import tracking
 from .index import Index
+from .store import store_exists, store_uri
 from .lease import (ATTEMPT, DIVERGED, ERROR, GRIDS, HEARTBEAT, HOLDER, KEY, KIND, LEASE, LEASE_SECONDS,
                     OWNER, PRUNED, SEARCH, SESSION, SWEEP, TRIAL, Lease, holder_alive)
 from .tracking import RunRow
@@ -163,14 +164,14 @@ class QueueView:
 def read_states(spec, runs, uri: Optional[str], sync: bool = True) -> Optional[QueueRead]:
     """Each planned run's state, read without writing to the store (all pending when there is none).
     Without `sync`, as the index last saw them (no store read; None when it never did)."""
-    uri = tracking.store_uri(uri)
+    uri = store_uri(uri)
     if not sync:
         index = Index.last_read(uri, spec.experiment)
         if index is None:
             return None
         view = QueueView(uri, index.experiment_id, index=index).refresh(sync=False)
         return QueueRead(view.states([r.key for r in runs], index.synced_at), view.records(), index.synced_at)
-    experiment_id = tracking.find_experiment(uri, spec.experiment) if tracking.store_exists(uri) else None
+    experiment_id = tracking.find_experiment(uri, spec.experiment) if store_exists(uri) else None
     if experiment_id is None:
         return QueueRead(states([r.key for r in runs], []), [])
     view = QueueView(uri, experiment_id, spec.experiment).refresh()

@@ -16,14 +16,14 @@ from mnist_core.fused import DEFAULT_CHUNK_SIZE, group_key
 
 from . import queue, tracking
 from .devices import available_cores, default_jobs, gpu_count, threads_per_worker
-from .dispatch import BACKENDS, Round, backend_session, is_remote_backend
+from .dispatch import BACKENDS, Round, backend_session, is_remote_backend, release_local_workers
 from .errors import SettingsError
 from .lease import LEASE_SECONDS, holder_alive, this_holder
 from .early_stop import groups_of, rule_for
 from .lease import CURVE, DIVERGED, DUPLICATE_OF, KEY, PRUNED, SEARCH
 from .search import ask, free_slots, slot_key, trials_in_store
 from .spec import PlannedRun, SweepSpec, expand, run_key, select
-from .store import open_store
+from .store import is_local, open_store
 from .worker import Job, Outcome
 
 ENGINES = ("auto", "solo", "fused")
@@ -55,7 +55,7 @@ def check_settings(settings: Settings, store: str) -> None:
         raise SettingsError(f"unknown backend {settings.backend!r}; choose one of {', '.join(BACKENDS)}")
     if settings.lease_seconds < 6:
         raise SettingsError(f"lease of {settings.lease_seconds:g} s is too short: give at least 6 s")
-    if is_remote_backend(settings.backend) and not tracking.is_remote(store):
+    if is_remote_backend(settings.backend) and is_local(store):
         raise SettingsError(
             f"the {settings.backend} backend runs workers that cannot write the local store {store}. "
             f"Start a tracking server that they can reach, e.g.\n"
@@ -147,7 +147,11 @@ def run_sweep(spec: SweepSpec, uri: str, settings: Settings = Settings(), grids=
         uri = open_store(uri)
         experiment_id = tracking.ensure_experiment(uri, spec.experiment)
         searches = [spec.searches[name] for name in search_names]
-        return _Sweep(spec, uri, experiment_id, planned, searches, settings, progress or Progress()).run(grids)
+        try:
+            return _Sweep(spec, uri, experiment_id, planned, searches, settings, progress or Progress()).run(grids)
+        finally:
+            if settings.backend == "loky":
+                release_local_workers()
 
 
 class _Sweep:

@@ -14,10 +14,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Optional
-from urllib.parse import urlparse
 
 from .errors import SweepError
-from .store import default_tracking_uri, existing_store, store_exists, store_uri  # noqa: F401  (re-exported)
+from .store import local_path
 
 EXPERIMENT_KIND = "mlflow.experimentKind"  # makes the MLflow UI open the experiment as model training
 MODEL_TRAINING = "custom_model_development"
@@ -71,10 +70,6 @@ def _row(run) -> RunRow:
                   info.lifecycle_stage == "deleted")
 
 
-def is_remote(uri: str) -> bool:
-    return urlparse(uri).scheme in ("http", "https", "databricks")
-
-
 def quoted(value: str) -> str:
     """A string literal for an MLflow filter: single quotes, or double ones when the value has a '."""
     if "'" in value and '"' in value:
@@ -83,9 +78,9 @@ def quoted(value: str) -> str:
 
 
 def _artifact_root(uri: str, experiment: str) -> Optional[str]:
-    if uri.startswith("sqlite:///"):
-        folder = Path(uri[len("sqlite:///"):]).parent / "artifacts" / "".join(
-            c if c.isalnum() or c in "-_." else "_" for c in experiment)
+    path = local_path(uri)
+    if path is not None:
+        folder = path.resolve().parent / "artifacts" / "".join(c if c.isalnum() or c in "-_." else "_" for c in experiment)
         return folder.as_uri()
     return None  # a tracking server or database store decides
 

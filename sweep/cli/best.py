@@ -31,7 +31,7 @@ def command(spec, by, metric, include_stopped, experiment, grids, fmt, register,
 
     SPEC (default ./sweeps.yaml when present) or --experiment picks the runs; --grid narrows to
     that grid's runs, e.g. `sweep best --by activation --grid lr_by_activation`."""
-    from .. import tracking
+    from .. import store, tracking
     from ..best import best_by, for_people, overall_winner, words
     from ..results import fetch_results
     from ..spec import load_spec
@@ -41,7 +41,7 @@ def command(spec, by, metric, include_stopped, experiment, grids, fmt, register,
     sweep = load_spec(spec) if spec else None
     if sweep is None and not experiment:
         fail("give a sweep file (SPEC) or --experiment NAME")
-    uri = tracking.existing_store(tracking_uri, "run `sweep run` first")
+    uri = store.existing_store(tracking_uri, "run `sweep run` first")
     results = fetch_results(sweep, uri, grids, experiment=experiment)
     try:
         best = best_by(results.runs, list(by), metric, include_stopped)
@@ -60,7 +60,7 @@ def command(spec, by, metric, include_stopped, experiment, grids, fmt, register,
         click.echo(words(best)[-1], err=True)
     if register:
         winner = overall_winner(best)
-        version = tracking.register_agent(uri, winner["run_id"], register, _example_pixels(data_dir))
+        version = tracking.register_agent(store.open_store(uri), winner["run_id"], register, _example_pixels(data_dir))
         click.echo(f"registered run {winner['run_id']} as model '{register}' version {version}: "
                    f"mlflow models predict -m models:/{register}/{version} -i INPUT.json --env-manager local",
                    err=fmt != "table")
@@ -70,10 +70,10 @@ def _example_pixels(data_dir, n: int = 3):
     """The first MNIST test images as raw 0-255 rows, or blank images when MNIST is not at hand."""
     import numpy as np
 
-    from mnist_core.data import MnistDataMissing, open_datasets, resolve_data_dir
+    from mnist_core.data import IMAGE_MAGIC, MnistDataError, MnistDataMissing, check_mnist, read_idx
 
     try:
-        _, test = open_datasets(resolve_data_dir(data_dir), download=False)
-        return test.data[:n].reshape(n, 784).numpy().astype("float32")
-    except MnistDataMissing:
+        images = read_idx(check_mnist(data_dir) / "t10k-images-idx3-ubyte", IMAGE_MAGIC)
+        return images[:n].reshape(n, 784).astype("float32")
+    except (MnistDataMissing, MnistDataError):
         return np.zeros((n, 784), dtype="float32")

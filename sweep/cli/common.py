@@ -1,19 +1,45 @@
-"""What every command shares: common options, and the one place where errors become a line and an
-exit status."""
+"""What every command shares: common options, and the one place where errors and Ctrl-C become a
+line and an exit status."""
 from __future__ import annotations
 
 import functools
 import os
+import signal
 import sys
 
 import click
 
 from ..errors import SweepError
+from . import INTERRUPTED, exit_interrupted, interrupt_command
 
-INTERRUPTED = 130  # 128 + SIGINT, as a shell reports Ctrl-C
+
+class OptionError(click.ClickException):
+    """A SweepError met while click reads the options: one line and the error's exit status."""
+
+    def __init__(self, error: SweepError):
+        super().__init__(str(error))
+        self.exit_code = error.exit_code
+
+    def show(self, file=None):
+        click.echo(f"error: {self.message}", err=True)
+
+
+def _checked_store(ctx, param, uri):
+    """The store every command reads: the URI given, else $MLFLOW_TRACKING_URI, else ./mlruns;
+    its form checked, a server asked once (briefly) whether it answers, a local file whether it is
+    a store. Creating and writing are left to the commands that write (`store.open_store`)."""
+    from ..store import store_exists, store_uri
+
+    try:
+        uri = store_uri(uri)
+        store_exists(uri)
+    except SweepError as exc:
+        raise OptionError(exc) from None
+    return uri
+
 
 tracking_option = click.option(
-    "--tracking-uri", envvar="MLFLOW_TRACKING_URI", default=None,
+    "--tracking-uri", envvar="MLFLOW_TRACKING_URI", default=None, callback=_checked_store,
     help="MLflow tracking URI. [default: $MLFLOW_TRACKING_URI, else sqlite:///./mlruns/mlflow.db]")
 grid_option = click.option("--grid", "grids", multiple=True, metavar="NAME",
                            help="Only this grid of the spec (repeatable). [default: all grids]")
@@ -34,21 +60,31 @@ def _user_error(exc: BaseException) -> bool:
 
 def reports_errors(command):
     """Turn a named error into one line on stderr and its exit status; Ctrl-C into exit 130; a
-    closed stdout into a quiet exit."""
+    closed stdout into a quiet exit. Under `sweep` (see `entry`), Ctrl-C in the command's body
+    raises KeyboardInterrupt (`interrupt_command`), and ends the process at once again afterwards."""
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
+        program = signal.getsignal(signal.SIGINT) is exit_interrupted
+        if program:
+            signal.signal(signal.SIGINT, interrupt_command)
         try:
             return command(*args, **kwargs)
+        except KeyboardInterrupt:
+            if program:
+                signal.signal(signal.SIGINT, exit_interrupted)  # a second Ctrl-C: no traceback either
+            click.echo("interrupted", err=True)
+            sys.exit(INTERRUPTED)
         except SweepError as exc:
             fail(str(exc), exc.exit_code)
-        except KeyboardInterrupt:
-            fail("interrupted", INTERRUPTED)
         except BrokenPipeError:
             quiet_exit_on_closed_stdout()
         except Exception as exc:
             if _user_error(exc):
                 fail(str(exc))
             raise
+        finally:
+            if program:
+                signal.signal(signal.SIGINT, exit_interrupted)
     return wrapper
 
 

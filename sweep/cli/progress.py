@@ -38,8 +38,7 @@ class Printer(Progress):
         self.bar = None
         self.done = 0
         self.total = 0
-        self.started = time.time()
-        self.last_line = 0.0
+        self.started = self.last_line = time.time()
         self.tty = sys.stderr.isatty()
 
     def start(self, summary) -> None:

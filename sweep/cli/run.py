@@ -57,17 +57,19 @@ def signals_stop_the_sweep():
 @click.option("--lease", "lease_seconds", type=click.FloatRange(min=6), default=60, show_default=True,
               metavar="SECONDS", help="How long a claimed run outlives its holder's last heartbeat before "
                                       "another process may take it over.")
+@click.option("--max-runs", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Allow a sweep of up to N runs. [default: 100,000]")
 @reports_errors
 def command(spec, jobs, grids, retries, tracking_uri, data_dir, device, backend, address, engine, chunk_size,
-            wait, lease_seconds):
-    """Train every run of SPEC that is not finished in the tracking store, and nothing else."""
-    from .. import store
+            wait, lease_seconds, max_runs):
+    """Train every run of SPEC (its grids and searches) that is not finished in the tracking store,
+    and nothing else."""
     from ..runner import Settings, SweepInterrupted, check_settings, run_sweep
-    from ..spec import load_spec
+    from ..spec import MAX_RUNS, load_spec
     from .progress import Printer
 
-    sweep = load_spec(spec)
-    uri = store.store_uri(tracking_uri)
+    sweep = load_spec(spec, max_runs=max_runs or MAX_RUNS)
+    uri = tracking_uri
     settings = Settings(jobs=jobs, retries=retries, data_dir=data_dir, device=device, backend=backend,
                         address=address, engine=engine, chunk_size=chunk_size, wait=wait,
                         lease_seconds=lease_seconds)
@@ -80,7 +82,7 @@ def command(spec, jobs, grids, retries, tracking_uri, data_dir, device, backend,
             summary = run_sweep(sweep, uri, settings, grids, printer)
     except SweepInterrupted as exc:
         printer.close()
-        click.echo(f"\n{exc}: runs in flight marked KILLED; `sweep run {spec}` again resumes the rest.", err=True)
+        click.echo(f"{exc}: runs in flight marked KILLED; `sweep run {spec}` again resumes the rest.", err=True)
         sys.exit(exc.exit_code)
     finally:
         printer.close()
@@ -92,7 +94,7 @@ def _checked_locally(settings):
     """A bad device or missing data is reported once, here, not by every run."""
     import dataclasses
 
-    from mnist_core.data import load_mnist, resolve_data_dir
+    from mnist_core.data import check_mnist
     from mnist_core.trainer import resolve_device
 
     from ..errors import SettingsError
@@ -101,5 +103,4 @@ def _checked_locally(settings):
         resolve_device(settings.device)
     except ValueError as exc:
         raise SettingsError(f"--device {settings.device}: {exc}") from None
-    load_mnist(settings.data_dir, "cpu")
-    return dataclasses.replace(settings, data_dir=str(resolve_data_dir(settings.data_dir)))
+    return dataclasses.replace(settings, data_dir=str(check_mnist(settings.data_dir, download=True)))

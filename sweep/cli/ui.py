@@ -15,10 +15,10 @@ from .common import fail, reports_errors, tracking_option
 @reports_errors
 def command(tracking_uri, port, host):
     """Open the MLflow UI on the project's store."""
-    from .. import tracking
+    from .. import store
 
-    uri = tracking.resolve_tracking_uri(tracking_uri)
-    if tracking.is_remote(uri):
+    uri = store.open_store(tracking_uri)
+    if store.is_server(uri):
         fail(f"{uri} is a tracking server: open it in a browser instead")
     mlflow_bin = shutil.which("mlflow") or os.path.join(os.path.dirname(sys.executable), "mlflow")
     click.echo(f"MLflow UI for {uri} at http://{host}:{port}  (Ctrl-C to stop)")
