@@ -306,3 +306,15 @@ def test_the_winner_says_its_validation_error_when_it_has_one():
     assert str(bundle.Winner("abc", "relu-lr0.1", 0.0254)) == "best run abc (relu-lr0.1): test error 2.54%"
     assert (str(bundle.Winner("abc", "relu-lr0.1", 0.0254, 0.0240))
             == "best run abc (relu-lr0.1): test error 2.54%, validation error 2.40%")
+
+
+def test_registering_the_command_keeps_the_cli_light():
+    """`sweep --help` and `sweep plan` answer at once: importing the CLI loads none of the heavy libraries."""
+    heavy = ("torch", "mlflow", "pandas", "matplotlib", "reportlab", "scipy", "mnist_core.agent")
+    done = subprocess.run([sys.executable, "-c", "import sys, sweep.cli; print(' '.join(sorted(sys.modules)))"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    from sweep.cli import main
+
+    assert "bundle" in main.commands
+    assert not [m for m in done.stdout.split() if m.split(".")[0] in heavy or m in heavy]
