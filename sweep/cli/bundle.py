@@ -13,9 +13,12 @@ from .common import reports_errors, spec_argument, tracking_option
 @tracking_option
 @reports_errors
 def command(spec, student_id, course, homework, out_dir, tracking_uri):
-    """The hand-in of SPEC's sweep: COURSE_ID_hwN.zip with mnist.py (torch and torchvision only),
-    the sweep's report as COURSE_ID_HWnn.pdf and the agent of its best run (ranked as `sweep best`
-    ranks) as mnist_agent.pt; the zip's comment names that run."""
+    """Zip the hand-in of SPEC's sweep: mnist.py, its report as a PDF and its best run's agent.
+
+    COURSE_ID_hwN.zip holds mnist.py (needs only torch and torchvision), the sweep's report as
+    COURSE_ID_HWnn.pdf and, as mnist_agent.pt, the agent of the best run ranked as `sweep best`
+    ranks (lowest mean validation error, else test error, over seeds; its best seed's run). The
+    zip's comment names that run."""
     from ..bundle import bundle_names, bundle_sweep
     from ..spec import load_spec
 
