@@ -4,21 +4,36 @@
         mnist.py                 the training script (torch and torchvision only), from sweep/handin
         CSE4152_<id>_HW05.pdf    the report
         mnist_agent.pt           the trained agent
+
+`write_bundle` packs given files; `bundle_sweep` makes them from a sweep in the store (the report,
+and the agent of the sweep's best run) and packs them.
 """
 from __future__ import annotations
 
+import math
 import os
 import re
 import tempfile
 import time
 import zipfile
+from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
+from typing import Optional
 
-from mnist_core import AGENT_FILENAME, load_agent
+from mnist_core import AGENT_FILENAME, AgentFileError, load_agent
+
+from . import tracking
+from .analysis import analyse, drawn_runs
+from .best import best_by, overall_winner
+from .errors import SweepError
+from .report import write_report
+from .results import fetch_results
+from .spec import SweepSpec
 
 SCRIPT_NAME = "mnist.py"
 NAME_PART = re.compile(r"[A-Za-z0-9_-]+")  # what may go into the file names
+PROGRESS_BAR = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
 
 
 def bundle_names(student_id: str, course: str = "CSE4152", homework: int = 5) -> tuple[str, str]:
@@ -67,3 +82,82 @@ def write_bundle(out_dir: str | os.PathLike, student_id: str, *, report_pdf: str
         Path(tmp).unlink(missing_ok=True)
         raise
     return target
+
+
+class BundleError(SweepError, ValueError):
+    """A hand-in that cannot be made: a bad name, no finished run, no report, no agent."""
+
+
+@dataclass(frozen=True)
+class Winner:
+    """The sweep's best run: the one whose agent goes into the hand-in."""
+    run_id: str
+    name: str
+    test_error: float
+    val_error: float = math.nan  # NaN when the run held no validation images
+    agent_uri: str = ""
+
+    def __str__(self) -> str:
+        val = "" if math.isnan(self.val_error) else f", validation error {100 * self.val_error:.2f}%"
+        return f"best run {self.run_id} ({self.name}): test error {100 * self.test_error:.2f}%{val}"
+
+
+def best_run(results) -> Winner:
+    """The best run overall, ranked as `sweep best` ranks (`best_by(runs, [])`): its best seed's run."""
+    best = best_by(results.runs, [])
+    if best.table.empty:
+        raise BundleError(f"no finished, non-diverged run in experiment '{results.experiment}' yet: "
+                          f"nothing to hand in")
+    run_id = overall_winner(best)["run_id"]
+    run = results.runs.loc[results.runs["run_id"] == run_id].iloc[0]
+    return Winner(run_id, run["name"], float(run["test_error"]), float(run["val_error"]), run["agent_uri"])
+
+
+def bundle_sweep(spec: SweepSpec, uri: Optional[str], student_id: str, *, course: str = "CSE4152",
+                 homework: int = 5, out_dir: str | os.PathLike = ".") -> tuple[Path, Winner]:
+    """Write the hand-in of `spec`'s sweep into `out_dir`: mnist.py, the sweep's report as a PDF and
+    the agent of its best run; the zip's comment names that run. Returns the zip and the run.
+    Raises a SweepError (BundleError, StoreError, TrackingError) naming the problem, with nothing
+    written, for a bad name, a missing store or experiment, no finished run, or no report."""
+    try:
+        bundle_names(student_id, course, homework)
+    except ValueError as exc:
+        raise BundleError(str(exc)) from None
+    uri = tracking.existing_store(uri, f"run `sweep run {spec.path}` first")
+    results = fetch_results(spec, uri, histories=drawn_runs)
+    winner = best_run(results)
+    with tempfile.TemporaryDirectory(prefix="sweep-bundle-") as tmp:
+        try:
+            report_dir, _ = write_report(analyse(results), Path(tmp) / "report")
+        except Exception as exc:  # the grader must never get a bundle without its report
+            raise BundleError(f"no report could be built for {spec.path}: {type(exc).__name__}: "
+                              f"{_first_line(str(exc))}") from exc
+        agent = _fetch_agent(uri, winner, Path(tmp) / "agent")
+        path = write_bundle(out_dir, student_id, report_pdf=report_dir / "report.pdf", agent=agent,
+                            course=course, homework=homework, comment=str(winner))
+    return path, winner
+
+
+def _fetch_agent(uri: str, winner: Winner, folder: Path) -> Path:
+    """The winner's agent, downloaded into `folder` and checked (a grader must get a loadable one)."""
+    bar = os.environ.get(PROGRESS_BAR)
+    os.environ[PROGRESS_BAR] = "false"  # MLflow draws a bar on stderr for every download, even of one file
+    try:
+        agent = Path(tracking.download_artifact(uri, winner.run_id, AGENT_FILENAME, folder))
+    except tracking.TrackingError as exc:
+        raise BundleError(f"cannot fetch the agent of run {winner.run_id} ({winner.name}): {exc}") from None
+    finally:
+        if bar is None:
+            os.environ.pop(PROGRESS_BAR, None)
+        else:
+            os.environ[PROGRESS_BAR] = bar
+    try:
+        load_agent(agent)
+    except AgentFileError as exc:
+        raise BundleError(f"run {winner.run_id} ({winner.name}) has no usable agent: "
+                          f"{str(exc).removeprefix(f'{agent}: ')} ({winner.agent_uri})") from None
+    return agent
+
+
+def _first_line(text: str) -> str:
+    return text.strip().splitlines()[0] if text.strip() else ""

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import click
 
-from . import best, plan, report, run, status, ui
+from . import best, bundle, plan, report, run, status, ui
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -15,5 +15,5 @@ def main():
     schedule. Runs go to MLflow; `sweep best`, `sweep report` and `sweep ui` compare them."""
 
 
-for _module in (plan, run, status, best, report, ui):
+for _module in (plan, run, status, best, report, bundle, ui):
     main.add_command(_module.command)
