@@ -8,7 +8,8 @@ import importlib
 _HOMES = {
     "agent": ("AGENT_FILENAME", "AgentFileError", "load_agent", "save_agent"),
     "config": ("ACTIVATIONS", "SCHEDULES", "RunConfig"),
-    "data": ("MnistDataError", "MnistDataMissing", "MnistTensors", "check_mnist", "load_mnist", "normalise"),
+    "data": ("MnistTensors", "load_mnist", "normalise"),
+    "files": ("MnistDataError", "MnistDataMissing", "check_mnist"),
     "model": ("MLP",),
     "schedule": ("lr_at", "lr_schedule"),
     "trainer": ("EpochResult", "TrainResult", "resolve_device", "train"),

@@ -7,36 +7,19 @@ imported only to download missing files (and for `open_datasets`, the students' 
 from __future__ import annotations
 
 import functools
-import os
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
 import torch
 
+from .files import (ENV_VAR, FILES, IMAGE_MAGIC, LABEL_MAGIC, MnistDataError, MnistDataMissing,  # noqa: F401
+                    check_files, check_idx, check_mnist, find_mnist, read_idx, resolve_data_dir)
+
 MEAN, STD = 0.1307, 0.3081
-ENV_VAR = "MNIST_DATA"
-DEFAULT_DIR = "data"
-FILES = (
-    "train-images-idx3-ubyte",
-    "train-labels-idx1-ubyte",
-    "t10k-images-idx3-ubyte",
-    "t10k-labels-idx1-ubyte",
-)
-IMAGE_MAGIC, LABEL_MAGIC = 0x803, 0x801  # IDX: unsigned bytes, 3 or 1 dimensions
 # The validation images are the first `validation` of this fixed permutation of the training set,
 # whatever the run's seed: every run with the same validation size holds out the same images.
 VALIDATION_SEED = 20_251_128
-
-
-class MnistDataMissing(RuntimeError):
-    """The IDX files are not in the data folder and could not be downloaded."""
-
-
-class MnistDataError(ValueError):
-    """An IDX file is there but broken: truncated, wrong magic number or dimensions, counts disagree."""
 
 
 @dataclass(frozen=True, eq=False)  # eq=False: hashed by identity, so it can key a cache
@@ -60,102 +43,10 @@ def normalise(images, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     return (pixels / 255.0 - MEAN) / STD
 
 
-def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
-    return Path(data_dir or os.environ.get(ENV_VAR) or DEFAULT_DIR).expanduser().resolve()
-
-
-def _read_header(path: Path) -> tuple[int, tuple[int, ...]]:
-    """(magic, dims) of an IDX file; MnistDataError if the header is cut short."""
-    with open(path, "rb") as f:
-        head = f.read(4)
-        if len(head) < 4:
-            raise MnistDataError(f"{path}: file is empty" if not head else f"{path}: truncated header")
-        magic = struct.unpack(">I", head)[0]
-        ndim = magic & 0xFF
-        dims = f.read(4 * ndim)
-    if magic >> 8 != 0x08 or ndim == 0:
-        raise MnistDataError(f"{path}: bad magic number 0x{magic:08x}, not an IDX file of unsigned bytes")
-    if len(dims) < 4 * ndim:
-        raise MnistDataError(f"{path}: truncated header")
-    return magic, struct.unpack(f">{ndim}I", dims)
-
-
-def check_idx(path: Path, magic: int) -> tuple[int, ...]:
-    """The dims of an MNIST IDX file whose header, dimensions and size are right, without reading data."""
-    found, dims = _read_header(path)
-    kind = "images" if magic == IMAGE_MAGIC else "labels"
-    if found != magic:
-        raise MnistDataError(f"{path}: {len(dims)} dimensions (magic number 0x{found:08x}); MNIST {kind} "
-                             f"have {magic & 0xFF} (0x{magic:08x})")
-    if kind == "images" and dims[1:] != (28, 28):
-        raise MnistDataError(f"{path}: images are {' x '.join(map(str, dims[1:]))}, expected 28 x 28")
-    expected = 4 + 4 * len(dims) + int(np.prod(dims))
-    size = path.stat().st_size
-    if size != expected:
-        what = "truncated" if size < expected else "too long"
-        raise MnistDataError(f"{path}: {what}: {size} bytes where its header says {expected}")
-    if dims[0] == 0:
-        raise MnistDataError(f"{path}: holds no {kind}")
-    return dims
-
-
-def read_idx(path: Path, magic: int) -> np.ndarray:
-    """A checked MNIST IDX file as a uint8 array of its dims."""
-    dims = check_idx(path, magic)
-    return np.fromfile(path, dtype=np.uint8, offset=4 + 4 * len(dims)).reshape(dims)
-
-
-def _check_files(folder: Path) -> None:
-    for images, labels in (FILES[:2], FILES[2:]):
-        n_images = check_idx(folder / images, IMAGE_MAGIC)[0]
-        n_labels = check_idx(folder / labels, LABEL_MAGIC)[0]
-        if n_images != n_labels:
-            raise MnistDataError(f"{folder}: {images} holds {n_images} images but {labels} "
-                                 f"holds {n_labels} labels")
-
-
-def _has_files(folder: Path) -> bool:
-    return all((folder / name).is_file() for name in FILES)
-
-
-def _download(root: Path) -> None:
-    from torchvision.datasets import MNIST
-
-    for train in (True, False):
-        MNIST(str(root), train=train, download=True)
-
-
-def find_mnist(root: Path, download: bool = False) -> Path:
-    """The folder that holds the four IDX files (root/MNIST/raw or root), downloaded if allowed."""
-    for folder in (root / "MNIST" / "raw", root):
-        if _has_files(folder):
-            return folder
-    why = "downloading is turned off"
-    if download:
-        try:
-            _download(root)
-            return root / "MNIST" / "raw"
-        except Exception as exc:  # torchvision raises RuntimeError/URLError/OSError offline
-            why = f"the download failed ({exc})"
-    raise MnistDataMissing(
-        f"MNIST not found in {root}: expected the four IDX files {', '.join(FILES)} "
-        f"in {root / 'MNIST' / 'raw'} or in {root} itself, and {why}. "
-        f"Copy (uncompressed) files there, or point --data-dir or ${ENV_VAR} at a folder that has them."
-    )
-
-
-def check_mnist(data_dir=None, download: bool = False) -> Path:
-    """The folder holding the four IDX files, their headers and sizes checked without reading pixels.
-    MnistDataMissing if they are absent (and not downloaded), MnistDataError if one is broken."""
-    folder = find_mnist(resolve_data_dir(data_dir), download)
-    _check_files(folder)
-    return folder
-
-
 @functools.lru_cache(maxsize=4)
 def _load(root: Path, device: str, download: bool, dtype: torch.dtype) -> MnistTensors:
     folder = find_mnist(root, download)
-    _check_files(folder)
+    check_files(folder)
     arrays = [read_idx(folder / name, IMAGE_MAGIC if "images" in name else LABEL_MAGIC) for name in FILES]
     train_x, train_y, test_x, test_y = arrays
     dev = torch.device(device)

@@ -21,28 +21,17 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from .config import RunConfig
+from .config import DEFAULT_CHUNK_SIZE, GROUP_SETTINGS, RunConfig, group_key  # noqa: F401
 from .data import MnistTensors, holdout
 from .model import MLP
 from .schedule import lr_at
 from .trainer import DIVERGENCE_CHECK_EVERY, EpochResult, TrainResult, epoch_order, evaluate, init_model, measure
 
-# Settings that must be equal inside a fused group: the shape, and what fixes the steps.
-GROUP_SETTINGS = ("activation", "depth", "width", "batch_size", "test_batch_size", "epochs", "validation")
-
-# Networks per fused model in a sweep. On 2 CPU cores (1 thread per worker) the time per
-# network-epoch of the reference network fell from 0.25 s at 7 networks to 0.215 s at 14 and 0.20 s
-# at 28; 16 keeps most of that gain while leaving several jobs to share out among the workers.
-DEFAULT_CHUNK_SIZE = 16
 
 # Called after every epoch of member i; returning False takes member i out (None or True: go on).
 MemberCallback = Callable[[int, EpochResult], Optional[bool]]
 # Called after every epoch with the records of the members going on; the members it names leave.
 GroupCallback = Callable[[dict], Iterable[int]]
-
-
-def group_key(config: RunConfig) -> tuple:
-    return tuple(getattr(config, s) for s in GROUP_SETTINGS)
 
 
 def take(tensors: Sequence[torch.Tensor], dims: Sequence[int], keep: torch.Tensor) -> list[torch.Tensor]:

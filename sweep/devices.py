@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -16,6 +17,10 @@ from typing import Iterator, Optional
 
 
 def gpu_count() -> int:
+    """This host's GPUs. Importing torch takes seconds, so where no NVIDIA driver is loaded (Linux
+    shows it in /proc) the answer is 0 without asking torch."""
+    if sys.platform.startswith("linux") and not os.path.exists("/proc/driver/nvidia/version"):
+        return 0
     import torch
 
     return torch.cuda.device_count() if torch.cuda.is_available() else 0

@@ -97,8 +97,11 @@ def release_local_workers() -> None:
     from joblib.externals.loky import reusable_executor
 
     executor = reusable_executor._executor  # joblib offers no public way to stop its reusable pool
-    if executor is not None:  # joblib's MemmappingExecutor also removes its temporary folder then
-        (executor.terminate if hasattr(executor, "terminate") else executor.shutdown)()
+    if executor is not None:  # idle by now; joblib's MemmappingExecutor also removes its temporary folder
+        if hasattr(executor, "terminate"):
+            executor.terminate(kill_workers=True)
+        else:
+            executor.shutdown(kill_workers=True)
 
 
 class Round:

@@ -12,7 +12,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Optional
 
-from mnist_core.fused import DEFAULT_CHUNK_SIZE, group_key
+from mnist_core.config import DEFAULT_CHUNK_SIZE, group_key
 
 from . import queue, tracking
 from .devices import available_cores, default_jobs, gpu_count, threads_per_worker

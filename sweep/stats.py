@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from typing import Iterable
 
 import numpy as np
-from scipy import stats
 
 CONFIDENCE = 0.95
 ALPHA = 0.05          # two settings are told apart when Welch's p < ALPHA
@@ -43,6 +42,8 @@ def summarize(values: Iterable[float], confidence: float = CONFIDENCE) -> Summar
     if n == 1:
         return Summary(1, mean, math.nan, math.nan, math.nan)
     std = float(x.std(ddof=1))
+    from scipy import stats  # imported when an interval is wanted (n >= 2): it takes most of a second
+
     half = float(stats.t.ppf((1 + confidence) / 2, n - 1)) * std / math.sqrt(n)
     return Summary(n, mean, std, mean - half, mean + half)
 
@@ -60,6 +61,8 @@ def welch_p(a: Iterable[float], b: Iterable[float]) -> float:
         return 1.0 if x.mean() == y.mean() else 0.0
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # nearly equal values: scipy warns, the answer stands
+        from scipy import stats
+
         return float(stats.ttest_ind(x, y, equal_var=False).pvalue)
 
 

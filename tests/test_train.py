@@ -125,3 +125,21 @@ def test_reference_network_two_epochs_on_real_mnist(real_data_dir):
     data = load_mnist(real_data_dir, "cpu", download=False)
     result = train(RunConfig(epochs=2, lr=0.03), data)
     assert result.history[-1].test_error < 0.06
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_the_sgd_step_is_torchs_in_float64(momentum):
+    from mnist_core.trainer import SGD
+
+    torch.manual_seed(0)
+    ours = [torch.randn(4, 3, dtype=torch.float64, requires_grad=True) for _ in range(2)]
+    theirs = [p.detach().clone().requires_grad_() for p in ours]
+    mine, reference = SGD(ours, lr=0.1, momentum=momentum), torch.optim.SGD(theirs, lr=0.1, momentum=momentum)
+    for step in range(5):
+        for params, optimizer in ((ours, mine), (theirs, reference)):
+            optimizer.zero_grad()
+            sum((p ** 3).sum() * (step + 1) for p in params).backward()
+            optimizer.step()
+        mine.lr = reference.param_groups[0]["lr"] = 0.1 / (step + 2)
+    for a, b in zip(ours, theirs):
+        assert torch.equal(a, b)

@@ -6,6 +6,8 @@ from its first moment: a Ctrl-C at any time ends the program with one line and e
 """
 from __future__ import annotations
 
+import atexit
+import gc
 import os
 import signal
 import sys
@@ -46,6 +48,7 @@ def entry() -> None:
     `exit_interrupted`."""
     signal.signal(signal.SIGINT, exit_interrupted)
     sys.unraisablehook = _exit_on_ignored_interrupt
+    atexit.register(gc.freeze)  # runs last: the interpreter's final collection skips what is loaded
     from .app import main
 
     try:

@@ -70,7 +70,7 @@ def _example_pixels(data_dir, n: int = 3):
     """The first MNIST test images as raw 0-255 rows, or blank images when MNIST is not at hand."""
     import numpy as np
 
-    from mnist_core.data import IMAGE_MAGIC, MnistDataError, MnistDataMissing, check_mnist, read_idx
+    from mnist_core.files import IMAGE_MAGIC, MnistDataError, MnistDataMissing, check_mnist, read_idx
 
     try:
         images = read_idx(check_mnist(data_dir) / "t10k-images-idx3-ubyte", IMAGE_MAGIC)

@@ -53,7 +53,7 @@ def fail(message: str, code: int = 2):
 
 def _user_error(exc: BaseException) -> bool:
     """Errors of mnist_core that a user causes (missing or broken data files, a bad device)."""
-    data = sys.modules.get("mnist_core.data")  # never import torch just to look at an error
+    data = sys.modules.get("mnist_core.files")  # never import anything just to look at an error
     return data is not None and isinstance(exc, tuple(
         getattr(data, name) for name in ("MnistDataMissing", "MnistDataError") if hasattr(data, name)))
 

@@ -94,13 +94,14 @@ def _checked_locally(settings):
     """A bad device or missing data is reported once, here, not by every run."""
     import dataclasses
 
-    from mnist_core.data import check_mnist
+    from mnist_core.files import check_mnist
     from mnist_core.trainer import resolve_device
 
     from ..errors import SettingsError
 
     try:
-        resolve_device(settings.device)
+        if settings.device not in ("auto", "cpu"):  # (torch, seconds to import, is needed to check CUDA)
+            resolve_device(settings.device)
     except ValueError as exc:
         raise SettingsError(f"--device {settings.device}: {exc}") from None
     return dataclasses.replace(settings, data_dir=str(check_mnist(settings.data_dir, download=True)))
