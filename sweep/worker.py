@@ -12,7 +12,7 @@ import traceback
 from dataclasses import dataclass
 from typing import Optional
 
-from . import queue
+from . import queue, tracking
 from .devices import GpuPool, gpu_count
 from .lease import LEASE_SECONDS, KeepAlive, Lease, this_holder, holder_alive
 
@@ -92,6 +92,7 @@ def execute(job: Job) -> list[Outcome]:
 
 def _train(job: Job, leases: list[Lease], planned_of: dict):
     from mnist_core import load_mnist, resolve_device, train
+    from mnist_core.data import describe_mnist
     from mnist_core.fused import train_fused
 
     with _device_for(job) as device_name:
@@ -100,6 +101,8 @@ def _train(job: Job, leases: list[Lease], planned_of: dict):
         for lease, config in zip(leases, configs):
             lease.log_params({**config.as_params(), "device": device.type})
         data = load_mnist(job.data_dir, device)
+        for lease, config in zip(leases, configs):  # what each run trains, validates and is tested on
+            tracking.log_inputs(job.tracking_uri, lease.run_id, describe_mnist(job.data_dir, config.validation))
 
         def log_epoch(i, record):  # False stops this run: its lease is lost
             return leases[i].log_epoch(record.metrics(), record.epoch)
