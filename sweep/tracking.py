@@ -21,8 +21,9 @@ from urllib.parse import urlparse
 from .errors import SweepError
 from .store import default_tracking_uri, existing_store, store_exists, store_uri  # noqa: F401  (re-exported)
 
-# The MLflow UI's mode: MLflow 3.17 decides it by the `workflowType` URL parameter, else the browser's own
-# choice, else GenAI (see runs_page); earlier 3.x UIs by this experiment tag.
+# The MLflow UI's mode. MLflow 3.17's UI takes it from its GenAI / Model training switch: the `workflowType`
+# URL parameter (see runs_page), else the browser's saved choice, else GenAI; it reads this experiment tag
+# only in builds without that switch.
 EXPERIMENT_KIND = "mlflow.experimentKind"
 MODEL_TRAINING = "custom_model_development"
 # A saved view of the runs table, kept in an experiment tag, that runs_page opens.
