@@ -7,6 +7,8 @@ imported only to download missing files (and for `open_datasets`, the students' 
 from __future__ import annotations
 
 import functools
+import hashlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -20,6 +22,7 @@ MEAN, STD = 0.1307, 0.3081
 # The validation images are the first `validation` of this fixed permutation of the training set,
 # whatever the run's seed: every run with the same validation size holds out the same images.
 VALIDATION_SEED = 20_251_128
+DIGEST_LENGTH = 8  # hex digits of a data part's digest, as short as MLflow's own dataset digests
 
 
 @dataclass(frozen=True, eq=False)  # eq=False: hashed by identity, so it can key a cache
@@ -77,6 +80,56 @@ def holdout(data: MnistTensors, validation: int) -> MnistTensors:
     held, kept = (part.sort().values.to(data.train_x.device) for part in (order[:validation], order[validation:]))
     return MnistTensors(data.train_x[kept], data.train_y[kept], data.test_x, data.test_y,
                         val_x=data.train_x[held], val_y=data.train_y[held])
+
+
+@dataclass(frozen=True)
+class DataPart:
+    """One part of MNIST that a run trains, validates or is tested on, described without its images."""
+    name: str            # mnist-train, mnist-validation, mnist-test
+    context: str         # training, validation, test
+    digest: str          # of the IDX files' bytes (and, for a split, of which images it holds)
+    source: str          # the folder holding the IDX files
+    files: tuple         # (images file, labels file)
+    images: int
+    split: str = ""      # how the part is cut from its files, when it is not all of them
+
+
+@functools.lru_cache(maxsize=16)
+def _files_digest(paths: tuple, stats: tuple) -> str:
+    """SHA-256 of the files' bytes, read once per process for as long as their size and mtime hold."""
+    sha = hashlib.sha256()
+    for path in paths:
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                sha.update(chunk)
+    return sha.hexdigest()
+
+
+def _digest(paths: tuple, split: str = "") -> str:
+    stats = tuple((os.stat(p).st_size, os.stat(p).st_mtime_ns) for p in paths)
+    full = _files_digest(paths, stats)
+    return (hashlib.sha256(f"{full} {split}".encode()).hexdigest() if split else full)[:DIGEST_LENGTH]
+
+
+def describe_mnist(data_dir=None, validation: int = 0) -> tuple[DataPart, ...]:
+    """The training set, the validation split when `validation` > 0 (as `holdout` cuts it) and the
+    test set of the IDX files in `data_dir`: what a run with that validation size was measured on."""
+    folder = check_mnist(data_dir)
+
+    def part(name, context, files, images, split=""):
+        paths = tuple(str(folder / file) for file in files)
+        return DataPart(name, context, _digest(paths, split), str(folder), files, images, split)
+
+    train, test = FILES[:2], FILES[2:]
+    n_train, n_test = (check_idx(folder / files[0], IMAGE_MAGIC)[0] for files in (train, test))
+    if not validation:
+        return part("mnist-train", "training", train, n_train), part("mnist-test", "test", test, n_test)
+    if validation >= n_train:  # as holdout refuses it
+        raise ValueError(f"validation {validation} must be less than the {n_train} training images")
+    cut = f"of a fixed permutation (seed {VALIDATION_SEED}) of the {n_train} training images"
+    return (part("mnist-train", "training", train, n_train - validation, f"all but the first {validation} {cut}"),
+            part("mnist-validation", "validation", train, validation, f"the first {validation} {cut}"),
+            part("mnist-test", "test", test, n_test))
 
 
 def open_datasets(root: Path, download: bool = True):

@@ -1,19 +1,29 @@
-"""Check the comparison in the MLflow UI for real, in headless Chromium, and save screenshots.
+"""Check the sweep in the MLflow UI for real, as a new user sees it, in headless Chromium; save screenshots.
 
-Starts `mlflow server` on 127.0.0.1 (a free port) over the project's store, opens the sweep's
-experiment, expands the parent run to show its training runs, then opens MLflow's run-compare
-page for the best run of each activation. Saves experiment.png and compare.png, and exits 1 if
-the runs are not shown.
+Starts `mlflow server` on 127.0.0.1 (a free port) over the project's store and opens, in a fresh
+browser profile (nothing remembered from an earlier visit), the page `sweep ui` opens:
 
-    python scripts/mlflow_ui_check.py [SPEC] [--tracking-uri URI] [--out DIR] [--chromium PATH]
+- experiment.png: the runs page. Checks that it is in model-training mode (the GenAI / Model
+  training switch and the experiment's menu), that the runs are ranked by final test error with
+  that column in view (no "Show more columns"), that every training run in view lists its
+  datasets (name and digest, as logged) in the Dataset column, and that the registered model
+  (--model) shows in the Models column of its run.
+- compare.png: MLflow's run-compare page for the best run of each activation.
+- model.png: the registered model's newest version: its source run, its logged model and its
+  description (the run's name and final test error).
 
-Needs Debian's `chromium` (apt-get install chromium) and `pip install playwright` (its own
-browser download is not needed: this script drives the system Chromium).
+Exits 1 if any check fails.
+
+    python scripts/mlflow_ui_check.py [SPEC] [--model NAME] [--tracking-uri URI] [--out DIR] [--chromium PATH]
+
+Needs Debian's `chromium` (apt-get install chromium) and `pip install -e '.[ui-check]'` (Playwright;
+its own browser download is not needed: this script drives the system Chromium).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import socket
 import subprocess
@@ -31,6 +41,7 @@ from sweep.spec import load_spec
 
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+VIEWPORT = {"width": 1400, "height": 900}
 
 
 def free_port() -> int:
@@ -58,18 +69,166 @@ def start_server(uri: str) -> tuple[subprocess.Popen, str]:
     raise SystemExit("error: mlflow server did not start")
 
 
-def dismiss_panels(page) -> None:
-    for label in ("Close", "Got it"):
-        for button in page.get_by_role("button", name=label).all():
-            try:
-                button.click(timeout=1000)
-            except Exception:
-                pass
+def close_assistant(page) -> None:
+    """MLflow 3.17 opens its assistant panel on a new user's first visit; close it, as a user would."""
+    close = page.locator("[data-component-id='mlflow.assistant.chat_panel.close']")
+    if close.count():
+        close.first.click()
+        page.wait_for_timeout(500)
+
+
+def model_training_mode(page, experiment_id: str) -> bool:
+    """The switch at the top left shows Model training (its label in the strong colour, GenAI's in the
+    faint one) and the experiment's menu is the model-training one (Runs, Models, Traces)."""
+    colour = {label: page.locator("div[role=button]", has_text=label).first.evaluate(
+        "e => getComputedStyle(e.firstElementChild || e).color") for label in ("GenAI", "Model training")}
+    runs_link = page.locator(f"a[href*='/experiments/{experiment_id}/runs']", has_text="Runs")
+    genai_menu = page.locator("a", has_text="Training runs").count() + page.locator("a", has_text="Overview").count()
+    return colour["GenAI"] != colour["Model training"] and _darker(colour["Model training"], colour["GenAI"]) \
+        and runs_link.count() > 0 and genai_menu == 0
+
+
+def _darker(a: str, b: str) -> bool:
+    rgb = lambda c: [int(x) for x in c[c.index("(") + 1:c.index(")")].split(",")[:3]]  # noqa: E731
+    return sum(rgb(a)) < sum(rgb(b))
+
+
+def table_rows(page) -> list[tuple[str, str]]:
+    """(run id, row text) of each row the runs table shows, top to bottom (pinned and scrolling parts)."""
+    rows = []
+    for index in range(page.locator("[role=row][row-index]").count()):
+        parts = page.locator(f"[role=row][row-index='{index}']")
+        link = parts.locator("a[href*='/runs/']")
+        if not parts.count() or not link.count():
+            break
+        run_id = link.first.get_attribute("href").rstrip("/").split("/runs/")[1].split("?")[0]
+        rows.append((run_id, " | ".join(r.inner_text() for r in parts.all())))
+    return rows
+
+
+def in_view(locator, viewport=VIEWPORT) -> bool:
+    """The element starts inside the browser window: seen without scrolling."""
+    box = locator.bounding_box() if locator.count() else None
+    return bool(box) and 0 <= box["x"] < viewport["width"] and 0 <= box["y"] < viewport["height"]
+
+
+def rank(error: float | None) -> float:
+    """Where MLflow's order by a metric puts a value: numbers, then NaN, then runs without the metric."""
+    return math.inf if error is None else sys.float_info.max if math.isnan(error) else error
+
+
+def check_runs_page(page, url, uri, experiment_id, model, out, failures) -> None:
+    page.goto(tracking.runs_page(url, experiment_id))
+    page.wait_for_url("**orderByKey=*", timeout=60000)  # the saved view is applied
+    page.locator("[role=row][row-index='0'] a[href*='/runs/']").first.wait_for(timeout=60000)
+    close_assistant(page)
+    page.wait_for_timeout(2000)
+    page.screenshot(path=str(out / "experiment.png"))
+
+    mode = model_training_mode(page, experiment_id)
+    print(f"runs page: model-training mode: {mode}")
+    if not mode:
+        failures.append("the experiment does not open in model-training mode")
+
+    c = tracking.client(uri)
+    rows = [(c.get_run(run_id), text) for run_id, text in table_rows(page)]
+    errors = [rank(run.data.metrics.get(tracking.RANKED_BY)) for run, _ in rows]
+    lowest = c.search_runs([experiment_id], f"metrics.`{tracking.RANKED_BY}` >= 0", max_results=1,
+                           order_by=[f"metrics.`{tracking.RANKED_BY}` ASC"])
+    header = page.locator(".ag-header-cell", has_text=tracking.RANKED_BY).first
+    ranked = bool(rows) and bool(lowest) and errors == sorted(errors) and \
+        errors[0] == lowest[0].data.metrics[tracking.RANKED_BY]
+    print(f"runs page: {len(rows)} runs in the table, ranked by {tracking.RANKED_BY} from the lowest "
+          f"({errors[0] if rows else '-'}): {ranked}; its column in view: {in_view(header)}")
+    if not ranked or not in_view(header):
+        failures.append("the runs are not ranked by final test error with that column in view")
+
+    trained = [(run, text) for run, text in rows if run.data.tags.get("sweep.kind") == "train"]
+    unlisted = {run.info.run_name: [label for label in labels if label not in text]
+                for run, text in trained
+                for labels in [[f"{d.dataset.name} ({d.dataset.digest})" for d in run.inputs.dataset_inputs]]
+                if not labels or any(label not in text for label in labels)}
+    example = ", ".join(f"{d.dataset.name} ({d.dataset.digest})" for d in trained[0][0].inputs.dataset_inputs) \
+        if trained else "-"
+    print(f"runs page: {len(trained) - len(unlisted)} of {len(trained)} training runs in the table list their "
+          f"datasets (first: {example})")
+    if not trained or unlisted or not in_view(page.locator(".ag-header-cell", has_text="Dataset").first):
+        failures.append(f"the Dataset column does not show the runs' datasets: {unlisted or 'no runs in view'}")
+
+    if model is not None:
+        name, version, run_id = model
+        link = page.locator(f"a[href*='#/models/{urllib.parse.quote(name)}/versions/{version}']")
+        in_row = any(run.info.run_id == run_id and name in text and f"v{version}" in text for run, text in rows)
+        shown = in_row and in_view(link.first)
+        print(f"runs page: the Models column shows {name} v{version} in its run's row: {shown}")
+        if not in_row or not in_view(link.first):
+            failures.append(f"the Models column does not show registered model {name} v{version} at its run")
+
+
+def plot_metric(page, metric: str) -> None:
+    """In the compare page's parallel-coordinates plot, show `metric` in place of the first metric MLflow
+    picks, as a user would: remove its chip, type the metric's name into the Metrics box."""
+    metrics = page.locator(".du-bois-light-select-multiple").nth(1)
+    try:
+        metrics.locator(".du-bois-light-select-selection-item-remove").first.click(timeout=5000)
+        metrics.click(timeout=5000)
+        page.keyboard.type(metric)
+        page.keyboard.press("Enter")
+        page.keyboard.press("Escape")
+    except Exception as exc:  # the plot keeps MLflow's choice; the checks do not depend on it
+        print(f"compare page: could not plot {metric}: {type(exc).__name__}")
+
+
+def check_compare_page(page, url, experiment_id, runs, best, out, failures) -> None:
+    ids = list(best["run_id"])
+    query = urllib.parse.urlencode({"runs": json.dumps(ids), "experiments": json.dumps([experiment_id]),
+                                    "workflowType": "machine_learning"})
+    page.goto(f"{url}/#/compare-runs?{query}")
+    winners = [runs.loc[runs["run_id"] == i, "name"].item() for i in ids]
+    page.get_by_text(winners[0]).first.wait_for(timeout=60000)
+    close_assistant(page)
+    plot_metric(page, tracking.RANKED_BY)
+    page.wait_for_timeout(2500)
+    page.screenshot(path=str(out / "compare.png"))
+    compared = [n for n in winners if page.get_by_text(n).count()]
+    has_values = page.get_by_text("activation").count() > 0 and page.get_by_text("final_test_error").count() > 0
+    print(f"compare page: {len(compared)} of {len(winners)} runs, params and metrics shown: {has_values}")
+    if len(compared) < len(winners) or not has_values:
+        failures.append("the compare page does not show the runs with their params and metrics")
+
+
+def check_model_page(page, url, model, run_name, out, failures) -> None:
+    """The registered model's newest version: its source run, its logged model and its description."""
+    name, version, _ = model
+    page.goto(f"{url}/#/models/{urllib.parse.quote(name)}/versions/{version}?workflowType=machine_learning")
+    page.get_by_text(f"Version {version}", exact=True).first.wait_for(timeout=60000)
+    close_assistant(page)
+    page.wait_for_timeout(1500)
+    page.screenshot(path=str(out / "model.png"))
+    source_run = page.locator("a[href*='/runs/']", has_text=run_name).count() > 0
+    source_model = page.locator("a[href*='/models/m-']").count() > 0
+    described = page.get_by_text(f"The agent of run {run_name}").count() > 0
+    print(f"model page: {name} version {version}: source run {run_name} linked: {source_run}; "
+          f"source (logged) model linked: {source_model}; described as that run's agent: {described}")
+    if not (source_run and source_model and described):
+        failures.append(f"the page of registered model {name} v{version} does not lead to its run {run_name}")
+
+
+def registered(uri: str, name: str, run_ids) -> tuple | None:
+    """(name, newest version, its run id) of the registered model made from one of these runs, else None."""
+    versions = [v for v in tracking.client(uri).search_model_versions(f"name = {tracking.quoted(name)}")
+                if v.run_id in set(run_ids)]
+    if not versions:
+        return None
+    newest = max(versions, key=lambda v: int(v.version))
+    return name, newest.version, newest.run_id
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("spec", nargs="?", default="sweeps.yaml")
+    parser.add_argument("--model", default="mnist-best",
+                        help="registered model to look for (sweep best --register NAME)")
     parser.add_argument("--tracking-uri", default=None)
     parser.add_argument("--out", default="reports/ui")
     parser.add_argument("--chromium", default="/usr/bin/chromium")
@@ -81,49 +240,31 @@ def main() -> int:
     experiment_id = tracking.find_experiment(uri, spec.experiment)
     if experiment_id is None:
         raise SystemExit(f"error: no experiment '{spec.experiment}' in {uri}; run `sweep run {args.spec}` first")
+    tracking.ensure_runs_view(uri, experiment_id)  # as `sweep ui` does
     results = fetch_results(spec, uri)
     runs = results.by_outcome("done", "diverged", "stopped")
+    if runs.empty:
+        raise SystemExit(f"error: no finished runs of {args.spec} in {uri}")
     best = best_by(results.runs, ["activation"]).table
-    names = list(runs["name"])
+    model = registered(uri, args.model, runs["run_id"])
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    failures = []
+    failures = [] if model else [f"no version of registered model '{args.model}' comes from this sweep's runs "
+                                 f"(sweep best {args.spec} --register {args.model})"]
     proc, url = start_server(uri)
     try:
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=args.chromium, args=CHROMIUM_ARGS)
-            page = browser.new_page(viewport={"width": 1600, "height": 1100})
-            page.goto(f"{url}/#/experiments/{experiment_id}/runs")
-            page.get_by_text(f"sweep:{spec.name}").first.wait_for(timeout=60000)
-            dismiss_panels(page)
-            parent_row = page.locator("[role=row]", has_text=f"sweep:{spec.name}").first
-            parent_row.locator("button[data-component-id*='runnamecellrenderer']").first.click(timeout=10000)
-            page.get_by_text(names[0], exact=True).first.wait_for(timeout=30000)
-            page.wait_for_timeout(1500)
-            page.screenshot(path=str(out / "experiment.png"))
-            shown = [n for n in names if page.get_by_text(n, exact=True).count()]
-            print(f"experiment page: {len(shown)} of {len(names)} training runs visible under the parent run")
-            if len(shown) < min(5, len(names)):
-                failures.append("the experiment page does not show the sweep's training runs")
-
-            ids = list(best["run_id"])
-            query = urllib.parse.urlencode({"runs": json.dumps(ids), "experiments": json.dumps([experiment_id])})
-            page.goto(f"{url}/#/compare-runs?{query}")
-            winners = [runs.loc[runs["run_id"] == i, "name"].item() for i in ids]
-            page.get_by_text(winners[0]).first.wait_for(timeout=60000)
-            dismiss_panels(page)
-            page.wait_for_timeout(2500)
-            page.screenshot(path=str(out / "compare.png"), full_page=True)
-            compared = [n for n in winners if page.get_by_text(n).count()]
-            has_params = page.get_by_text("activation").count() > 0 and page.get_by_text("test_error").count() > 0
-            print(f"compare page: {len(compared)} of {len(winners)} runs, params and metrics shown: {has_params}")
-            if len(compared) < len(winners) or not has_params:
-                failures.append("the compare page does not show the runs with their params and metrics")
+            page = browser.new_context(viewport=VIEWPORT).new_page()  # a new user: nothing stored in the browser
+            check_runs_page(page, url, uri, experiment_id, model, out, failures)
+            check_compare_page(page, url, experiment_id, runs, best, out, failures)
+            if model:
+                check_model_page(page, url, model, runs.loc[runs["run_id"] == model[2], "name"].item(), out, failures)
             browser.close()
     finally:
         proc.terminate()
         proc.wait(timeout=20)
-    print(f"screenshots: {out / 'experiment.png'}, {out / 'compare.png'}")
+    print(f"screenshots in {out}: " + ", ".join(sorted(p.name for p in out.glob("*.png"))))
     for failure in failures:
         print(f"FAIL: {failure}", file=sys.stderr)
     return 1 if failures else 0

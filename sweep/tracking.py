@@ -8,7 +8,9 @@ imported on first use: commands that only read the index beside the store never 
 from __future__ import annotations
 
 import functools
+import json
 import os
+import random
 import sys
 import time
 from dataclasses import dataclass, field
@@ -18,8 +20,15 @@ from typing import Iterable, Optional
 from .errors import SweepError
 from .store import local_path
 
-EXPERIMENT_KIND = "mlflow.experimentKind"  # makes the MLflow UI open the experiment as model training
+# The MLflow UI's mode. MLflow 3.17's UI takes it from its GenAI / Model training switch: the `workflowType`
+# URL parameter (see runs_page), else the browser's saved choice, else GenAI; it reads this experiment tag
+# only in builds without that switch.
+EXPERIMENT_KIND = "mlflow.experimentKind"
 MODEL_TRAINING = "custom_model_development"
+# A saved view of the runs table, kept in an experiment tag, that runs_page opens.
+RUNS_VIEW = "sweep-runs"
+VIEW_TAG = f"mlflow.sharedViewState.{RUNS_VIEW}"
+RANKED_BY = "final_test_error"
 PAGE = 1000  # runs per search request
 
 
@@ -92,9 +101,51 @@ def client(uri: str):
     return MlflowClient(tracking_uri=uri)
 
 
+def _column(kind: str, key: str) -> str:
+    return f"{kind}.`{key}`"  # a column of the UI's runs table
+
+
+def runs_view() -> str:
+    """The saved view of the runs table (MLflow 3.17's format: a JSON envelope around the view's JSON
+    state): every run ranked by final test error, lowest first, with that metric, the validation
+    error, the models and the data in view, without "Show more columns"."""
+    test, val = _column("metrics", RANKED_BY), _column("metrics", "final_val_error")
+    models, data = _column("attributes", "Models"), _column("attributes", "Dataset")
+    state = {"searchFilter": "", "orderByKey": test, "orderByAsc": True, "startTime": "ALL",
+             "lifecycleFilter": "Active", "modelVersionFilter": "All Runs", "datasetsFilter": [],
+             "selectedColumns": [data, models, test, val],
+             "columnOrder": [_column("attributes", "Run Name"), "runDateAndNestInfo", test, val, models, data,
+                             "duration"],
+             "columnWidths": {"runDateAndNestInfo": 135, test: 120, val: 115, models: 140, data: 430}}
+    now = int(time.time() * 1000)
+    return json.dumps({"name": "Sweep: ranked by final test error", "createdAt": now, "updatedAt": now,
+                       "state": json.dumps(state)})
+
+
+def runs_page(server_url: str, experiment_id: str) -> str:
+    """The MLflow UI's page of the experiment's runs, in model-training mode, in the saved view."""
+    return (f"{server_url.rstrip('/')}/#/experiments/{experiment_id}/runs"
+            f"?workflowType=machine_learning&viewStateShareKey={RUNS_VIEW}")
+
+
+def _tag_for_the_ui(c, experiment_id: str, tags: dict) -> None:
+    if tags.get(EXPERIMENT_KIND) != MODEL_TRAINING:
+        c.set_experiment_tag(experiment_id, EXPERIMENT_KIND, MODEL_TRAINING)
+    if VIEW_TAG not in tags:  # a view a user has changed since stays as it is
+        c.set_experiment_tag(experiment_id, VIEW_TAG, runs_view())
+
+
+@_store_errors
+def ensure_runs_view(uri: str, experiment_id: str) -> None:
+    """Give an existing experiment the model-training kind and the saved view of its runs, if it lacks them."""
+    c = client(uri)
+    _tag_for_the_ui(c, experiment_id, c.get_experiment(experiment_id).tags)
+
+
 @_store_errors
 def ensure_experiment(uri: str, name: str) -> str:
-    """The experiment's id, created if needed (tagged to open as model training in the MLflow UI)."""
+    """The experiment's id, created if needed, with its model-training kind and the saved view of its
+    runs that runs_page opens."""
     from mlflow.exceptions import MlflowException
 
     c = client(uri)
@@ -102,12 +153,11 @@ def ensure_experiment(uri: str, name: str) -> str:
     if found is not None:
         if found.lifecycle_stage == "deleted":
             c.restore_experiment(found.experiment_id)
-        if found.tags.get(EXPERIMENT_KIND) != MODEL_TRAINING:
-            c.set_experiment_tag(found.experiment_id, EXPERIMENT_KIND, MODEL_TRAINING)
+        _tag_for_the_ui(c, found.experiment_id, found.tags)
         return found.experiment_id
     try:
         return c.create_experiment(name, artifact_location=_artifact_root(uri, name),
-                                   tags={EXPERIMENT_KIND: MODEL_TRAINING})
+                                   tags={EXPERIMENT_KIND: MODEL_TRAINING, VIEW_TAG: runs_view()})
     except MlflowException as exc:
         if "already exists" not in str(exc):
             raise
@@ -201,28 +251,66 @@ def metric_history(uri: str, run_id: str, key: str) -> list[tuple[int, float]]:
 
 
 @_store_errors
+def log_inputs(uri: str, run_id: str, parts: Iterable) -> None:
+    """One request: the data a run trained, validated and was tested on, as MLflow dataset inputs,
+    described, never copied. Each part (mnist_core.data.DataPart) gives a dataset named `name` with
+    its `digest`, a local source (the folder of its IDX files) and a profile (images, files, split),
+    and the input's context tag (training, validation, test)."""
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+    from mlflow.exceptions import MlflowException
+    from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+    inputs = []
+    for part in parts:
+        profile = {"images": part.images, "files": ", ".join(part.files)}
+        if part.split:
+            profile["split"] = part.split
+        dataset = Dataset(part.name, part.digest, "local", json.dumps({"uri": part.source}),
+                          profile=json.dumps(profile))
+        inputs.append(DatasetInput(dataset, [InputTag(MLFLOW_DATASET_CONTEXT, part.context)]))
+    for attempt in range(3):
+        try:
+            return client(uri).log_inputs(run_id, datasets=inputs)
+        except MlflowException:  # e.g. another worker stored the same new dataset at the same moment
+            if attempt == 2:
+                raise
+            time.sleep(random.uniform(0.05, 0.5))
+
+
+@_store_errors
 def register_agent(uri: str, run_id: str, name: str, example_pixels) -> str:
-    """Log the run's agent as a pyfunc model (signature and input example included) under the
-    run and register it as `name`; returns the registered version."""
+    """Log the run's agent as a pyfunc model (signature and input example included) of the run's
+    experiment, made by the run (its source run, and an output of the run: what the MLflow UI's runs
+    table and run page read), and register it as `name`; returns the registered version. The run
+    itself is not reopened: its status and end time stay as they were."""
     import tempfile
     from types import SimpleNamespace
 
     import mlflow
     import pandas as pd
+    from mlflow.entities import LoggedModelOutput
     from mlflow.models import infer_signature
 
     from .registry import PIXELS, AgentModel
 
     mlflow.set_tracking_uri(uri)
+    c = client(uri)
+    run = c.get_run(run_id)
     example = pd.DataFrame(example_pixels, columns=PIXELS).astype("float32")
     with tempfile.TemporaryDirectory() as tmp:
-        agent = client(uri).download_artifacts(run_id, "mnist_agent.pt", tmp)
+        agent = c.download_artifacts(run_id, "mnist_agent.pt", tmp)
         model = AgentModel()
         model.load_context(SimpleNamespace(artifacts={"agent": agent}))  # as MLflow will call it
         signature = infer_signature(example, model.predict(None, example))
-        with mlflow.start_run(run_id=run_id):
-            info = mlflow.pyfunc.log_model(name="model", python_model=AgentModel(), artifacts={"agent": agent},
-                                           signature=signature, input_example=example,
-                                           pip_requirements=["mnist-sweep", "torch", "pandas"],
-                                           registered_model_name=name)
-    return str(info.registered_model_version)
+        logged = c.create_logged_model(run.info.experiment_id, name="mnist-agent", source_run_id=run_id,
+                                       params=run.data.params, model_type="mnist-mlp")
+        c.log_outputs(run_id, [LoggedModelOutput(logged.model_id, step=0)])
+        info = mlflow.pyfunc.log_model(name="mnist-agent", model_id=logged.model_id, python_model=AgentModel(),
+                                       artifacts={"agent": agent}, signature=signature, input_example=example,
+                                       pip_requirements=["mnist-sweep", "torch", "pandas"],
+                                       registered_model_name=name)
+    version = str(info.registered_model_version)
+    error = run.data.metrics.get(RANKED_BY)
+    c.update_model_version(name, version, f"The agent of run {run.info.run_name} ({run_id})" +
+                           (f": final test error {error:.2%}" if error is not None else ""))
+    return version

@@ -13,7 +13,7 @@ import traceback
 from dataclasses import dataclass
 from typing import Optional
 
-from . import queue
+from . import queue, tracking
 from .devices import GpuPool, gpu_count
 from .early_stop import Judge, objective
 from .lease import CURVE, LEASE_SECONDS, KeepAlive, Lease, holder_alive, this_holder
@@ -99,6 +99,7 @@ def execute(job: Job) -> list[Outcome]:
 
 def _train(job: Job, leases: list[Lease], planned_of: dict, judge: Judge):
     from mnist_core import load_mnist, resolve_device, train
+    from mnist_core.data import describe_mnist
     from mnist_core.fused import train_fused
 
     with _device_for(job) as device_name:
@@ -107,6 +108,8 @@ def _train(job: Job, leases: list[Lease], planned_of: dict, judge: Judge):
         for lease, config in zip(leases, configs):
             lease.log_params({**config.as_params(), "device": device.type})
         data = load_mnist(job.data_dir, device)
+        for lease, config in zip(leases, configs):  # what each run trains, validates and is tested on
+            tracking.log_inputs(job.tracking_uri, lease.run_id, describe_mnist(job.data_dir, config.validation))
         judged = any(rule for _, rule in judge.members.values())
 
         def log_epoch(i, record):  # False stops this run: its lease is lost

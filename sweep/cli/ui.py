@@ -2,24 +2,96 @@ import os
 import shutil
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import click
 
-from .common import fail, reports_errors, tracking_option
+from .common import reports_errors, tracking_option
 
 
 @click.command("ui")
+@click.argument("spec", type=click.Path(dir_okay=False), required=False)
+@click.option("--experiment", default=None, help="Experiment name. [default: the SPEC's experiment]")
 @tracking_option
 @click.option("--port", default=5000, show_default=True, type=int)
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind; keep it local.")
+@click.option("--no-browser", is_flag=True, help="Print the address only; open no browser.")
 @reports_errors
-def command(tracking_uri, port, host):
-    """Open the MLflow UI on the project's store."""
-    from .. import store
+def command(spec, experiment, tracking_uri, port, host, no_browser):
+    """Serve the MLflow UI on the project's store and open the sweep's runs there: in model-training
+    mode, ranked by final test error (lowest first), with that error, the validation error, the
+    data and the models in view.
 
-    uri = store.open_store(tracking_uri)
-    if store.is_server(uri):
-        fail(f"{uri} is a tracking server: open it in a browser instead")
+    SPEC (default ./sweeps.yaml when present) or --experiment names the experiment. A browser is
+    opened when one can show the page (a desktop session, or $BROWSER); else only the address is
+    printed. With a tracking server as the store, its own UI's address is printed and nothing is started."""
+    from .. import tracking
+    from ..spec import load_spec
+
+    uri = tracking.existing_store(tracking_uri, "run `sweep run` first")
+    if not spec and not experiment and Path("sweeps.yaml").exists():
+        spec = "sweeps.yaml"
+    name = experiment or (load_spec(spec).experiment if spec else None)
+    server = uri.rstrip("/") if tracking.is_remote(uri) else f"http://{_reachable(host)}:{port}"
+    experiment_id = tracking.find_experiment(uri, name) if name else None
+    if experiment_id:
+        tracking.ensure_runs_view(uri, experiment_id)
+        url = tracking.runs_page(server, experiment_id)
+    else:
+        url = server
+        if name:
+            click.echo(f"no experiment '{name}' in {uri} yet: the UI opens on its list of experiments")
+    browse = not no_browser and _can_browse()
+    if tracking.is_remote(uri):
+        click.echo(f"MLflow UI of {uri}: {url}")
+        if browse:
+            _open(url)
+        return
     mlflow_bin = shutil.which("mlflow") or os.path.join(os.path.dirname(sys.executable), "mlflow")
-    click.echo(f"MLflow UI for {uri} at http://{host}:{port}  (Ctrl-C to stop)")
-    sys.exit(subprocess.call([mlflow_bin, "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)]))
+    click.echo(f"MLflow UI for {uri}:\n  {url}\n(Ctrl-C to stop)")
+    proc = subprocess.Popen([mlflow_bin, "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)])
+    try:
+        if browse and _wait_until_up(server, proc):
+            _open(url)
+        code = proc.wait()
+    except KeyboardInterrupt:  # the terminal sent it to the server as well; make sure it is gone
+        proc.terminate()
+        proc.wait()
+        raise
+    sys.exit(code)
+
+
+def _reachable(host: str) -> str:
+    """The address a browser on this machine reaches the server at."""
+    if host in ("0.0.0.0", "::", ""):
+        return "127.0.0.1"
+    return f"[{host}]" if ":" in host else host
+
+
+def _can_browse() -> bool:
+    """A browser can show the page: not a terminal-only session (where webbrowser would start a text browser)."""
+    return (sys.platform in ("darwin", "win32") or
+            any(os.environ.get(name) for name in ("BROWSER", "DISPLAY", "WAYLAND_DISPLAY")))
+
+
+def _wait_until_up(server: str, proc: subprocess.Popen, timeout: float = 120.0) -> bool:
+    import urllib.request
+
+    deadline = time.time() + timeout
+    while proc.poll() is None and time.time() < deadline:
+        try:
+            with urllib.request.urlopen(f"{server}/health", timeout=2):
+                return True
+        except OSError:
+            time.sleep(0.5)
+    return False
+
+
+def _open(url: str) -> None:
+    import webbrowser
+
+    try:
+        webbrowser.open(url)
+    except webbrowser.Error:
+        pass  # no browser after all: the address is printed
