@@ -204,8 +204,8 @@ class _Sweep:
         attempt, stalls = 0, 0
         while True:
             todo = self._todo()
-            todo += self._ask(free_workers=max(0, self.summary.jobs - len(plan_jobs(todo, self.settings.engine,
-                                                                               self.settings.chunk_size))))
+            todo += self._ask(max(0, self.summary.jobs - len(plan_jobs(todo, self.settings.engine,
+                                                                      self.settings.chunk_size))), todo)
             if todo:
                 attempt += 1
                 round_ = self._dispatch(plan_jobs(todo, self.settings.engine, self.settings.chunk_size), attempt)
@@ -316,20 +316,30 @@ class _Sweep:
         return [n for n in slots if self.view.failures(slot_key(self.spec, search, n), self.session)
                 <= self.settings.retries]
 
-    def _ask(self, free_workers: int) -> list[PlannedRun]:
+    def _ask(self, free_workers: int, pending: list[PlannedRun] = ()) -> list[PlannedRun]:
         """New trials of each search, as many as there are free workers (at least one when only
-        searches are left); a trial whose settings some finished run has already is not trained again."""
+        searches are left). A trial whose settings a finished run has already is not trained again:
+        its slot records that run's result, and another trial is asked in its place. One whose
+        settings a grid run about to train has waits for that run, to be a duplicate of it then."""
         asked = []
+        waiting = {run_key(r.config) for r in pending}
         for search in self.searches:
-            free = self._free(search)
-            if not free:
-                continue
-            rows = [row for row in self.view.index.rows() if row.tags.get(SEARCH) == search.name]
-            trials = trials_in_store(search, rows, self.view.states([row.tags.get(KEY, "") for row in rows]))
-            for trial in ask(self.spec, search, trials, free, max(1, free_workers)):
-                if not self._fill_with_finished(trial):
-                    self.trials[trial.key] = trial
-                    asked.append(trial)
+            wanted = max(1, free_workers)
+            for _ in range(search.trials):  # each pass fills at least one slot or asks what is wanted
+                free = self._free(search)
+                if not free or wanted <= 0:
+                    break
+                rows = [row for row in self.view.index.rows() if row.tags.get(SEARCH) == search.name]
+                trials = trials_in_store(search, rows, self.view.states([row.tags.get(KEY, "") for row in rows]))
+                fresh = [t for t in ask(self.spec, search, trials, free, wanted) if not self._fill_with_finished(t)]
+                if any(run_key(t.config) in waiting for t in fresh):
+                    break  # the sampler wants what a grid run is about to give: ask again after it
+                self.trials.update((t.key, t) for t in fresh)
+                asked += fresh
+                wanted -= len(fresh)
+                if fresh:
+                    break
+                self.view.refresh()
         return asked
 
     def _fill_with_finished(self, trial: PlannedRun) -> bool:
@@ -372,15 +382,18 @@ class _Sweep:
             known = s.outcomes.get(key)
             if state[key] == "done":
                 if key in self.todo_keys and (known is None or known.status == "lost"):
-                    s.outcomes[key] = Outcome(key, name, "skipped")
+                    mine = [r for r in self.view.attempts(key) if r.status == "FINISHED" and r.session == self.session]
+                    status = "skipped" if not mine else "diverged" if mine[0].diverged else \
+                        "pruned" if mine[0].pruned else "done"  # a worker the round had given up on finished it
+                    s.outcomes[key] = Outcome(key, name, status, mine[0].run_id if mine else "")
             elif state[key] == "failed" and self.view.failures(key, self.session):
                 error = (errors.get(key) or "failed").splitlines()[0]
                 s.outcomes[key] = Outcome(key, name, "failed", error=error)
             elif state[key] == "running":
                 s.not_done.append((name, "held by another process"))
             elif s.parent_run_id:
-                why = s.crashes[-1] if s.crashes else "not trained"
-                s.not_done.append((name, f"not trained: the worker pool failed ({why})"))
+                s.not_done.append((name, f"not trained: the worker pool failed ({s.crashes[-1]})" if s.crashes
+                                   else "not trained"))
 
     def _end_parent(self) -> None:
         """FINISHED only when every run of the whole sweep (every grid run, every search's trials) is done."""

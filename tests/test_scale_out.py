@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections import Counter
 
 import pytest
 from click.testing import CliRunner
@@ -105,3 +106,46 @@ def test_unreachable_scheduler_is_a_clear_error(tracking_server, tmp_path):
     result = CliRunner().invoke(main, ["run", str(tmp_path / "s.yaml"), "--backend", "dask", "--address",
                                        f"tcp://127.0.0.1:{free_port()}", "--tracking-uri", tracking_server])
     assert result.exit_code == 2 and "cannot reach the dask scheduler" in result.output
+
+
+def test_a_dask_worker_killed_mid_round_costs_only_its_run(tracking_server, tiny_dir, tmp_path, monkeypatch):
+    """A dask worker dies under its run while the other worker's task goes on: the survivor finishes
+    its run (nobody ends a run whose holder beats), dask hands the dead worker's job to a new worker,
+    whose claim sees the holder gone and trains that run again: every key once."""
+    import signal
+    import threading
+
+    from dask.distributed import LocalCluster
+
+    spec = tmp_path / "killed.yaml"
+    spec.write_text("experiment: dask-killed\ndefaults: {epochs: 40, width: 64}\n"
+                    "grids:\n  g: {lr: [0.01, 0.02, 0.05, 0.1]}\n")
+    client = MlflowClient(tracking_server)
+    killed = []
+
+    def kill_the_first_holder():
+        while not killed:
+            exp = client.get_experiment_by_name("dask-killed")
+            running = client.search_runs([exp.experiment_id], "attributes.status = 'RUNNING' and "
+                                         "tags.`sweep.kind` = 'train'") if exp else []
+            if len(running) >= 2:
+                os.kill(int(running[0].data.tags["sweep.holder"].split(":")[1]), signal.SIGKILL)
+                killed.append(running[0].data.tags["sweep.key"])
+            time.sleep(0.05)
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      dashboard_address=None) as cluster:
+        killer = threading.Thread(target=kill_the_first_holder, daemon=True)
+        killer.start()
+        result = CliRunner().invoke(main, ["run", str(spec), "--backend", "dask", "--address",
+                                           cluster.scheduler_address, "--tracking-uri", tracking_server,
+                                           "--data-dir", str(tiny_dir), "--engine", "solo"])
+        killer.join(timeout=5)
+    assert killed and result.exit_code == 0, result.output
+    exp = client.get_experiment_by_name("dask-killed")
+    runs = client.search_runs([exp.experiment_id], "tags.`sweep.kind` = 'train'")
+    finished = Counter(r.data.tags["sweep.key"] for r in runs if r.info.status == "FINISHED")
+    assert len(finished) == 4 and set(finished.values()) == {1}  # every key once: the survivor's run too
+    assert not [r for r in runs if r.info.status == "RUNNING"]
+    lost = [r for r in runs if r.data.tags["sweep.key"] == killed[0] and r.info.status != "FINISHED"]
+    assert len(lost) == 1 and lost[0].info.status == "KILLED" and "is gone" in lost[0].data.tags["sweep.error"]

@@ -58,27 +58,27 @@ def test_a_search_trains_its_budget_in_its_space_and_answers(env):
 
 
 def test_a_resumed_search_trains_exactly_the_remaining_trials(env):
-    spec = write_spec(env, SEARCH.format(method="random", trials=8, epochs=60))
+    spec = write_spec(env, SEARCH.format(method="random", trials=6, epochs=40))
     proc = sweep_process("run", spec, "--jobs", 2)
     wait_until(lambda: sum(r.info.status == "FINISHED" for r in store_runs()) >= 2, timeout=180)
     proc.send_signal(signal.SIGINT)
     finish(proc, 60)
     assert proc.returncode == 130
     done = trials_of(training_runs())
-    assert 2 <= len(done) < 8
+    assert 2 <= len(done) < 6
     again = sweep("run", spec, "--jobs", 2)
     assert again.exit_code == 0, again.output
-    assert f"{8 - len(done)} of 8 runs to train ({len(done)} already done)" in again.output
-    assert trials_of(training_runs()) == Counter(range(8))  # every trial once, none twice
+    assert f"{6 - len(done)} of 6 runs to train ({len(done)} already done)" in again.output
+    assert trials_of(training_runs()) == Counter(range(6))  # every trial once, none twice
 
 
 def test_two_processes_on_one_search_train_its_budget_once(env):
-    spec = write_spec(env, SEARCH.format(method="tpe", trials=8, epochs=30))
+    spec = write_spec(env, SEARCH.format(method="tpe", trials=6, epochs=8))
     procs = [sweep_process("run", spec, "--jobs", 1) for _ in range(2)]
-    outputs = [finish(p, 400) for p in procs]
+    outputs = [finish(p, 300) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outputs
-    assert trials_of(training_runs()) == Counter(range(8))
-    assert sum(out.count("  done  ") + out.count("  dup   ") for out in outputs) == 8
+    assert trials_of(training_runs()) == Counter(range(6))
+    assert sum(out.count("  done  ") + out.count("  dup   ") for out in outputs) == 6
 
 
 def test_a_sampled_setting_that_finished_already_is_not_trained_again(env):
