@@ -45,7 +45,7 @@ class SearchView:
     runs: pd.DataFrame       # one row per trial that has a run, by trial number, with its outcome
     metric: str              # what ranks its trials: val_error when every finished trial has one
     sampled: list            # the settings the search samples (from the spec; else those that vary)
-    log: tuple = ()          # the sampled settings drawn from a log-uniform distribution
+    log: tuple = ()          # the sampled settings drawn on a log axis: log-uniform ones, lists of lr, width, ...
     budget: Optional[int] = None        # the trials the search may train (None without a spec)
     method: str = ""
     importance: Optional[dict] = None   # setting -> Optuna's importance (fANOVA), summing to 1
@@ -64,6 +64,11 @@ class Stopping:
     rule: Optional[EarlyStop]           # None where the spec is unknown (runs were stopped all the same)
     runs: pd.DataFrame       # the runs it judged that finished (trained: duplicates are not)
     curves: dict = field(default_factory=dict)   # run_id -> objective after each epoch
+    duplicates: int = 0      # trials recording another run's result, left out of `runs`
+
+    @property
+    def aside(self) -> str:
+        return f" ({_plural(self.duplicates, 'duplicate')}, not trained, aside)" if self.duplicates else ""
 
     @property
     def stopped(self) -> pd.DataFrame:
@@ -146,7 +151,8 @@ def search_views(results: SweepResults) -> list[SearchView]:
             views.append(SearchView(name, runs, metric, varied(runs)))
             continue
         sampled = [s for s, p in search.space.items() if p.kind != "constant"]
-        log = tuple(s for s in sampled if search.space[s].log)
+        log = tuple(s for s in sampled if search.space[s].log or search.space[s].kind == "categorical"
+                    and s in LOG_AXIS)
         trials = results.trials.get(name, {})
         views.append(SearchView(name, runs, metric, sampled, log, search.trials, search.method,
                                 importance(search, trials) if trials else None))
@@ -275,7 +281,7 @@ def _stopping(results: SweepResults, name: str, kind: str, runs: pd.DataFrame) -
             curves[run["run_id"]] = tuple(curve)
     known = trained["run_id"].map(lambda r: len(curves.get(r, ())) or math.nan)
     trained["epochs_completed"] = trained["epochs_completed"].fillna(known)  # older runs: the curve's length
-    return Stopping(name, kind, rule, trained, curves)
+    return Stopping(name, kind, rule, trained, curves, int((runs["outcome"] == "duplicate").sum()))
 
 
 def stopping_conclusions(stopping: Stopping) -> list[str]:
@@ -286,11 +292,13 @@ def stopping_conclusions(stopping: Stopping) -> list[str]:
     if runs.empty:
         return [f"Early stopping: {rule}. No run has finished yet."]
     if stopped.empty:
-        return [f"Early stopping: {rule}. None of the {len(runs)} finished runs was stopped; all "
+        return [f"Early stopping: {rule}. None of the {len(runs)} finished runs{stopping.aside} was stopped; all "
                 f"{stopping.planned_epochs} network-epochs were trained."]
     at = "; ".join(f"{n} after epoch {epoch}" for epoch, n in stopping.stop_epochs.items())
     saved, planned = stopping.saved_epochs, stopping.planned_epochs
-    return [f"Early stopping: {rule}. {len(stopped)} of {len(runs)} finished runs {'was' if len(stopped) == 1 else 'were'} stopped ({at}); that "
+    was = "was" if len(stopped) == 1 else "were"
+    return [f"Early stopping: {rule}. {len(stopped)} of {len(runs)} finished runs{stopping.aside} {was} stopped "
+            f"({at}); that "
             f"saved {saved} of {planned} network-epochs ({100 * saved / planned:.0f}%) against training every "
             f"run to its end (one network trained for one epoch counts one)."]
 

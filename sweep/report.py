@@ -269,7 +269,7 @@ def figure_error_vs_sampled(view: SearchView):
         def x_of(frame):
             if not categorical:
                 return frame[setting].to_numpy(dtype=float)
-            jitter = ((frame["trial"].to_numpy(dtype=int) % 7) - 3) * 0.04  # so that equal values do not hide each other
+            jitter = ((frame["trial"].to_numpy(dtype=int) % 7) - 3) * 0.04  # equal values side by side
             return np.array([order.index(v) for v in frame[setting]], dtype=float) + jitter
 
         ax.scatter(x_of(done), 100 * done[view.metric], c=cmap(norm(done["trial"].to_numpy(dtype=float))),
@@ -282,7 +282,7 @@ def figure_error_vs_sampled(view: SearchView):
             ax.set_xlim(-0.5, len(order) - 0.5)
             ax.set_xlabel(setting)
         else:
-            log = setting in view.log or (not view.log and setting in LOG_AXIS)
+            log = setting in view.log or (view.budget is None and setting in LOG_AXIS)  # no spec: as the grids
             if log:
                 ax.set_xscale("log")
             ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
@@ -486,6 +486,11 @@ def _search_section(view: SearchView, stopping, figure, blocks: list) -> None:
         blocks.extend(Block("p", line) for line in stopping_conclusions(stopping))
     if view.runs.empty:
         return
+    best = _best_trials(view)
+    if len(best):  # before the figures, so that the PDF keeps it with the section's words
+        blocks.append(Block("p", f"The {len(best)} best of the {len(view.complete)} complete trials:"
+                            if len(best) < len(view.complete) else f"The {len(best)} complete trials, best first:"))
+        blocks.append(Block("table", best))
     name = NAMES.get(view.metric, view.metric)
     table = best_so_far_table(view)
     if table["value"].notna().any() or table["at_stop"].notna().any():
@@ -494,16 +499,11 @@ def _search_section(view: SearchView, stopping, figure, blocks: list) -> None:
                f"stopped early, at the epoch it stopped (not counted as a result).")
     if view.sampled and view.runs[view.metric].notna().any():
         figure(figure_error_vs_sampled(view), f"{view.name}_error_vs_settings",
-               f"Final {name} of each trial against each sampled setting (log axis where the search samples "
-               f"it log-uniformly); colour: trial number; hollow: stopped early.")
+               f"Final {name} of each trial against each sampled setting (log axis for log-uniform settings "
+               f"and for lists of {', '.join(LOG_AXIS)}); colour: trial number; hollow: stopped early.")
     if view.importance:
         figure(figure_importance(view), f"{view.name}_importance",
                f"Importance of each sampled setting for the {name} (Optuna's fANOVA on the complete trials).")
-    best = _best_trials(view)
-    if len(best):
-        blocks.append(Block("p", f"The {len(best)} best of the {len(view.complete)} complete trials:"
-                            if len(best) < len(view.complete) else f"The {len(best)} complete trials, best first:"))
-        blocks.append(Block("table", best))
     if stopping is not None and stopping.curves:
         figure(figure_stopping(stopping, ""), f"{view.name}_stopping", _stopping_caption(stopping))
 

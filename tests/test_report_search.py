@@ -9,7 +9,9 @@ from click.testing import CliRunner
 from scipy import stats as scipy_stats
 
 from sweep import queue, tracking
-from sweep.analysis import analyse, best_so_far_table, drawn_runs, search_conclusions, stopping_conclusions
+from sweep.index import Index
+from sweep.analysis import (analyse, best_so_far_table, drawn_runs, schedule_note, search_conclusions,
+                            stopping_conclusions)
 from sweep.cli import main
 from sweep.lease import CURVE, DUPLICATE_OF, this_holder
 from sweep.results import fetch_results
@@ -103,7 +105,8 @@ def searched(tmp_path_factory):
     for schedule, curve in SCHED.items():  # the stopped cosine run has no curve tag: its history stands in
         ids[schedule] = write(grid[(("sched",), schedule, 50)], curve, curve_tag=schedule != "cosine")[0]
     for schedule in ("fixed", "cosine"):
-        log_run(uri, experiment_id, parent, grid[(("sched_plain",), schedule, 50)], spec.name, 0.09)
+        ids[f"plain-{schedule}"] = log_run(uri, experiment_id, parent, grid[(("sched_plain",), schedule, 50)],
+                                           spec.name, 0.09)
     log_run(uri, experiment_id, parent, grid[(("width",), "fixed", 16)], spec.name, 0.11)  # width 32: not yet
     return folder, spec, uri, ids
 
@@ -122,10 +125,17 @@ def test_best_so_far_ignores_trials_without_a_result():
 
 def test_fetch_results_reads_curves_and_trials_from_the_one_read(searched, monkeypatch):
     _, spec, uri, ids = searched
-    histories = []
-    original = tracking.metric_history
-    monkeypatch.setattr(tracking, "metric_history", lambda *a: histories.append(a[1]) or original(*a))
+    calls = []
+    for owner, name in ((Index, "sync"), (tracking, "find_experiment"), (queue, "find_parent"),
+                        (tracking, "metric_history")):
+        original = getattr(owner, name)
+        monkeypatch.setattr(owner, name, lambda *a, _f=original, _n=name: calls.append((_n, a)) or _f(*a))
     results = fetch_results(spec, uri, histories=drawn_runs)
+    assert [n for n, _ in calls].count("sync") == 1  # curves and trials come from the same read of the runs
+    assert [n for n, _ in calls].count("find_experiment") == 1 and [n for n, _ in calls].count("find_parent") == 1
+    # histories: the best run per schedule of the two schedule grids, and the stopped run that has no curve
+    read = {a[1] for n, a in calls if n == "metric_history"}
+    assert read == {ids["fixed"], ids["exponential"], ids["cosine"], ids["plain-fixed"], ids["plain-cosine"]}
     assert results.searches == ("tpe", "seeded")
     assert results.curves[ids[2]] == (0.25, 0.12, 0.08, 0.06) and ids["cosine"] not in results.curves
     assert sorted(results.trials["tpe"]) == [0, 1, 2, 3, 4, 5, 6, 7]
@@ -133,7 +143,6 @@ def test_fetch_results_reads_curves_and_trials_from_the_one_read(searched, monke
     assert states == {0: "complete", 1: "pruned", 2: "complete", 3: "pruned", 4: "complete", 5: "complete",
                       6: "complete", 7: "running"}
     assert results.trials["tpe"][5].value == 0.06  # a duplicate counts with its original's result
-    assert ids["cosine"] in results.histories  # stopped, without a curve: its history is read instead
     tpe = results.grid_runs("tpe").set_index("trial")
     assert list(tpe["outcome"]) == ["done", "stopped", "done", "stopped", "done", "duplicate", "done", "missing"]
     assert tpe.loc[7, "state"] == "running"
@@ -181,12 +190,37 @@ def test_stopping_counts_and_saved_network_epochs(analysed):
     assert tpe.stop_epochs == {1: 1, 2: 1} and tpe.saved_epochs == 5 and tpe.planned_epochs == 24
     assert stopping_conclusions(tpe) == [
         "Early stopping: asha (about 1 run in 2 goes on at each rung), never before 1 epoch. 2 of 6 finished "
-        "runs were stopped (1 after epoch 1; 1 after epoch 2); that saved 5 of 24 network-epochs (21%) against "
+        "runs (1 duplicate, not trained, aside) were stopped (1 after epoch 1; 1 after epoch 2); that saved 5 of 24 network-epochs (21%) against "
         "training every run to its end (one network trained for one epoch counts one)."]
     sched = analysed.stopping["sched"]
     assert sched.stop_epochs == {2: 1} and (sched.saved_epochs, sched.planned_epochs) == (2, 12)
     assert len(sched.curves) == 3 and sched.curves[sched.stopped["run_id"].iloc[0]] == (0.35, 0.30)
     assert set(analysed.stopping) == {"sched", "tpe"}  # no early_stop: no section
+
+
+def test_the_schedule_caveat_only_where_a_grid_varies_schedule_under_early_stopping(analysed):
+    views = {v.name: v for v in analysed.grids}
+    assert schedule_note(views["sched"], analysed.stopping["sched"])
+    assert not schedule_note(views["sched_plain"], None)               # varies schedule, no early_stop
+    assert not schedule_note(views["width"], analysed.stopping["sched"])  # stopping, but schedule fixed
+
+
+def test_report_of_searches_that_have_not_started(tmp_path):
+    spec, uri, _, _ = new_store(tmp_path, SPEC.replace("searched", "unstarted"), "unstarted.yaml")
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["report", spec.path, "--out", str(out), "--tracking-uri", uri])
+    assert result.exit_code == 0, result.output
+    md = (out / "report.md").read_text()
+    tpe = md.split("## Search 'tpe'")[1].split("## ")[0]
+    assert "0 of 8 trials done (0 stopped early, 0 duplicates)." in tpe
+    assert "No trial has a final result yet: nothing to compare." in tpe
+    assert "No importance yet: it needs at least two complete trials whose results differ." in tpe
+    assert "Early stopping: asha (about 1 run in 2 goes on at each rung), never before 1 epoch. No run has " \
+           "finished yet." in tpe
+    assert not list(out.glob("*.png"))
+    status = CliRunner().invoke(main, ["status", spec.path, "--tracking-uri", uri])
+    assert "search tpe: 0 of 8 trials done (0 stopped early, 0 duplicates), 0 running" in status.output
+    assert "7 runs: 7 pending, 0 running, 0 failed, 0 done (0 stopped early)" in status.output
 
 
 def test_report_shows_searches_and_early_stopping(searched):
@@ -208,7 +242,8 @@ def test_report_shows_searches_and_early_stopping(searched):
     assert md.count(sentence) == 1 and sentence in sections["Grid 'sched': varies schedule"]
     assert "Stopped per schedule: cosine 1 of 1; exponential 0 of 1; fixed 0 of 1." in md
     assert "saved 2 of 12 network-epochs (17%)" in sections["Grid 'sched': varies schedule"]
-    assert "Early stopping" not in sections["Grid 'sched_plain': varies schedule"] + sections["Grid 'width': varies width"]
+    assert "Early stopping" not in sections["Grid 'sched_plain': varies schedule"]
+    assert "Early stopping" not in sections["Grid 'width': varies width"]
     assert md.startswith("# Sweep report") and "19 runs (7 planned in grids, 12 trials of searches): " in md
     assert (out / "report.pdf").read_bytes()[:5] == b"%PDF-"
 
