@@ -19,10 +19,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
+from mnist_core.config import SETTING_TYPES  # noqa: E402
 
 from . import stats  # noqa: E402
-from .analysis import (LOG_AXIS, NAMES, NUMERIC, Analysis, GridView, best_per, conclusions, curve_runs,  # noqa: E402
-                       points, shown_metrics)
+from .analysis import (LOG_AXIS, NAMES, NUMERIC, Analysis, GridView, SearchView, Stopping,  # noqa: E402
+                       best_per, best_so_far_table, conclusions, curve_runs, points, schedule_note,
+                       search_conclusions, shown_metrics, stopping_conclusions)
 from .best import SETTINGS, as_percent, best_by, label  # noqa: E402
 from .pdf import render_pdf  # noqa: E402
 
@@ -63,6 +65,19 @@ def _percent_axis(ax, label, means, lows=(), highs=()):
     ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
     ax.yaxis.set_minor_locator(matplotlib.ticker.NullLocator())
     ax.set_ylabel(label)
+    ax.grid(True, which="major", alpha=0.3)
+
+
+def _error_axis(ax, name: str, values):
+    """The percent axis of each run's error: log scale, unless some run has an error of exactly 0
+    (a log axis would hide it), then linear from 0."""
+    values = [v for v in values if math.isfinite(v)]
+    if not values or min(values) > 0:
+        _percent_axis(ax, f"{name} (%, log scale)" if name else "", values)
+        return
+    ax.set_ylim(0, max(max(values) * 1.08, 1e-3))
+    ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.set_ylabel(f"{name} (%)" if name else "")
     ax.grid(True, which="major", alpha=0.3)
 
 
@@ -209,6 +224,134 @@ def figure_curves(histories: dict, title: str, with_lr: bool = False):
     return fig
 
 
+def figure_best_so_far(view: SearchView, table: pd.DataFrame):
+    """Each trial's final error by trial number (hollow where stopped early), and the best so far."""
+    name = NAMES.get(view.metric, view.metric)
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    done = table[table["value"].notna()]
+    stopped = table[table["at_stop"].notna()]
+    ax.plot(done["trial"], 100 * done["value"], "o", color=COLORS[0], label="trial (final error)", zorder=3)
+    if len(stopped):
+        ax.plot(stopped["trial"], 100 * stopped["at_stop"], "o", mfc="none", color=COLORS[1],
+                label="stopped early (error at its stop)", zorder=3)
+    ax.step(table["trial"], 100 * table["best"], where="post", color="black", linewidth=1.5, label="best so far")
+    diverged = table[table["outcome"] == "diverged"]
+    _mark_diverged(ax, diverged["trial"], "black")
+    ax.set_xlabel("trial number")
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    _error_axis(ax, name, list(100 * done["value"]) + list(100 * stopped["at_stop"]))
+    ax.set_title(f"Search '{view.name}': best {name} so far")
+    handles, _ = ax.get_legend_handles_labels()
+    ax.legend(handles=handles + _legend_extras(1, len(diverged)), loc="upper right")
+    fig.tight_layout()
+    return fig
+
+
+def figure_error_vs_sampled(view: SearchView):
+    """One panel per sampled setting: each trial's final error against the value it was given."""
+    name = NAMES.get(view.metric, view.metric)
+    settings = view.sampled
+    cols = min(len(settings), 2)  # two across: a page of the PDF is portrait
+    rows = math.ceil(len(settings) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols + 1.3, 3.4 * rows + 0.9), squeeze=False,
+                             layout="constrained")
+    runs = view.runs
+    done = runs[runs["outcome"].isin(("done", "duplicate")) & runs[view.metric].notna()]
+    stopped = runs[(runs["outcome"] == "stopped") & runs[view.metric].notna()]
+    diverged = runs[runs["outcome"] == "diverged"]
+    values = list(100 * done[view.metric]) + list(100 * stopped[view.metric])
+    norm = matplotlib.colors.Normalize(vmin=runs["trial"].min(), vmax=max(runs["trial"].max(), runs["trial"].min() + 1))
+    cmap = plt.get_cmap("viridis")
+    for i, (ax, setting) in enumerate(zip(axes.flat, settings)):
+        categorical = SETTING_TYPES[setting] == "str" or setting not in NUMERIC and setting not in view.log
+        order = sorted(runs[setting].dropna().unique(), key=str) if categorical else []
+
+        def x_of(frame):
+            if not categorical:
+                return frame[setting].to_numpy(dtype=float)
+            jitter = ((frame["trial"].to_numpy(dtype=int) % 7) - 3) * 0.04  # equal values side by side
+            return np.array([order.index(v) for v in frame[setting]], dtype=float) + jitter
+
+        ax.scatter(x_of(done), 100 * done[view.metric], c=cmap(norm(done["trial"].to_numpy(dtype=float))),
+                   s=30, edgecolors="black", linewidths=0.4, zorder=3)
+        ax.scatter(x_of(stopped), 100 * stopped[view.metric], facecolors="none",
+                   edgecolors=cmap(norm(stopped["trial"].to_numpy(dtype=float))), s=30, linewidths=1.3, zorder=3)
+        _mark_diverged(ax, x_of(diverged), "black")
+        if categorical:
+            ax.set_xticks(range(len(order)), [str(v) for v in order])
+            ax.set_xlim(-0.5, len(order) - 0.5)
+            ax.set_xlabel(setting)
+        else:
+            log = setting in view.log or (view.budget is None and setting in LOG_AXIS)  # no spec: as the grids
+            if log:
+                ax.set_xscale("log")
+            ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+            ax.set_xlabel(f"{setting} ({UNITS.get(setting, setting)}{', log scale' if log else ''})")
+        _error_axis(ax, name if i % cols == 0 else "", values)
+    for ax in axes.flat[len(settings):]:
+        ax.set_visible(False)
+    handles = [Line2D([], [], marker="o", color="grey", markeredgecolor="black", linestyle="none", label="complete"),
+               Line2D([], [], marker="o", color="grey", mfc="none", linestyle="none",
+                      label="stopped early (error at its stop)")]
+    handles += _legend_extras(1, len(diverged))
+    fig.colorbar(matplotlib.cm.ScalarMappable(norm=norm, cmap=cmap), ax=axes, label="trial number", aspect=30)
+    fig.suptitle(f"Search '{view.name}': final {name} against each sampled setting")
+    fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), frameon=False)
+    return fig
+
+
+def figure_importance(view: SearchView):
+    """The importance of each sampled setting, largest on top."""
+    items = list(view.importance.items())[::-1]
+    fig, ax = plt.subplots(figsize=(6.5, 0.45 * len(items) + 1.5))
+    ax.barh([k for k, _ in items], [v for _, v in items], color=COLORS[0])
+    for i, (_, v) in enumerate(items):
+        ax.text(v, i, f" {v:.2f}", va="center")
+    ax.set_xlim(0, max(v for _, v in items) * 1.15)
+    ax.set_xlabel("importance (fANOVA; sums to 1)")
+    ax.set_title(f"Search '{view.name}': importance for the {NAMES.get(view.metric, view.metric)}")
+    ax.grid(True, axis="x", alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def _objective_name(stopping: Stopping) -> str:
+    with_val = stopping.runs["val_error"].notna()
+    return ("validation error" if len(with_val) and with_val.all() else "test error" if not with_val.any()
+            else "objective (validation error where held out, else test error)")
+
+
+def figure_stopping(stopping: Stopping, colour_by: str = ""):
+    """The per-epoch objective of every finished run, an x where a run was stopped early; coloured
+    by `colour_by` (a setting) or, without one, by whether the run was stopped."""
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    runs = stopping.runs[stopping.runs["run_id"].isin(stopping.curves)]
+    groups = sorted(runs[colour_by].unique(), key=str) if colour_by else ["trained to the end", "stopped early"]
+    values = []
+    for _, run in runs.iterrows():
+        curve = 100 * np.asarray(stopping.curves[run["run_id"]], dtype=float)
+        epochs = np.arange(1, len(curve) + 1)
+        stopped = run["outcome"] == "stopped"
+        group = run[colour_by] if colour_by else groups[int(stopped)]
+        color = COLORS[groups.index(group) % len(COLORS)]
+        ax.plot(epochs, curve, "-", color=color, alpha=0.75, linewidth=1.2)
+        if stopped and np.isfinite(curve[-1]):
+            ax.plot(epochs[-1], curve[-1], "X", color=color, markeredgecolor="black", markersize=9, zorder=3)
+        values += [v for v in curve if np.isfinite(v)]
+    ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    _error_axis(ax, _objective_name(stopping), values)
+    ax.set_title(f"{stopping.kind.capitalize()} '{stopping.name}': every run per epoch, stopped ones marked")
+    handles = [Line2D([], [], color=COLORS[i % len(COLORS)], label=(label({colour_by: g}, [colour_by])
+                                                                   if colour_by else g))
+               for i, g in enumerate(groups)]
+    handles.append(Line2D([], [], marker="X", color="grey", markeredgecolor="black", markersize=9, linestyle="none",
+                          label="stopped early here"))
+    ax.legend(handles=handles, loc="upper right")
+    fig.tight_layout()
+    return fig
+
+
 def _interval_table(table: pd.DataFrame, settings: list, metric: str) -> pd.DataFrame:
     """A best_by table for people: settings, the ranking error with its interval, n, test and
     train error, and the test against the runner-up."""
@@ -248,8 +391,12 @@ def build_report(analysis: Analysis, folder: Path):
     figures = {}
     counts = results.runs["outcome"].value_counts()
     seeds = results.runs.groupby(SETTINGS, dropna=False).size().max() if len(results.runs) else 0
-    blocks.append(Block("p", f"{len(results.runs)} planned runs: " + ", ".join(
-        f"{counts.get(k, 0)} {k}" for k in ("done", "diverged", "stopped", "failed", "missing")) + "."))
+    trials = int((results.runs["search"] != "").sum())
+    shown_outcomes = ("done", "diverged", "stopped", *(("duplicate",) if counts.get("duplicate") else ()),
+                      "failed", "missing")
+    what = (f"{len(results.runs)} planned runs" if not trials else
+            f"{len(results.runs)} runs ({len(results.runs) - trials} planned in grids, {trials} trials of searches)")
+    blocks.append(Block("p", f"{what}: " + ", ".join(f"{counts.get(k, 0)} {k}" for k in shown_outcomes) + "."))
     blocks.append(Block("p", f"Errors are final-epoch fractions of misclassified images, shown in percent. "
                              f"Each setting is run with up to {seeds} seed(s); points are means over its "
                              f"finished seeds, bars their 95% confidence interval (Student t), and no bar "
@@ -266,40 +413,19 @@ def build_report(analysis: Analysis, folder: Path):
 
     for view in analysis.grids:
         blocks.append(Block("h2", f"Grid '{view.name}': varies {', '.join(view.varied) or 'nothing'}"))
+        stopping = analysis.stopping.get(view.name)
         blocks.extend(Block("p", line) for line in conclusions(view, metric))
-        if view.done.empty:
-            continue
-        bars = " Bars: 95% intervals over seeds (none where n = 1)."
-        if view.kind == "lr_by_setting":
-            figure(figure_lr_by_setting(view, metric), f"{view.name}_error_vs_lr",
-                   f"Final error against learning rate, one line per {view.by}; a star marks each "
-                   f"{view.by}'s best learning rate." + bars)
-            best = best_per(view, metric).table.sort_values(metric, kind="stable")
-            blocks.append(Block("p", f"Each {view.by} at its best learning rate; p: Welch's t-test against "
-                                     f"its next-best learning rate."))
-            shown = _runner_up_columns(_interval_table(best, [view.by, "lr"], metric), best, "next-best lr")
-            blocks.append(Block("table", shown))
-            curves = curve_runs(view, metric)
-            if curves:
-                figure(figure_curves({k: results.histories.get(r, pd.DataFrame()) for k, r in curves.items()},
-                                     f"Test error per epoch, each {view.by} at its best lr"),
-                       f"{view.name}_best_curves",
-                       f"Per-epoch test error of each {view.by} at its best learning rate (its best seed's run).")
-        elif view.kind in ("numeric", "schedule"):
-            figure(figure_error_vs_setting(view, metric), f"{view.name}_error_vs_{view.x}",
-                   f"Final error against {view.x}." + bars)
-            if view.kind == "schedule":
-                curves = curve_runs(view, metric)
-                figure(figure_curves({k: results.histories.get(r, pd.DataFrame()) for k, r in curves.items()},
-                                     "Test error per epoch, by schedule", with_lr=True), f"{view.name}_curves",
-                       "Per-epoch test error and learning rate of each schedule (its best seed's run).")
-            best = best_per(view, metric).table
-            shown = _with_leftovers(_interval_table(best, [view.x], metric), best, view, [view.x])
-            blocks.append(Block("table", shown.sort_values(view.x, kind="stable")))
-        else:
-            table = best_by(view.runs, view.varied, metric).table.sort_values(metric)
-            blocks.append(Block("table", _with_leftovers(_interval_table(table, view.varied, metric), table, view,
-                                                         view.varied)))
+        if stopping is not None:
+            blocks.extend(Block("p", line) for line in stopping_conclusions(stopping) + schedule_note(view, stopping))
+        if not view.done.empty:
+            _grid_figures(view, metric, results, figure, blocks)
+        if stopping is not None and stopping.curves:
+            colour = "schedule" if "schedule" in view.varied else next(
+                (v for v in view.varied if view.runs[v].nunique() <= len(COLORS)), "")
+            figure(figure_stopping(stopping, colour), f"{view.name}_stopping", _stopping_caption(stopping))
+
+    for view in analysis.searches:
+        _search_section(view, analysis.stopping.get(view.name), figure, blocks)
 
     left = analysis.outcome("missing", "failed")
     blocks.append(Block("h2", "Missing runs"))
@@ -311,11 +437,87 @@ def build_report(analysis: Analysis, folder: Path):
     stopped = analysis.outcome("stopped")
     if len(stopped):
         blocks.append(Block("h2", "Runs stopped early"))
-        blocks.append(Block("p", f"{_runs(len(stopped), 'was', 'were')} stopped early by the search and left out of "
-                                 f"every mean and test:"))
+        blocks.append(Block("p", f"{_runs(len(stopped), 'was', 'were')} stopped early and left out of every mean "
+                                 f"and test:"))
         blocks.append(Block("table", stopped[["name", "grids", "epochs_completed", "epochs"]].astype(
             {"epochs_completed": "Int64"})))
     return blocks, figures
+
+
+def _grid_figures(view: GridView, metric: str, results, figure, blocks: list) -> None:
+    bars = " Bars: 95% intervals over seeds (none where n = 1)."
+    if view.kind == "lr_by_setting":
+        figure(figure_lr_by_setting(view, metric), f"{view.name}_error_vs_lr",
+               f"Final error against learning rate, one line per {view.by}; a star marks each "
+               f"{view.by}'s best learning rate." + bars)
+        best = best_per(view, metric).table.sort_values(metric, kind="stable")
+        blocks.append(Block("p", f"Each {view.by} at its best learning rate; p: Welch's t-test against "
+                                 f"its next-best learning rate."))
+        shown = _runner_up_columns(_interval_table(best, [view.by, "lr"], metric), best, "next-best lr")
+        blocks.append(Block("table", shown))
+        curves = curve_runs(view, metric)
+        if curves:
+            figure(figure_curves({k: results.histories.get(r, pd.DataFrame()) for k, r in curves.items()},
+                                 f"Test error per epoch, each {view.by} at its best lr"),
+                   f"{view.name}_best_curves",
+                   f"Per-epoch test error of each {view.by} at its best learning rate (its best seed's run).")
+    elif view.kind in ("numeric", "schedule"):
+        figure(figure_error_vs_setting(view, metric), f"{view.name}_error_vs_{view.x}",
+               f"Final error against {view.x}." + bars)
+        if view.kind == "schedule":
+            curves = curve_runs(view, metric)
+            figure(figure_curves({k: results.histories.get(r, pd.DataFrame()) for k, r in curves.items()},
+                                 "Test error per epoch, by schedule", with_lr=True), f"{view.name}_curves",
+                   "Per-epoch test error and learning rate of each schedule (its best seed's run).")
+        best = best_per(view, metric).table
+        shown = _with_leftovers(_interval_table(best, [view.x], metric), best, view, [view.x])
+        blocks.append(Block("table", shown.sort_values(view.x, kind="stable")))
+    else:
+        table = best_by(view.runs, view.varied, metric).table.sort_values(metric)
+        blocks.append(Block("table", _with_leftovers(_interval_table(table, view.varied, metric), table, view,
+                                                     view.varied)))
+
+
+def _search_section(view: SearchView, stopping, figure, blocks: list) -> None:
+    method = f"{view.method}, " if view.method else ""
+    blocks.append(Block("h2", f"Search '{view.name}': {method}samples {', '.join(view.sampled) or 'nothing'}"))
+    blocks.extend(Block("p", line) for line in search_conclusions(view))
+    if stopping is not None:
+        blocks.extend(Block("p", line) for line in stopping_conclusions(stopping))
+    if view.runs.empty:
+        return
+    best = _best_trials(view)
+    if len(best):  # before the figures, so that the PDF keeps it with the section's words
+        blocks.append(Block("p", f"The {len(best)} best of the {len(view.complete)} complete trials:"
+                            if len(best) < len(view.complete) else f"The {len(best)} complete trials, best first:"))
+        blocks.append(Block("table", best))
+    name = NAMES.get(view.metric, view.metric)
+    table = best_so_far_table(view)
+    if table["value"].notna().any() or table["at_stop"].notna().any():
+        figure(figure_best_so_far(view, table), f"{view.name}_best_so_far",
+               f"Final {name} of each trial by trial number, and the best so far (the line); hollow: "
+               f"stopped early, at the epoch it stopped (not counted as a result).")
+    if view.sampled and view.runs[view.metric].notna().any():
+        figure(figure_error_vs_sampled(view), f"{view.name}_error_vs_settings",
+               f"Final {name} of each trial against each sampled setting (log axis for log-uniform settings "
+               f"and for lists of {', '.join(LOG_AXIS)}); colour: trial number; hollow: stopped early.")
+    if view.importance:
+        figure(figure_importance(view), f"{view.name}_importance",
+               f"Importance of each sampled setting for the {name} (Optuna's fANOVA on the complete trials).")
+    if stopping is not None and stopping.curves:
+        figure(figure_stopping(stopping, ""), f"{view.name}_stopping", _stopping_caption(stopping))
+
+
+def _best_trials(view: SearchView, n: int = 10) -> pd.DataFrame:
+    shown = list(dict.fromkeys([view.metric, "test_error"]))
+    best = view.complete.sort_values([view.metric, "trial"], kind="stable").head(n)
+    out = best[["trial", *view.sampled, *shown, "outcome"]].astype({"trial": int})
+    return as_percent(out).reset_index(drop=True)
+
+
+def _stopping_caption(stopping) -> str:
+    return (f"Per-epoch {_objective_name(stopping)} of every finished run of the {stopping.kind}; an x marks "
+            f"where a run was stopped early.")
 
 
 def _runs(n: int, one: str = "has", many: str = "have") -> str:

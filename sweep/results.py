@@ -1,10 +1,13 @@
 """A sweep's results, read from the tracking store once. Every store read of `sweep best` and
 `sweep report` is in `fetch_results`; what they compute afterwards is pure and works on the
-`SweepResults` it returns.
+`SweepResults` it returns (the runs, each run's per-epoch objective from its `sweep.curve` tag, and
+each search's trials as `sweep.search.trials_in_store` rebuilds them, all from the one read of the
+experiment's runs; per-epoch histories only of the runs asked for).
 """
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Mapping, Optional, Union
 
@@ -14,7 +17,7 @@ from mnist_core.config import SETTING_NAMES, SETTING_TYPES
 
 from . import queue, tracking
 from .index import Index
-from .lease import DIVERGED, DUPLICATE_OF, GRIDS, KEY, PRUNED, SEARCH, TRIAL
+from .lease import CURVE, DIVERGED, DUPLICATE_OF, GRIDS, KEY, PRUNED, SEARCH, TRIAL
 from .spec import SweepSpec, expand, select
 FINAL_METRICS = ("test_error", "train_error", "test_loss", "train_loss", "best_test_error", "training_seconds",
                  "epochs_completed", "val_error", "val_loss", "final_val_error", "best_val_error")
@@ -38,9 +41,12 @@ class SweepResults:
     experiment_id: str
     runs: pd.DataFrame
     spec: Optional[SweepSpec] = None
-    grids: tuple = ()                      # the grids selected: every grid of the spec when none was named
+    grids: tuple = ()                      # the grids and searches selected: all of the spec's when none was named
     parent_run_id: Optional[str] = None    # the sweep's parent run, None before `sweep run` made one
     histories: Mapping[str, pd.DataFrame] = field(default_factory=dict)  # run_id -> per-epoch metrics by step
+    searches: tuple = ()                   # the names in `grids` that are searches
+    curves: Mapping[str, tuple] = field(default_factory=dict)  # run_id -> its objective after each epoch
+    trials: Mapping[str, dict] = field(default_factory=dict)   # search -> {number: search.Trial}, with a spec
 
     def grid_runs(self, grid: str) -> pd.DataFrame:
         """The runs that belong to `grid`."""
@@ -80,11 +86,37 @@ def fetch_results(spec: Optional[SweepSpec], uri: str, grids: Iterable[str] = ()
     else:
         planned = found_frame(store, grids)
         selected, parent = grids, None
-    runs = join_outcomes(planned, store, queue.states(planned["key"], [queue.record(r) for r in rows]))
-    results = SweepResults(experiment, experiment_id, runs, spec, selected, parent)
+        searches = tuple(dict.fromkeys(s for s in planned["search"] if s))
+    states = queue.states(planned["key"], [queue.record(r) for r in rows])
+    runs = join_outcomes(planned, store, states)
+    results = SweepResults(experiment, experiment_id, runs, spec, selected, parent, searches=searches,
+                           curves=curves_of(rows), trials=_trials(spec, searches, rows, states))
     wanted = histories(results) if callable(histories) else histories or ()
     fetched = {run_id: _history(uri, store, run_id) for run_id in dict.fromkeys(wanted)}
     return dataclasses.replace(results, histories=fetched)
+
+
+def curves_of(rows: list) -> dict:
+    """run_id -> the objective after each epoch, from the `sweep.curve` tag (runs without one left out)."""
+    curves = {}
+    for row in rows:
+        try:
+            curve = json.loads(row.tags.get(CURVE) or "[]")
+        except ValueError:
+            continue  # a tag someone edited by hand: the run's histories can stand in
+        if curve:
+            curves[row.run_id] = tuple(float("nan") if v is None else float(v) for v in curve)
+    return curves
+
+
+def _trials(spec: Optional[SweepSpec], searches: tuple, rows: list, states: Mapping[str, str]) -> dict:
+    """Each search's trials as the sampler sees them (for importance); needs the spec's search space."""
+    if spec is None:
+        return {}
+    from .search import trials_in_store
+
+    return {name: trials_in_store(spec.searches[name], [r for r in rows if r.tags.get(SEARCH) == name], states)
+            for name in searches}
 
 
 def _history(uri: str, store: pd.DataFrame, run_id: str) -> pd.DataFrame:

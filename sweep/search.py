@@ -148,6 +148,8 @@ def free_slots(spec: SweepSpec, search: SearchSpec, states: dict) -> list[int]:
 
 
 def best_so_far(values: Iterable[float]) -> list[float]:
+    """The lowest finite value up to each position (NaN until the first finite one): NaNs, for
+    trials without a result, never lower it."""
     out, best = [], math.inf
     for v in values:
         best = min(best, v) if math.isfinite(v) else best
@@ -155,9 +157,11 @@ def best_so_far(values: Iterable[float]) -> list[float]:
     return out
 
 
-def importance(search: SearchSpec, trials: dict) -> Optional[dict]:
-    """Each sampled setting's importance for the objective (Optuna's default evaluator, fANOVA) on
-    the study rebuilt from the store; None with fewer than two complete trials or nothing to vary."""
+def importance(search: SearchSpec, trials: dict, seed: int = 0) -> Optional[dict]:
+    """Each sampled setting's importance for the objective (Optuna's default evaluator, fANOVA, its
+    random forest seeded with `seed` so that a report says the same each time) on the study rebuilt
+    from the store, largest first, summing to 1; None with fewer than two complete trials or
+    nothing to vary."""
     import optuna
 
     study = study_of(search, trials)
@@ -165,8 +169,7 @@ def importance(search: SearchSpec, trials: dict) -> Optional[dict]:
     if len(complete) < 2 or not distributions(search):
         return None
     try:
-        return dict(optuna.importance.get_param_importances(study))
+        evaluator = optuna.importance.FanovaImportanceEvaluator(seed=seed)
+        return dict(optuna.importance.get_param_importances(study, evaluator=evaluator))
     except (RuntimeError, ValueError):  # e.g. every complete trial has the same value
         return None
-
-

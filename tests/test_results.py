@@ -128,3 +128,13 @@ def test_store_rows_are_typed():
     assert rows.loc[0, "depth"] == 3 and rows.loc[0, "lr"] == 0.1 and rows.loc[0, "activation"] == "tanh"
     assert rows.loc[0, "agent_uri"] == "file:///x/mnist_agent.pt" and not rows.loc[0, "pruned"]
     assert rows.loc[0, "metrics.test_error"] == 0.02 and rows.loc[0, "start_time"] == 1_000
+
+
+def test_curves_come_from_the_curve_tag():
+    def row(run_id, **tags):
+        return RunRow(run_id, "FINISHED", 1_000, 2_000, run_id, "file:///x", tags=tags, params={}, metrics={})
+
+    rows = [row("a", **{"sweep.curve": "[0.5, 0.25]"}), row("b", **{"sweep.curve": "[0.5, null]"}),
+            row("c", **{"sweep.curve": "edited by hand"}), row("d", **{"sweep.curve": "[]"}), row("e")]
+    curves = results_module.curves_of(rows)
+    assert curves["a"] == (0.5, 0.25) and set(curves) == {"a", "b"} and math.isnan(curves["b"][1])
