@@ -14,7 +14,8 @@ final test error is within 0.2 points of that activation's best. ASHA's best lr 
 its runs that completed (stopped runs are not ranked, as in `sweep best`).
 
     python benchmarks/early_stop.py [--data-dir DIR] [--jobs N] [--engine auto|solo|fused]
-                                    [--epochs 10] [--lrs 7] [--seed 1]   # --epochs 2 --lrs 3: a quick try
+                                    [--epochs 10] [--lrs 7] [--seed 1] [--min-epochs 1] [--reduction-factor 3]
+    python benchmarks/early_stop.py --epochs 2 --lrs 3     # a quick try
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ import time
 import yaml
 
 from mnist_core.config import ACTIVATIONS
+from mnist_core.files import MnistDataError, MnistDataMissing, check_mnist
 from sweep import tracking
 from sweep.best import best_by
 from sweep.results import fetch_results
@@ -111,9 +113,15 @@ def main():
     parser.add_argument("--min-epochs", type=int, default=1)
     parser.add_argument("--reduction-factor", type=int, default=3)
     args = parser.parse_args()
+    if not (1 <= args.lrs <= len(LRS)) or args.epochs < 1 or args.min_epochs < 1 or args.reduction_factor < 2:
+        parser.error(f"--lrs must be 1..{len(LRS)}, --epochs and --min-epochs >= 1, --reduction-factor >= 2")
     lrs = LRS[:args.lrs]
     asha = {"type": "asha", "min_epochs": args.min_epochs, "reduction_factor": args.reduction_factor}
-    settings = Settings(jobs=args.jobs, engine=args.engine, data_dir=args.data_dir)
+    try:  # one clear message, not one per run
+        data_dir = str(check_mnist(args.data_dir))
+    except (MnistDataMissing, MnistDataError) as exc:
+        sys.exit(f"error: {str(exc).splitlines()[0]}")
+    settings = Settings(jobs=args.jobs, engine=args.engine, data_dir=data_dir)
     print(f"{len(ACTIVATIONS)} activations x {len(lrs)} lrs {lrs}, {args.epochs} epochs, seed {args.seed}, "
           f"engine {args.engine}, jobs {args.jobs or 'default'}; ASHA min_epochs {args.min_epochs}, "
           f"reduction_factor {args.reduction_factor}", flush=True)

@@ -36,6 +36,7 @@ import numpy as np
 import yaml
 
 from mnist_core.config import ACTIVATIONS
+from mnist_core.files import MnistDataError, MnistDataMissing, check_mnist
 from sweep import tracking
 from sweep.results import fetch_results
 from sweep.runner import Settings, run_sweep
@@ -161,7 +162,11 @@ def main():
     args = parser.parse_args()
     if args.budget < 1 or args.epochs < 1 or args.seeds < 1:
         parser.error("--budget, --epochs and --seeds must be >= 1")
-    settings = Settings(jobs=args.jobs, engine=args.engine, data_dir=args.data_dir)
+    try:  # one clear message, not one per run
+        data_dir = str(check_mnist(args.data_dir))
+    except (MnistDataMissing, MnistDataError) as exc:
+        sys.exit(f"error: {str(exc).splitlines()[0]}")
+    settings = Settings(jobs=args.jobs, engine=args.engine, data_dir=data_dir)
     levels = grid_levels(args.budget)
     size = math.prod(len(v) for v in levels.values())
     print(f"budget {args.budget} trials x {args.epochs} epochs, sampler seeds 1..{args.seeds}, engine {args.engine}, "
