@@ -65,6 +65,7 @@ class Peer:
     status: str              # FINISHED, RUNNING, ...
     pruned: bool
     curve: tuple             # the objective after each epoch (1, 2, ...)
+    params: dict = None      # its settings, as logged (strings)
 
 
 def read_peers(uri: str, experiment_id: str, kind: str, name: str) -> list[Peer]:
@@ -77,7 +78,13 @@ def read_peers(uri: str, experiment_id: str, kind: str, name: str) -> list[Peer]
     if kind == "grid":
         rows = [r for r in rows if name in r.tags.get(GRIDS, "").split(",")]
     return [Peer(r.run_id, r.start_time, r.status, r.tags.get(PRUNED) == "true",
-                 tuple(json.loads(r.tags.get(CURVE) or "[]"))) for r in rows if r.status in ("FINISHED", "RUNNING")]
+                 tuple(json.loads(r.tags.get(CURVE) or "[]")), r.params)
+            for r in rows if r.status in ("FINISHED", "RUNNING")]
+
+
+def same_values(config, params: dict, by: tuple) -> bool:
+    """Whether logged `params` hold `config`'s values of the settings `by`."""
+    return all(str(getattr(config, b)) == str(params.get(b)) for b in by)
 
 
 def should_stop(stop: EarlyStop, peers: Iterable[Peer], others: Iterable[tuple], curve: tuple) -> bool:
@@ -116,10 +123,11 @@ def _replay(study, curve: tuple, state: Optional[str]) -> bool:
 
 class Judge:
     """Decides for the runs of one job, epoch by epoch; reads each grid's or search's peers once per
-    epoch (one request each). `members`: run_id -> (the grids/search it belongs to, its Rule)."""
+    epoch (one request each). `members`: run_id -> (the grids/search it belongs to, its Rule);
+    `configs`: run_id -> its RunConfig (for a rule's `by`)."""
 
-    def __init__(self, uri: str, experiment_id: str, members: dict):
-        self.uri, self.experiment_id, self.members = uri, experiment_id, members
+    def __init__(self, uri: str, experiment_id: str, members: dict, configs: Optional[dict] = None):
+        self.uri, self.experiment_id, self.members, self.configs = uri, experiment_id, members, configs or {}
         self._peers: dict = {}                # (kind, name, epoch) -> peers
         self.curves: dict = {}                # run_id -> objective values so far
         self.stopped: set = set()             # runs it stopped
@@ -140,9 +148,12 @@ class Judge:
                 continue
             verdicts = []
             for kind, name, stop in rule.judges:
+                mine = self.configs.get(run_id)
                 together = [tuple(self.curves[r]) for r in run_ids
-                            if r != run_id and (kind, name) in self.members[r][0]]
-                peers = [p for p in self._read(kind, name, epoch) if p.run_id not in run_ids]
+                            if r != run_id and (kind, name) in self.members[r][0]
+                            and (not stop.by or all(getattr(mine, b) == getattr(self.configs[r], b) for b in stop.by))]
+                peers = [p for p in self._read(kind, name, epoch) if p.run_id not in run_ids
+                         and (not stop.by or same_values(mine, p.params or {}, stop.by))]
                 verdicts.append(should_stop(stop, peers, together, tuple(self.curves[run_id])))
             if all(verdicts):
                 stopping.add(run_id)

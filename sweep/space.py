@@ -18,7 +18,7 @@ from mnist_core.config import CHOICES, SETTING_TYPES, check_setting
 
 METHODS = ("random", "tpe")
 EARLY_STOP_TYPES = ("asha", "median")
-EARLY_STOP_KEYS = ("type", "min_epochs", "reduction_factor")
+EARLY_STOP_KEYS = ("type", "min_epochs", "reduction_factor", "by")
 
 # W&B distribution -> the keys it takes. Every one of these becomes an Optuna distribution.
 DISTRIBUTIONS = {
@@ -81,6 +81,7 @@ class EarlyStop:
     type: str                    # asha | median
     min_epochs: int = 1          # no run stops before this many epochs
     reduction_factor: int = 3    # asha: about 1 run in reduction_factor goes on at each rung
+    by: tuple = ()               # settings a run is compared within: only runs sharing their values compete
 
 
 @dataclass(frozen=True)
@@ -246,8 +247,15 @@ def parse_early_stop(raw) -> EarlyStop:
         raise ValueError(f"unknown type {shown(kind)}{hint}; choose {' or '.join(EARLY_STOP_TYPES)}")
     if kind != "asha" and "reduction_factor" in raw:
         raise ValueError("reduction_factor applies to type asha only")
+    by = raw.get("by", [])
+    by = [by] if isinstance(by, str) else by
+    if not isinstance(by, list) or any(b not in SETTING_TYPES for b in by):
+        bad = next((b for b in by if b not in SETTING_TYPES), by) if isinstance(by, list) else by
+        raise ValueError(f"by: {shown(bad)} is not a setting; give settings such as [activation]"
+                         f"{suggest(bad, SETTING_TYPES) if isinstance(bad, str) else ''}")
     return EarlyStop(kind, min_epochs=_whole_at_least("min_epochs", raw.get("min_epochs", 1), 1),
-                     reduction_factor=_whole_at_least("reduction_factor", raw.get("reduction_factor", 3), 2))
+                     reduction_factor=_whole_at_least("reduction_factor", raw.get("reduction_factor", 3), 2),
+                     by=tuple(dict.fromkeys(by)))
 
 
 def _number_text(value) -> str:
@@ -269,7 +277,8 @@ def describe_early_stop(stop: EarlyStop) -> str:
     rule = f"asha (about 1 run in {stop.reduction_factor} goes on at each rung)" if stop.type == "asha" else \
         "median (a run worse than the median of the earlier runs at the same epoch stops)"
     epochs = f"{stop.min_epochs} epoch" + ("s" if stop.min_epochs != 1 else "")
-    return f"early stop: {rule}, never before {epochs}"
+    within = f", within each {', '.join(stop.by)}" if stop.by else ""
+    return f"early stop: {rule}, never before {epochs}{within}"
 
 
 def describe_search(search: SearchSpec) -> list[str]:

@@ -82,7 +82,8 @@ def execute(job: Job) -> list[Outcome]:
             judging[lease.run_id] = job.judging[i] if job.judging else (frozenset(), None)
     if not leases:
         return outcomes
-    judge = Judge(job.tracking_uri, job.experiment_id, judging)
+    judge = Judge(job.tracking_uri, job.experiment_id, judging,
+                  {run_id: planned.config for run_id, planned in planned_of.items()})
     try:
         with KeepAlive(leases, job.owner, job.parent_run_id):
             results = _train(job, leases, planned_of, judge)

@@ -136,3 +136,22 @@ grids:
     assert f"{len(stopped)} run(s) stopped early (pruned) were left out" in best.output
     status = sweep("status", spec)
     assert "6 done" in status.output
+
+
+def test_early_stopping_by_a_setting_compares_runs_within_each_of_its_values(env):
+    spec = write_spec(env, """
+experiment: tiny
+defaults: {epochs: 3}
+grids:
+  g:
+    activation: [relu, sigmoid]
+    lr: [0.001, 0.01, 0.1, 0.3]
+    early_stop: {type: asha, reduction_factor: 3, by: [activation]}
+""")
+    result = sweep("run", spec, "--jobs", 2)
+    assert result.exit_code == 0, result.output
+    runs = training_runs()
+    whole = Counter(r.data.params["activation"] for r in runs if r.data.tags["sweep.pruned"] == "false")
+    stopped = Counter(r.data.params["activation"] for r in runs if r.data.tags["sweep.pruned"] == "true")
+    assert set(whole) == {"relu", "sigmoid"}  # each activation keeps its own best runs going
+    assert stopped["relu"] and stopped["sigmoid"]

@@ -216,15 +216,18 @@ EARLY_STOPS = [  # (where in the file, early_stop as written, the message)
                                 "unknown type 'hyperband' (Optuna's successive halving: 'asha'); choose asha or median"),
     ("top", "{type: asha, min_epoch: 2}", "s.yaml: top level, key 'early_stop', value {'min_epoch': 2, 'type': 'asha'}: "
                                          "unknown key 'min_epoch' (did you mean 'min_epochs'?); "
-                                         "allowed: type, min_epochs, reduction_factor"),
+                                         "allowed: type, min_epochs, reduction_factor, by"),
     ("top", "{type: asha, eta: 3}", "s.yaml: top level, key 'early_stop', value {'eta': 3, 'type': 'asha'}: "
                                    "unknown key 'eta' (did you mean 'reduction_factor'?); "
-                                   "allowed: type, min_epochs, reduction_factor"),
+                                   "allowed: type, min_epochs, reduction_factor, by"),
     ("top", "{type: asha, reduction_factor: 1}", "s.yaml: top level, key 'early_stop', value "
                                                 "{'reduction_factor': 1, 'type': 'asha'}: "
                                                 "reduction_factor must be an integer >= 2, got 1"),
     ("top", "{type: median, min_epochs: 0}", "s.yaml: top level, key 'early_stop', value {'min_epochs': 0, "
                                             "'type': 'median'}: min_epochs must be an integer >= 1, got 0"),
+    ("top", "{type: asha, by: [activaton]}", "s.yaml: top level, key 'early_stop', value "
+                                            "{'by': ['activaton'], 'type': 'asha'}: by: 'activaton' is not a setting; "
+                                            "give settings such as [activation] (did you mean 'activation'?)"),
     ("top", "{type: median, reduction_factor: 3}", "s.yaml: top level, key 'early_stop', value "
                                                   "{'reduction_factor': 3, 'type': 'median'}: "
                                                   "reduction_factor applies to type asha only"),
