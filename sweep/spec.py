@@ -45,7 +45,7 @@ _WANDB_WORDS = {"parameters": "space", "run_cap": "trials", "early_terminate": "
 # Short tags for the settings that a run name shows only when they differ from the default; a
 # setting without a tag shows under its own name.
 _NAME_TAGS = {"momentum": "m", "gamma": "g", "restart_period": "p", "epochs": "e",
-              "batch_size": "b", "test_batch_size": "tb", "seed": "s"}
+              "batch_size": "b", "test_batch_size": "tb", "seed": "s", "validation": "val"}
 _NAME_HEAD = ("activation", "lr", "depth", "width", "schedule")
 # The settings every run key has hashed since the first sweep. A setting added later is hashed only
 # when it differs from its default, so that adding a setting keeps the keys of a finished store.
