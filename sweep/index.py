@@ -20,12 +20,16 @@ from pathlib import Path
 from typing import Optional
 
 from . import tracking
+from .lease import DIVERGED, ERROR, HEARTBEAT, HOLDER, KEY, LEASE, PRUNED, SEARCH, SESSION
 from .tracking import RunRow
 
 TRAINING = "tags.`sweep.kind` = 'train'"
 SLACK_MS = 10_000  # writers' clocks may disagree by this much; runs ending that close to a sync are read again
-VERSION = 2
+VERSION = 3
 _COLUMNS = ("run_id", "status", "start_time", "end_time", "name", "artifact_uri", "tags", "params", "metrics")
+# The tags a queue read needs, kept in columns of their own too, so that reading the queue decodes no JSON.
+QUEUE_TAGS = (KEY, HEARTBEAT, SESSION, ERROR, DIVERGED, HOLDER, LEASE, PRUNED, SEARCH)
+_QUEUE_COLUMNS = tuple(f"q{i}" for i in range(len(QUEUE_TAGS)))
 
 
 def index_path(uri: str) -> Path:
@@ -83,6 +87,12 @@ class Index:
                 args.append(status)
             return [_row(r) for r in db.execute(query, args)]
 
+    def queue_rows(self) -> list[tuple]:
+        """(run_id, status, start_time, *the values of QUEUE_TAGS, None where absent) of every run."""
+        with closing(self._connect()) as db:
+            return db.execute(f"select run_id, status, start_time, {', '.join(_QUEUE_COLUMNS)} from runs "
+                              f"where experiment_id = ?", (self.experiment_id,)).fetchall()
+
     def _sync(self, started: float) -> tuple[list[RunRow], set]:
         with closing(self._connect()) as db:
             meta = db.execute("select synced_end, deleted, experiment from meta where experiment_id = ?",
@@ -107,8 +117,9 @@ class Index:
             dropped = vanished | now_deleted | {row.run_id for row in fresh if row.deleted}
             _drop(db, dropped)
             live = [row for row in fresh if not row.deleted]
-            db.executemany(f"insert or replace into runs (experiment_id, {', '.join(_COLUMNS)}) "
-                           f"values (?, {', '.join('?' for _ in _COLUMNS)})",
+            columns = (*_COLUMNS, *_QUEUE_COLUMNS)
+            db.executemany(f"insert or replace into runs (experiment_id, {', '.join(columns)}) "
+                           f"values (?, {', '.join('?' for _ in columns)})",
                            [(self.experiment_id, *_values(row)) for row in live])
             ends = [row.end_time for row in live if row.end_time] + [meta[0] if meta else 0]
             self.experiment = self.experiment or (meta[2] if meta else "")
@@ -134,7 +145,8 @@ class Index:
         version = db.execute("pragma user_version").fetchone()[0]
         if version != VERSION:
             db.executescript("drop table if exists runs; drop table if exists meta;")
-            db.execute(f"create table runs (experiment_id text, {', '.join(_COLUMNS)}, primary key (run_id))")
+            db.execute(f"create table runs (experiment_id text, {', '.join((*_COLUMNS, *_QUEUE_COLUMNS))}, "
+                       f"primary key (run_id))")
             db.execute("create index runs_experiment on runs (experiment_id, status)")
             db.execute("create table meta (experiment_id text primary key, experiment text, synced_end integer, "
                        "synced_at real, deleted text)")
@@ -149,7 +161,8 @@ def _drop(db: sqlite3.Connection, run_ids) -> None:
 
 def _values(row: RunRow) -> tuple:
     return (row.run_id, row.status, row.start_time, row.end_time, row.name, row.artifact_uri,
-            json.dumps(row.tags), json.dumps(row.params), json.dumps(row.metrics))
+            json.dumps(row.tags), json.dumps(row.params), json.dumps(row.metrics),
+            *(row.tags.get(tag) for tag in QUEUE_TAGS))
 
 
 def _row(values) -> RunRow:

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from typing import Iterable, Optional
 
 from . import tracking
-from .index import Index
-from .lease import (ATTEMPT, DIVERGED, ERROR, GRIDS, HEARTBEAT, HOLDER, KEY, KIND, LEASE, LEASE_SECONDS,
-                    OWNER, PRUNED, SEARCH, SESSION, SWEEP, Lease, holder_alive)
+from .index import QUEUE_TAGS, Index
+from .lease import (ATTEMPT, ERROR, GRIDS, HEARTBEAT, HOLDER, KEY, KIND, LEASE, LEASE_SECONDS, OWNER, SEARCH,
+                    SESSION, SWEEP, Lease, holder_alive)
 from .tracking import RunRow
 
 STATES = ("pending", "running", "failed", "done")
@@ -50,11 +50,14 @@ class RunRecord:
 
 
 def record(row: RunRow) -> RunRecord:
-    tags = row.tags
-    return RunRecord(row.run_id, tags.get(KEY, ""), row.status, row.start_time or 0,
-                     float(tags.get(HEARTBEAT) or 0), tags.get(SESSION, ""), tags.get(ERROR, ""),
-                     tags.get(DIVERGED) == "true", tags.get(HOLDER, ""),
-                     float(tags.get(LEASE) or LEASE_SECONDS), tags.get(PRUNED) == "true", tags.get(SEARCH, ""))
+    return _record(row.run_id, row.status, row.start_time, *(row.tags.get(tag) for tag in QUEUE_TAGS))
+
+
+def _record(run_id, status, start_time, key, heartbeat, session, error, diverged, holder, lease, pruned,
+            search) -> RunRecord:
+    """From a run's id, status, start and the values of index.QUEUE_TAGS (None where absent)."""
+    return RunRecord(run_id, key or "", status, start_time or 0, float(heartbeat or 0), session or "", error or "",
+                     diverged == "true", holder or "", float(lease or LEASE_SECONDS), pruned == "true", search or "")
 
 
 def is_live(r: RunRecord, now: float, alive=holder_alive) -> bool:
@@ -126,13 +129,14 @@ class QueueView:
         """Read what changed in the store (or, without `sync`, what the index held at its last sync)."""
         rows, dropped = self.index.sync() if sync else ([], set())
         if not self._loaded:
-            rows, self._loaded = self.index.rows(), True
+            records, self._loaded = [_record(*values) for values in self.index.queue_rows()], True
+        else:
+            records = [record(row) for row in rows]
         for run_id in dropped:
             old = self._runs.pop(run_id, None)
             if old is not None:
                 self._keyed.get(old.key, {}).pop(run_id, None)
-        for row in rows:
-            r = record(row)
+        for r in records:
             self._runs[r.run_id] = r
             self._keyed.setdefault(r.key, {})[r.run_id] = r
         return self
