@@ -120,9 +120,14 @@ def store_runs(rows: list) -> pd.DataFrame:
 
 
 def planned_frame(spec: SweepSpec, grids: tuple = ()) -> pd.DataFrame:
-    rows = [{"key": r.key, "name": r.name, "grids": ",".join(r.grids), **r.config.as_params()}
-            for r in expand(spec, grids)]
-    return pd.DataFrame(rows, columns=["key", "name", "grids", *SETTING_NAMES])
+    runs = expand(spec, grids)
+    names = ["key", "name", "grids", *SETTING_NAMES]
+    if not runs:
+        return pd.DataFrame([], columns=names)
+    columns = {"key": [r.key for r in runs], "name": [r.name for r in runs], "grids": [",".join(r.grids) for r in runs]}
+    for name in SETTING_NAMES:  # the settings as RunConfig.as_params() gives them, a column at a time
+        columns[name] = [getattr(r.config, name) for r in runs]
+    return pd.DataFrame(columns, columns=names)
 
 
 def found_frame(store: pd.DataFrame, grids: tuple = ()) -> pd.DataFrame:
