@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import Optional
 
 from . import tracking
-from .lease import DIVERGED, ERROR, HEARTBEAT, HOLDER, KEY, LEASE, PRUNED, SEARCH, SESSION
+from .lease import DIVERGED, ERROR, HEARTBEAT, HOLDER, KEY, KIND, LEASE, PRUNED, SEARCH, SESSION
 from .tracking import RunRow
 
-TRAINING = "tags.`sweep.kind` = 'train'"
+TRAINING = f"tags.`{KIND}` = 'train'"
 SLACK_MS = 10_000  # writers' clocks may disagree by this much; runs ending that close to a sync are read again
 VERSION = 3
 _COLUMNS = ("run_id", "status", "start_time", "end_time", "name", "artifact_uri", "tags", "params", "metrics")
@@ -103,16 +103,16 @@ class Index:
                 vanished = set()
             else:
                 synced_end, deleted = meta[0], set(json.loads(meta[1]))
-                fresh = (self._search(f"{TRAINING} and attributes.end_time > {synced_end - SLACK_MS}")
-                         + self._search(f"{TRAINING} and attributes.status = 'RUNNING'"))
+                fresh = _training(self._search(f"attributes.end_time > {synced_end - SLACK_MS}")
+                                  + self._search("attributes.status = 'RUNNING'"))
                 seen = {row.run_id for row in fresh}
                 was_running = [r for (r,) in db.execute(
                     "select run_id from runs where experiment_id = ? and status = 'RUNNING'", (self.experiment_id,))]
                 gone = [r for r in was_running if r not in seen]
                 fresh += self._by_id(gone)  # ended with an odd clock, or deleted (a withdrawn claim)
                 vanished = {r for r in gone if r not in {row.run_id for row in fresh}}
-            now_deleted = {row.run_id for row in self._search(
-                f"{TRAINING} and attributes.status != 'RUNNING'", view="deleted")}
+            deleted_now = _training(self._search("attributes.status != 'RUNNING'", view="deleted"))
+            now_deleted = {row.run_id for row in deleted_now}
             fresh += self._by_id(sorted(deleted - now_deleted))   # restored since the last sync
             dropped = vanished | now_deleted | {row.run_id for row in fresh if row.deleted}
             _drop(db, dropped)
@@ -153,6 +153,13 @@ class Index:
             db.execute(f"pragma user_version = {VERSION}")
             db.commit()
         return db
+
+
+def _training(rows: list[RunRow]) -> list[RunRow]:
+    """The training runs among `rows`. The sync's searches filter on attributes alone and leave this
+    to Python: a filter on a tag makes the store look up every run's tags (MLflow keeps no index on
+    tag values), which would cost each sync time in proportion to all the runs, not to what changed."""
+    return [row for row in rows if row.tags.get(KIND) == "train"]
 
 
 def _drop(db: sqlite3.Connection, run_ids) -> None:
