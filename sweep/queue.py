@@ -14,8 +14,11 @@ again later. The claim is a `Lease` (lease.py): its holder alone writes the run'
 from __future__ import annotations
 
 import random
+import sqlite3
 import time
+from contextlib import closing
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterable, Optional
 
 from . import tracking
@@ -185,7 +188,29 @@ def read_states(spec, runs, uri: Optional[str], sync: bool = True) -> Optional[Q
 
 def key_records(uri: str, experiment_id: str, key: str) -> list[RunRecord]:
     """Every attempt at one key, read from the store itself (never from the index)."""
+    index_tag_values(uri)
     return [record(row) for row in tracking.search(uri, experiment_id, f"tags.`{KEY}` = '{key}'")]
+
+
+_TAG_INDEX = "create index if not exists sweep_tags_key_value on tags (key, value)"
+_tags_indexed: set = set()
+
+
+def index_tag_values(uri: str) -> None:
+    """Give a local store an index on its tags' values (once per process), so that finding a key's
+    runs, a session's or the sweep's parent reads those runs alone. MLflow indexes its tags table
+    by (key, run) only: without this, each claim reads the tags of every run in the store, and a
+    claim's cost grows with the number of runs (31 ms of SQL per lookup at 10,000 runs, 0.01 ms
+    with it). A tracking server's database needs the same index from its administrator (see README)."""
+    if uri in _tags_indexed or not uri.startswith("sqlite:///") or not Path(uri[len("sqlite:///"):]).exists():
+        return
+    try:
+        with closing(sqlite3.connect(uri[len("sqlite:///"):], timeout=30)) as db:
+            db.execute(_TAG_INDEX)
+            db.commit()
+    except sqlite3.Error:
+        return  # MLflow has not made its tables yet, or the store is read-only: lookups work, only slower
+    _tags_indexed.add(uri)
 
 
 def claim(uri: str, experiment_id: str, parent_id: str, planned, sweep_name: str, session: str,
@@ -229,6 +254,7 @@ def end_attempt(uri: str, run_id: str, status: str, error: str) -> None:
 
 
 def session_runs(uri: str, experiment_id: str, session: str, status: str = "RUNNING") -> list[RunRecord]:
+    index_tag_values(uri)
     return [record(row) for row in tracking.search(
         uri, experiment_id, f"tags.`{SESSION}` = '{session}' and attributes.status = '{status}'")]
 
@@ -236,6 +262,7 @@ def session_runs(uri: str, experiment_id: str, session: str, status: str = "RUNN
 # --- the sweep's parent run ---------------------------------------------------------------------------
 
 def find_parent(uri: str, experiment_id: str, sweep_name: str) -> Optional[str]:
+    index_tag_values(uri)
     found = tracking.search(uri, experiment_id, f"tags.`{KIND}` = 'parent' and tags.`{SWEEP}` = "
                             f"{tracking.quoted(sweep_name)}", max_results=1, order_by=["attributes.start_time ASC"])
     return found[0].run_id if found else None

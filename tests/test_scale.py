@@ -166,3 +166,17 @@ def test_the_index_is_rebuilt_when_deleted_damaged_or_old_and_follows_every_chan
     agrees()
     _, truth = store_truth(spec, uri, experiment_id)
     assert queue.read_states(spec, expand(spec), uri).states == truth
+
+
+def test_a_local_store_gets_an_index_on_tag_values_so_that_claims_do_not_read_every_run(store):
+    folder, spec, uri, experiment_id, parent = store
+    db_path = uri[len("sqlite:///"):]
+    with sqlite3.connect(db_path) as db:
+        db.execute("drop index if exists sweep_tags_key_value")
+    queue._tags_indexed.discard(uri)
+    run = expand(spec, ["finished"])[0]
+    assert queue.claim(uri, experiment_id, parent, run, spec.name, "again", this_holder()) is None   # done
+    with sqlite3.connect(db_path) as db:
+        plan = " ".join(str(row) for row in db.execute(
+            "explain query plan select run_uuid from tags where key = ? and value = ?", ("sweep.key", run.key)))
+    assert "sweep_tags_key_value" in plan
