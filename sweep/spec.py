@@ -51,6 +51,7 @@ _NAME_HEAD = ("activation", "lr", "depth", "width", "schedule")
 # when it differs from its default, so that adding a setting keeps the keys of a finished store.
 _KEYED_ALWAYS = frozenset(("activation", "depth", "width", "lr", "momentum", "schedule", "gamma",
                            "restart_period", "epochs", "batch_size", "test_batch_size", "seed"))
+_KEY_JSON = json.JSONEncoder(sort_keys=True).encode  # json.dumps(params, sort_keys=True), its encoder made once
 
 
 class SpecError(SweepError, ValueError):
@@ -96,8 +97,7 @@ def run_key(config: RunConfig) -> str:
         value = getattr(config, setting)
         if setting in _KEYED_ALWAYS or value != DEFAULTS[setting]:
             params[setting] = value
-    blob = json.dumps(params, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    return hashlib.sha256(_KEY_JSON(params).encode()).hexdigest()[:16]
 
 
 def run_name(config: RunConfig) -> str:
