@@ -126,6 +126,7 @@ class QueueView:
         self.index = index or Index(uri, experiment_id, experiment=experiment)
         self._runs: dict[str, RunRecord] = {}
         self._keyed: dict[str, dict[str, RunRecord]] = {}
+        self._done: set = set()   # keys with a FINISHED attempt: done whatever the clock says
         self._loaded = False
 
     def refresh(self, sync: bool = True) -> "QueueView":
@@ -135,13 +136,21 @@ class QueueView:
             records, self._loaded = [_record(*values) for values in self.index.queue_rows()], True
         else:
             records = [record(row) for row in rows]
+        touched = set()
         for run_id in dropped:
             old = self._runs.pop(run_id, None)
             if old is not None:
                 self._keyed.get(old.key, {}).pop(run_id, None)
+                touched.add(old.key)
         for r in records:
             self._runs[r.run_id] = r
             self._keyed.setdefault(r.key, {})[r.run_id] = r
+            touched.add(r.key)
+        for key in touched:
+            if any(a.status == "FINISHED" for a in self._keyed.get(key, {}).values()):
+                self._done.add(key)
+            else:
+                self._done.discard(key)
         return self
 
     @property
@@ -156,7 +165,8 @@ class QueueView:
 
     def states(self, keys: Iterable[str], now: Optional[float] = None) -> dict[str, str]:
         now = time.time() if now is None else now
-        return {k: key_state(self.attempts(k), now) for k in keys}
+        done = self._done  # most keys of a long sweep: no need to look at their attempts again
+        return {k: "done" if k in done else key_state(self.attempts(k), now) for k in keys}
 
     def failures(self, key: str, session: str) -> int:
         return sum(r.session == session and r.status == "FAILED" for r in self.attempts(key))
