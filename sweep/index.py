@@ -20,16 +20,15 @@ from pathlib import Path
 from typing import Optional
 
 from . import tracking
-from .lease import DIVERGED, ERROR, HEARTBEAT, HOLDER, KEY, KIND, LEASE, PRUNED, SEARCH, SESSION
+from .lease import KIND
 from .tracking import RunRow
 
 TRAINING = f"tags.`{KIND}` = 'train'"
 SLACK_MS = 10_000  # writers' clocks may disagree by this much; runs ending that close to a sync are read again
-VERSION = 3
-_COLUMNS = ("run_id", "status", "start_time", "end_time", "name", "artifact_uri", "tags", "params", "metrics")
-# The tags a queue read needs, kept in columns of their own too, so that reading the queue decodes no JSON.
-QUEUE_TAGS = (KEY, HEARTBEAT, SESSION, ERROR, DIVERGED, HOLDER, LEASE, PRUNED, SEARCH)
-_QUEUE_COLUMNS = tuple(f"q{i}" for i in range(len(QUEUE_TAGS)))
+VERSION = 4
+BASE = ("run_id", "status", "start_time", "end_time", "name", "artifact_uri")
+_COLUMNS = (*BASE, "tags", "params", "metrics")
+_PARTS = {"tags": "t", "params": "p", "metrics": "m"}  # a field column: "t.NAME", "p.NAME" or "m.NAME"
 
 
 def index_path(uri: str) -> Path:
@@ -87,11 +86,20 @@ class Index:
                 args.append(status)
             return [_row(r) for r in db.execute(query, args)]
 
-    def queue_rows(self) -> list[tuple]:
-        """(run_id, status, start_time, *the values of QUEUE_TAGS, None where absent) of every run."""
+    def table(self, tags=(), params=(), metrics=()) -> list[tuple]:
+        """Every run as a tuple: the BASE columns, then the values of the named tags, params and
+        metrics (None where a run has none; a NaN metric reads as None too). No JSON is decoded:
+        each field asked for has a column of its own, added (and filled) the first time it is asked
+        for and kept up to date by every sync after."""
+        wanted = [*(("tags", n) for n in tags), *(("params", n) for n in params), *(("metrics", n) for n in metrics)]
         with closing(self._connect()) as db:
-            return db.execute(f"select run_id, status, start_time, {', '.join(_QUEUE_COLUMNS)} from runs "
-                              f"where experiment_id = ?", (self.experiment_id,)).fetchall()
+            if set(wanted) - set(_fields(db)):
+                db.execute("begin immediate")  # no sync may insert rows between the new columns and their filling
+                have = set(_fields(db))
+                _add_fields(db, [w for w in dict.fromkeys(wanted) if w not in have])
+                db.commit()
+            columns = ", ".join((*BASE, *(_field(part, name) for part, name in wanted)))
+            return db.execute(f"select {columns} from runs where experiment_id = ?", (self.experiment_id,)).fetchall()
 
     def _sync(self, started: float) -> tuple[list[RunRow], set]:
         with closing(self._connect()) as db:
@@ -115,12 +123,14 @@ class Index:
             now_deleted = {row.run_id for row in deleted_now}
             fresh += self._by_id(sorted(deleted - now_deleted))   # restored since the last sync
             dropped = vanished | now_deleted | {row.run_id for row in fresh if row.deleted}
+            db.execute("begin immediate")  # the field columns cannot change until this sync is written
             _drop(db, dropped)
             live = [row for row in fresh if not row.deleted]
-            columns = (*_COLUMNS, *_QUEUE_COLUMNS)
+            fields = _fields(db)
+            columns = (*_COLUMNS, *(_field(part, name) for part, name in fields))
             db.executemany(f"insert or replace into runs (experiment_id, {', '.join(columns)}) "
                            f"values (?, {', '.join('?' for _ in columns)})",
-                           [(self.experiment_id, *_values(row)) for row in live])
+                           [(self.experiment_id, *_values(row), *_field_values(row, fields)) for row in live])
             ends = [row.end_time for row in live if row.end_time] + [meta[0] if meta else 0]
             self.experiment = self.experiment or (meta[2] if meta else "")
             db.execute("insert or replace into meta (experiment_id, experiment, synced_end, synced_at, deleted) "
@@ -145,8 +155,7 @@ class Index:
         version = db.execute("pragma user_version").fetchone()[0]
         if version != VERSION:
             db.executescript("drop table if exists runs; drop table if exists meta;")
-            db.execute(f"create table runs (experiment_id text, {', '.join((*_COLUMNS, *_QUEUE_COLUMNS))}, "
-                       f"primary key (run_id))")
+            db.execute(f"create table runs (experiment_id text, {', '.join(_COLUMNS)}, primary key (run_id))")
             db.execute("create index runs_experiment on runs (experiment_id, status)")
             db.execute("create table meta (experiment_id text primary key, experiment text, synced_end integer, "
                        "synced_at real, deleted text)")
@@ -168,8 +177,32 @@ def _drop(db: sqlite3.Connection, run_ids) -> None:
 
 def _values(row: RunRow) -> tuple:
     return (row.run_id, row.status, row.start_time, row.end_time, row.name, row.artifact_uri,
-            json.dumps(row.tags), json.dumps(row.params), json.dumps(row.metrics),
-            *(row.tags.get(tag) for tag in QUEUE_TAGS))
+            json.dumps(row.tags), json.dumps(row.params), json.dumps(row.metrics))
+
+
+def _field(part: str, name: str) -> str:
+    """The quoted column of a field; declared without a type, so that SQLite stores each value as given."""
+    return '"' + f"{_PARTS[part]}.{name}".replace('"', '""') + '"'
+
+
+def _fields(db: sqlite3.Connection) -> list[tuple]:
+    """The (part, name) of every field column the index keeps."""
+    parts = {letter: part for part, letter in _PARTS.items()}
+    return [(parts[column[0]], column[2:]) for (_, column, *_) in db.execute("pragma table_info(runs)")
+            if column[:2] in ("t.", "p.", "m.")]
+
+
+def _field_values(row: RunRow, fields) -> list:
+    return [getattr(row, part).get(name) for part, name in fields]
+
+
+def _add_fields(db: sqlite3.Connection, fields: list) -> None:
+    """New field columns, filled from the runs already mirrored."""
+    for part, name in fields:
+        db.execute(f"alter table runs add column {_field(part, name)}")
+    filled = [(*_field_values(_row((run_id, None, None, None, None, None, *blobs)), fields), run_id)
+              for run_id, *blobs in db.execute("select run_id, tags, params, metrics from runs")]
+    db.executemany(f"update runs set {', '.join(f'{_field(p, n)} = ?' for p, n in fields)} where run_id = ?", filled)
 
 
 def _row(values) -> RunRow:

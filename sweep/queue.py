@@ -22,12 +22,13 @@ from pathlib import Path
 from typing import Iterable, Optional
 
 from . import tracking
-from .index import QUEUE_TAGS, Index
-from .lease import (ATTEMPT, ERROR, GRIDS, HEARTBEAT, HOLDER, KEY, KIND, LEASE, LEASE_SECONDS, OWNER, SEARCH,
-                    SESSION, SWEEP, Lease, holder_alive)
+from .index import Index
+from .lease import (ATTEMPT, DIVERGED, ERROR, GRIDS, HEARTBEAT, HOLDER, KEY, KIND, LEASE, LEASE_SECONDS, OWNER,
+                    PRUNED, SEARCH, SESSION, SWEEP, Lease, holder_alive)
 from .tracking import RunRow
 
 STATES = ("pending", "running", "failed", "done")
+QUEUE_TAGS = (KEY, HEARTBEAT, SESSION, ERROR, DIVERGED, HOLDER, LEASE, PRUNED, SEARCH)  # what a RunRecord is made of
 PARENT_RUN_ID = "mlflow.parentRunId"
 
 
@@ -58,7 +59,7 @@ def record(row: RunRow) -> RunRecord:
 
 def _record(run_id, status, start_time, key, heartbeat, session, error, diverged, holder, lease, pruned,
             search) -> RunRecord:
-    """From a run's id, status, start and the values of index.QUEUE_TAGS (None where absent)."""
+    """From a run's id, status, start and the values of QUEUE_TAGS (None where absent)."""
     return RunRecord(run_id, key or "", status, start_time or 0, float(heartbeat or 0), session or "", error or "",
                      diverged == "true", holder or "", float(lease or LEASE_SECONDS), pruned == "true", search or "")
 
@@ -133,7 +134,9 @@ class QueueView:
         """Read what changed in the store (or, without `sync`, what the index held at its last sync)."""
         rows, dropped = self.index.sync() if sync else ([], set())
         if not self._loaded:
-            records, self._loaded = [_record(*values) for values in self.index.queue_rows()], True
+            records = [_record(run_id, status, start, *tags)
+                       for run_id, status, start, _, _, _, *tags in self.index.table(tags=QUEUE_TAGS)]
+            self._loaded = True
         else:
             records = [record(row) for row in rows]
         touched = set()

@@ -13,7 +13,7 @@ import pandas as pd
 from mnist_core.config import SETTING_NAMES, SETTING_TYPES
 
 from . import queue, tracking
-from .index import Index
+from .index import BASE, Index
 from .lease import DIVERGED, GRIDS, KEY, PRUNED
 from .spec import SweepSpec, expand
 FINAL_METRICS = ("test_error", "train_error", "test_loss", "train_loss", "best_test_error", "training_seconds",
@@ -21,6 +21,8 @@ FINAL_METRICS = ("test_error", "train_error", "test_loss", "train_loss", "best_t
 EPOCH_METRICS = ("train_loss", "train_error", "test_loss", "test_error", "val_loss", "val_error", "lr")
 OUTCOMES = ("done", "diverged", "stopped", "failed", "missing")
 COLUMNS = ["key", "name", "grids", *SETTING_NAMES, "outcome", "state", "run_id", *FINAL_METRICS, "agent_uri"]
+STORE_TAGS = (KEY, GRIDS, DIVERGED, PRUNED)          # what the read side needs of each run in the store
+STORE_METRICS = (*FINAL_METRICS, "lr")
 
 
 @dataclass(frozen=True)
@@ -67,15 +69,15 @@ def fetch_results(spec: Optional[SweepSpec], uri: str, grids: Iterable[str] = ()
         raise tracking.TrackingError(f"no experiment '{experiment}' in tracking store {uri}; run `sweep run` first")
     index = Index(uri, experiment_id, experiment=experiment)
     index.sync()  # only what changed since the last read; the rest comes from the index beside the store
-    rows = index.rows()
-    store = store_runs(rows)
+    store = store_frame(index.table(tags=STORE_TAGS, params=SETTING_NAMES, metrics=STORE_METRICS))
     if spec is not None:
         selected = grids or tuple(spec.grids)
         parent = queue.find_parent(uri, experiment_id, spec.name)
     else:
         planned = found_frame(store, grids)
         selected, parent = grids, None
-    runs = join_outcomes(planned, store, queue.states(planned["key"], [queue.record(r) for r in rows]))
+    states = queue.QueueView(uri, experiment_id, index=index).refresh(sync=False).states(planned["key"])
+    runs = join_outcomes(planned, store, states)
     results = SweepResults(experiment, experiment_id, runs, spec, selected, parent)
     wanted = histories(results) if callable(histories) else histories or ()
     fetched = {run_id: _history(uri, store, run_id) for run_id in dict.fromkeys(wanted)}
@@ -96,26 +98,41 @@ def _history(uri: str, store: pd.DataFrame, run_id: str) -> pd.DataFrame:
 
 def store_runs(rows: list) -> pd.DataFrame:
     """The store's runs (tracking.RunRow) -> one typed row per MLflow run (every attempt, any status)."""
+    return store_frame([(r.run_id, r.status, r.start_time, r.end_time, r.name, r.artifact_uri,
+                         *(r.tags.get(name) for name in STORE_TAGS), *(r.params.get(name) for name in SETTING_NAMES),
+                         *(r.metrics.get(name) for name in STORE_METRICS)) for r in rows])
+
+
+def store_frame(table: list) -> pd.DataFrame:
+    """The same from tuples as Index.table(tags=STORE_TAGS, params=SETTING_NAMES, metrics=STORE_METRICS)
+    gives them: index.BASE, then those fields, None where a run has none."""
+    width = len(BASE) + len(STORE_TAGS) + len(SETTING_NAMES) + len(STORE_METRICS)
+    columns = [list(column) for column in zip(*table)] if table else [[] for _ in range(width)]
+    base = dict(zip(BASE, columns[:len(BASE)]))
+    tags = dict(zip(STORE_TAGS, columns[len(BASE):]))
+    params = dict(zip(SETTING_NAMES, columns[len(BASE) + len(STORE_TAGS):]))
+    metrics = dict(zip(STORE_METRICS, columns[len(BASE) + len(STORE_TAGS) + len(SETTING_NAMES):]))
+
     def tag(name, default=""):
-        return [r.tags.get(name, default) for r in rows]
+        return [default if v is None else v for v in tags[name]]
 
     out = pd.DataFrame({
-        "run_id": [r.run_id for r in rows],
+        "run_id": base["run_id"],
         "key": tag(KEY),
-        "name": [r.name for r in rows],
-        "status": [r.status for r in rows],
+        "name": base["name"],
+        "status": base["status"],
         "grids": tag(GRIDS),
         "diverged": [v == "true" for v in tag(DIVERGED, "false")],
         "pruned": [v == "true" for v in tag(PRUNED, "false")],
-        "start_time": pd.array([r.start_time for r in rows], dtype="Int64"),
-        "end_time": pd.array([r.end_time for r in rows], dtype="Int64"),
+        "start_time": pd.array(base["start_time"], dtype="Int64"),
+        "end_time": pd.array(base["end_time"], dtype="Int64"),
     })
     for name in SETTING_NAMES:
-        raw = pd.Series([r.params.get(name) for r in rows], dtype=object)
+        raw = pd.Series(params[name], dtype=object)
         out[name] = raw if SETTING_TYPES[name] == "str" else pd.to_numeric(raw, errors="coerce")
-    for metric in (*FINAL_METRICS, "lr"):
-        out[f"metrics.{metric}"] = pd.Series([r.metrics.get(metric, float("nan")) for r in rows], dtype=float)
-    out["agent_uri"] = [f"{r.artifact_uri}/mnist_agent.pt" for r in rows]
+    for metric in STORE_METRICS:
+        out[f"metrics.{metric}"] = pd.Series([float("nan") if v is None else v for v in metrics[metric]], dtype=float)
+    out["agent_uri"] = [f"{uri}/mnist_agent.pt" for uri in base["artifact_uri"]]
     return out
 
 

@@ -140,6 +140,11 @@ def test_the_index_is_rebuilt_when_deleted_damaged_or_old_and_follows_every_chan
     def agrees():
         rows, _ = store_truth(spec, uri, experiment_id)
         assert mirrored(uri, experiment_id) == sorted(rows, key=lambda r: r.run_id)
+        fields = Index(uri, experiment_id).table(tags=("sweep.key", "sweep.error"), params=("lr",),
+                                                 metrics=("test_error", "lr"))
+        assert sorted(fields) == sorted((r.run_id, r.status, r.start_time, r.end_time, r.name, r.artifact_uri,
+                                         r.tags.get("sweep.key"), r.tags.get("sweep.error"), r.params.get("lr"),
+                                         r.metrics.get("test_error"), r.metrics.get("lr")) for r in rows)
 
     path = index_path(uri)
     path.unlink(missing_ok=True)
