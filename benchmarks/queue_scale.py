@@ -38,6 +38,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import multiprocessing
 import os
 import random
 import resource
@@ -172,7 +173,7 @@ def fill(folder: Path, n: int, uri: str, processes: int) -> dict:
         parts = [todo[i::processes] for i in range(processes)]
         chunks = [(part, chunk) for part in range(processes) for chunk in _chunks(parts[part], 500)]
         print(f"filling {len(todo):,} of {n:,} runs with {processes} processes ...", flush=True)
-        with ProcessPoolExecutor(processes) as pool:
+        with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn")) as pool:
             futures = [pool.submit(_fill_part, uri, experiment_id, parent, str(spec_path), chunk, part)
                        for part, chunk in chunks]
             for i, future in enumerate(futures, 1):
@@ -213,8 +214,8 @@ class Clock:
 
 
 def _cpu() -> float:
-    own, children = os.times(), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.user + own.system + children.ru_utime + children.ru_stime
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + children.ru_utime + children.ru_stime
 
 
 def cli_run(command: list, spec: Path, uri: str, index: Path, cold: bool, expect: str, clock: Clock) -> None:
