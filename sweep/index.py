@@ -7,6 +7,10 @@ last sync (by end time, with a margin for writers' clocks), the runs still RUNNI
 were RUNNING at the last sync, and the finished runs deleted or restored since. Claims never trust
 it: they read their key's runs from the store, so a stale mirror can delay an answer, never train a
 run twice.
+
+Each run is kept whole (its tags, params and metrics as JSON), and the fields that readers ask for
+by name (Index.table) in columns of their own as well, so that reading tens of thousands of runs
+decodes no JSON.
 """
 from __future__ import annotations
 
