@@ -7,6 +7,10 @@ last sync (by end time, with a margin for writers' clocks), the runs still RUNNI
 were RUNNING at the last sync, and the finished runs deleted or restored since. Claims never trust
 it: they read their key's runs from the store, so a stale mirror can delay an answer, never train a
 run twice.
+
+Each run is kept whole (its tags, params and metrics as JSON), and the fields that readers ask for
+by name (Index.table) in columns of their own as well, so that reading tens of thousands of runs
+decodes no JSON.
 """
 from __future__ import annotations
 
@@ -20,12 +24,15 @@ from pathlib import Path
 from typing import Optional
 
 from . import tracking
+from .lease import KIND
 from .tracking import RunRow
 
-TRAINING = "tags.`sweep.kind` = 'train'"
+TRAINING = f"tags.`{KIND}` = 'train'"
 SLACK_MS = 10_000  # writers' clocks may disagree by this much; runs ending that close to a sync are read again
-VERSION = 2
-_COLUMNS = ("run_id", "status", "start_time", "end_time", "name", "artifact_uri", "tags", "params", "metrics")
+VERSION = 4
+BASE = ("run_id", "status", "start_time", "end_time", "name", "artifact_uri")
+_COLUMNS = (*BASE, "tags", "params", "metrics")
+_PARTS = {"tags": "t", "params": "p", "metrics": "m"}  # a field column: "t.NAME", "p.NAME" or "m.NAME"
 
 
 def index_path(uri: str) -> Path:
@@ -83,6 +90,21 @@ class Index:
                 args.append(status)
             return [_row(r) for r in db.execute(query, args)]
 
+    def table(self, tags=(), params=(), metrics=()) -> list[tuple]:
+        """Every run as a tuple: the BASE columns, then the values of the named tags, params and
+        metrics (None where a run has none; a NaN metric reads as None too). No JSON is decoded:
+        each field asked for has a column of its own, added (and filled) the first time it is asked
+        for and kept up to date by every sync after."""
+        wanted = [*(("tags", n) for n in tags), *(("params", n) for n in params), *(("metrics", n) for n in metrics)]
+        with closing(self._connect()) as db:
+            if set(wanted) - set(_fields(db)):
+                db.execute("begin immediate")  # no sync may insert rows between the new columns and their filling
+                have = set(_fields(db))
+                _add_fields(db, [w for w in dict.fromkeys(wanted) if w not in have])
+                db.commit()
+            columns = ", ".join((*BASE, *(_field(part, name) for part, name in wanted)))
+            return db.execute(f"select {columns} from runs where experiment_id = ?", (self.experiment_id,)).fetchall()
+
     def _sync(self, started: float) -> tuple[list[RunRow], set]:
         with closing(self._connect()) as db:
             meta = db.execute("select synced_end, deleted, experiment from meta where experiment_id = ?",
@@ -93,23 +115,26 @@ class Index:
                 vanished = set()
             else:
                 synced_end, deleted = meta[0], set(json.loads(meta[1]))
-                fresh = (self._search(f"{TRAINING} and attributes.end_time > {synced_end - SLACK_MS}")
-                         + self._search(f"{TRAINING} and attributes.status = 'RUNNING'"))
+                fresh = _training(self._search(f"attributes.end_time > {synced_end - SLACK_MS}")
+                                  + self._search("attributes.status = 'RUNNING'"))
                 seen = {row.run_id for row in fresh}
                 was_running = [r for (r,) in db.execute(
                     "select run_id from runs where experiment_id = ? and status = 'RUNNING'", (self.experiment_id,))]
                 gone = [r for r in was_running if r not in seen]
                 fresh += self._by_id(gone)  # ended with an odd clock, or deleted (a withdrawn claim)
                 vanished = {r for r in gone if r not in {row.run_id for row in fresh}}
-            now_deleted = {row.run_id for row in self._search(
-                f"{TRAINING} and attributes.status != 'RUNNING'", view="deleted")}
+            deleted_now = _training(self._search("attributes.status != 'RUNNING'", view="deleted"))
+            now_deleted = {row.run_id for row in deleted_now}
             fresh += self._by_id(sorted(deleted - now_deleted))   # restored since the last sync
             dropped = vanished | now_deleted | {row.run_id for row in fresh if row.deleted}
+            db.execute("begin immediate")  # the field columns cannot change until this sync is written
             _drop(db, dropped)
             live = [row for row in fresh if not row.deleted]
-            db.executemany(f"insert or replace into runs (experiment_id, {', '.join(_COLUMNS)}) "
-                           f"values (?, {', '.join('?' for _ in _COLUMNS)})",
-                           [(self.experiment_id, *_values(row)) for row in live])
+            fields = _fields(db)
+            columns = (*_COLUMNS, *(_field(part, name) for part, name in fields))
+            db.executemany(f"insert or replace into runs (experiment_id, {', '.join(columns)}) "
+                           f"values (?, {', '.join('?' for _ in columns)})",
+                           [(self.experiment_id, *_values(row), *_field_values(row, fields)) for row in live])
             ends = [row.end_time for row in live if row.end_time] + [meta[0] if meta else 0]
             self.experiment = self.experiment or (meta[2] if meta else "")
             db.execute("insert or replace into meta (experiment_id, experiment, synced_end, synced_at, deleted) "
@@ -143,6 +168,13 @@ class Index:
         return db
 
 
+def _training(rows: list[RunRow]) -> list[RunRow]:
+    """The training runs among `rows`. The sync's searches filter on attributes alone and leave this
+    to Python: a filter on a tag makes the store look up every run's tags (MLflow keeps no index on
+    tag values), which would cost each sync time in proportion to all the runs, not to what changed."""
+    return [row for row in rows if row.tags.get(KIND) == "train"]
+
+
 def _drop(db: sqlite3.Connection, run_ids) -> None:
     db.executemany("delete from runs where run_id = ?", [(r,) for r in run_ids])
 
@@ -150,6 +182,31 @@ def _drop(db: sqlite3.Connection, run_ids) -> None:
 def _values(row: RunRow) -> tuple:
     return (row.run_id, row.status, row.start_time, row.end_time, row.name, row.artifact_uri,
             json.dumps(row.tags), json.dumps(row.params), json.dumps(row.metrics))
+
+
+def _field(part: str, name: str) -> str:
+    """The quoted column of a field; declared without a type, so that SQLite stores each value as given."""
+    return '"' + f"{_PARTS[part]}.{name}".replace('"', '""') + '"'
+
+
+def _fields(db: sqlite3.Connection) -> list[tuple]:
+    """The (part, name) of every field column the index keeps."""
+    parts = {letter: part for part, letter in _PARTS.items()}
+    return [(parts[column[0]], column[2:]) for (_, column, *_) in db.execute("pragma table_info(runs)")
+            if column[:2] in ("t.", "p.", "m.")]
+
+
+def _field_values(row: RunRow, fields) -> list:
+    return [getattr(row, part).get(name) for part, name in fields]
+
+
+def _add_fields(db: sqlite3.Connection, fields: list) -> None:
+    """New field columns, filled from the runs already mirrored."""
+    for part, name in fields:
+        db.execute(f"alter table runs add column {_field(part, name)}")
+    filled = [(*_field_values(_row((run_id, None, None, None, None, None, *blobs)), fields), run_id)
+              for run_id, *blobs in db.execute("select run_id, tags, params, metrics from runs")]
+    db.executemany(f"update runs set {', '.join(f'{_field(p, n)} = ?' for p, n in fields)} where run_id = ?", filled)
 
 
 def _row(values) -> RunRow:

@@ -14,8 +14,11 @@ again later. The claim is a `Lease` (lease.py): its holder alone writes the run'
 from __future__ import annotations
 
 import random
+import sqlite3
 import time
+from contextlib import closing
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterable, Optional
 
 from . import tracking
@@ -26,6 +29,7 @@ from .lease import (ATTEMPT, DIVERGED, ERROR, GRIDS, HEARTBEAT, HOLDER, KEY, KIN
 from .tracking import RunRow
 
 STATES = ("pending", "running", "failed", "done")
+QUEUE_TAGS = (KEY, HEARTBEAT, SESSION, ERROR, DIVERGED, HOLDER, LEASE, PRUNED, SEARCH)  # what a RunRecord is made of
 PARENT_RUN_ID = "mlflow.parentRunId"
 
 
@@ -51,11 +55,14 @@ class RunRecord:
 
 
 def record(row: RunRow) -> RunRecord:
-    tags = row.tags
-    return RunRecord(row.run_id, tags.get(KEY, ""), row.status, row.start_time or 0,
-                     float(tags.get(HEARTBEAT) or 0), tags.get(SESSION, ""), tags.get(ERROR, ""),
-                     tags.get(DIVERGED) == "true", tags.get(HOLDER, ""),
-                     float(tags.get(LEASE) or LEASE_SECONDS), tags.get(PRUNED) == "true", tags.get(SEARCH, ""))
+    return _record(row.run_id, row.status, row.start_time, *(row.tags.get(tag) for tag in QUEUE_TAGS))
+
+
+def _record(run_id, status, start_time, key, heartbeat, session, error, diverged, holder, lease, pruned,
+            search) -> RunRecord:
+    """From a run's id, status, start and the values of QUEUE_TAGS (None where absent)."""
+    return RunRecord(run_id, key or "", status, start_time or 0, float(heartbeat or 0), session or "", error or "",
+                     diverged == "true", holder or "", float(lease or LEASE_SECONDS), pruned == "true", search or "")
 
 
 def is_live(r: RunRecord, now: float, alive=holder_alive) -> bool:
@@ -121,21 +128,33 @@ class QueueView:
         self.index = index or Index(uri, experiment_id, experiment=experiment)
         self._runs: dict[str, RunRecord] = {}
         self._keyed: dict[str, dict[str, RunRecord]] = {}
+        self._done: set = set()   # keys with a FINISHED attempt: done whatever the clock says
         self._loaded = False
 
     def refresh(self, sync: bool = True) -> "QueueView":
         """Read what changed in the store (or, without `sync`, what the index held at its last sync)."""
         rows, dropped = self.index.sync() if sync else ([], set())
         if not self._loaded:
-            rows, self._loaded = self.index.rows(), True
+            records = [_record(run_id, status, start, *tags)
+                       for run_id, status, start, _, _, _, *tags in self.index.table(tags=QUEUE_TAGS)]
+            self._loaded = True
+        else:
+            records = [record(row) for row in rows]
+        touched = set()
         for run_id in dropped:
             old = self._runs.pop(run_id, None)
             if old is not None:
                 self._keyed.get(old.key, {}).pop(run_id, None)
-        for row in rows:
-            r = record(row)
+                touched.add(old.key)
+        for r in records:
             self._runs[r.run_id] = r
             self._keyed.setdefault(r.key, {})[r.run_id] = r
+            touched.add(r.key)
+        for key in touched:
+            if any(a.status == "FINISHED" for a in self._keyed.get(key, {}).values()):
+                self._done.add(key)
+            else:
+                self._done.discard(key)
         return self
 
     @property
@@ -150,7 +169,8 @@ class QueueView:
 
     def states(self, keys: Iterable[str], now: Optional[float] = None) -> dict[str, str]:
         now = time.time() if now is None else now
-        return {k: key_state(self.attempts(k), now) for k in keys}
+        done = self._done  # most keys of a long sweep: no need to look at their attempts again
+        return {k: "done" if k in done else key_state(self.attempts(k), now) for k in keys}
 
     def failures(self, key: str, session: str) -> int:
         return sum(r.session == session and r.status == "FAILED" for r in self.attempts(key))
@@ -182,7 +202,29 @@ def read_states(spec, runs, uri: Optional[str], sync: bool = True) -> Optional[Q
 
 def key_records(uri: str, experiment_id: str, key: str) -> list[RunRecord]:
     """Every attempt at one key, read from the store itself (never from the index)."""
+    index_tag_values(uri)
     return [record(row) for row in tracking.search(uri, experiment_id, f"tags.`{KEY}` = '{key}'")]
+
+
+_TAG_INDEX = "create index if not exists sweep_tags_key_value on tags (key, value)"
+_tags_indexed: set = set()
+
+
+def index_tag_values(uri: str) -> None:
+    """Give a local store an index on its tags' values (once per process), so that finding a key's
+    runs, a session's or the sweep's parent reads those runs alone. MLflow indexes its tags table
+    by (key, run) only: without this, each claim reads the tags of every run in the store, and a
+    claim's cost grows with the number of runs (31 ms of SQL per lookup at 10,000 runs, 0.01 ms
+    with it). A tracking server's database needs the same index from its administrator (see README)."""
+    if uri in _tags_indexed or not uri.startswith("sqlite:///") or not Path(uri[len("sqlite:///"):]).exists():
+        return
+    try:
+        with closing(sqlite3.connect(uri[len("sqlite:///"):], timeout=30)) as db:
+            db.execute(_TAG_INDEX)
+            db.commit()
+    except sqlite3.Error:
+        return  # MLflow has not made its tables yet, or the store is read-only: lookups work, only slower
+    _tags_indexed.add(uri)
 
 
 def claim(uri: str, experiment_id: str, parent_id: str, planned, sweep_name: str, session: str,
@@ -225,6 +267,7 @@ def end_attempt(uri: str, run_id: str, status: str, error: str) -> None:
 
 
 def session_runs(uri: str, experiment_id: str, session: str, status: str = "RUNNING") -> list[RunRecord]:
+    index_tag_values(uri)
     return [record(row) for row in tracking.search(
         uri, experiment_id, f"tags.`{SESSION}` = '{session}' and attributes.status = '{status}'")]
 
@@ -232,6 +275,7 @@ def session_runs(uri: str, experiment_id: str, session: str, status: str = "RUNN
 # --- the sweep's parent run ---------------------------------------------------------------------------
 
 def find_parent(uri: str, experiment_id: str, sweep_name: str) -> Optional[str]:
+    index_tag_values(uri)
     found = tracking.search(uri, experiment_id, f"tags.`{KIND}` = 'parent' and tags.`{SWEEP}` = "
                             f"{tracking.quoted(sweep_name)}", max_results=1, order_by=["attributes.start_time ASC"])
     return found[0].run_id if found else None

@@ -16,7 +16,7 @@ import pandas as pd
 from mnist_core.config import SETTING_NAMES, SETTING_TYPES
 
 from . import queue, tracking
-from .index import Index
+from .index import BASE, Index
 from .lease import CURVE, DIVERGED, DUPLICATE_OF, GRIDS, KEY, PRUNED, SEARCH, TRIAL
 from .spec import SweepSpec, expand, select
 FINAL_METRICS = ("test_error", "train_error", "test_loss", "train_loss", "best_test_error", "training_seconds",
@@ -25,6 +25,8 @@ EPOCH_METRICS = ("train_loss", "train_error", "test_loss", "test_error", "val_lo
 OUTCOMES = ("done", "diverged", "stopped", "duplicate", "failed", "missing")
 COLUMNS = ["key", "name", "grids", *SETTING_NAMES, "outcome", "state", "run_id", *FINAL_METRICS, "agent_uri",
            "search", "trial"]
+STORE_TAGS = (KEY, GRIDS, DIVERGED, PRUNED, DUPLICATE_OF, SEARCH, TRIAL, CURVE)  # what the read side needs
+STORE_METRICS = (*FINAL_METRICS, "lr")
 
 
 @dataclass(frozen=True)
@@ -77,35 +79,38 @@ def fetch_results(spec: Optional[SweepSpec], uri: str, grids: Iterable[str] = ()
         raise tracking.TrackingError(f"no experiment '{experiment}' in tracking store {uri}; run `sweep run` first")
     index = Index(uri, experiment_id, experiment=experiment)
     index.sync()  # only what changed since the last read; the rest comes from the index beside the store
-    rows = index.rows()
-    store = store_runs(rows)
+    store = store_frame(index.table(tags=STORE_TAGS, params=SETTING_NAMES, metrics=STORE_METRICS))
     if spec is not None:
         selected = grids or (*spec.grids, *spec.searches)
         parent = queue.find_parent(uri, experiment_id, spec.name)
-        planned = pd.concat([planned, searched_frame(store, searches)], ignore_index=True)
+        if searches:
+            planned = pd.concat([planned, searched_frame(store, searches)], ignore_index=True)
     else:
         planned = found_frame(store, grids)
         selected, parent = grids, None
         searches = tuple(dict.fromkeys(s for s in planned["search"] if s))
-    states = queue.states(planned["key"], [queue.record(r) for r in rows])
+    states = queue.QueueView(uri, experiment_id, index=index).refresh(sync=False).states(planned["key"])
     runs = join_outcomes(planned, store, states)
+    searched = [r for r in index.rows() if r.tags.get(SEARCH) in searches] if searches else []
     results = SweepResults(experiment, experiment_id, runs, spec, selected, parent, searches=searches,
-                           curves=curves_of(rows), trials=_trials(spec, searches, rows, states))
+                           curves=curves_of(zip(store["run_id"], store["curve"])),
+                           trials=_trials(spec, searches, searched, states))
     wanted = histories(results) if callable(histories) else histories or ()
     fetched = {run_id: _history(uri, store, run_id) for run_id in dict.fromkeys(wanted)}
     return dataclasses.replace(results, histories=fetched)
 
 
-def curves_of(rows: list) -> dict:
-    """run_id -> the objective after each epoch, from the `sweep.curve` tag (runs without one left out)."""
+def curves_of(tagged) -> dict:
+    """run_id -> the objective after each epoch, from (run_id, `sweep.curve` tag) pairs (runs
+    without one left out)."""
     curves = {}
-    for row in rows:
+    for run_id, tag in tagged:
         try:
-            curve = json.loads(row.tags.get(CURVE) or "[]")
+            curve = json.loads(tag or "[]")
         except ValueError:
             continue  # a tag someone edited by hand: the run's histories can stand in
         if curve:
-            curves[row.run_id] = tuple(float("nan") if v is None else float(v) for v in curve)
+            curves[run_id] = tuple(float("nan") if v is None else float(v) for v in curve)
     return curves
 
 
@@ -133,36 +138,58 @@ def _history(uri: str, store: pd.DataFrame, run_id: str) -> pd.DataFrame:
 
 def store_runs(rows: list) -> pd.DataFrame:
     """The store's runs (tracking.RunRow) -> one typed row per MLflow run (every attempt, any status)."""
+    return store_frame([(r.run_id, r.status, r.start_time, r.end_time, r.name, r.artifact_uri,
+                         *(r.tags.get(name) for name in STORE_TAGS), *(r.params.get(name) for name in SETTING_NAMES),
+                         *(r.metrics.get(name) for name in STORE_METRICS)) for r in rows])
+
+
+def store_frame(table: list) -> pd.DataFrame:
+    """The same from tuples as Index.table(tags=STORE_TAGS, params=SETTING_NAMES, metrics=STORE_METRICS)
+    gives them: index.BASE, then those fields, None where a run has none."""
+    width = len(BASE) + len(STORE_TAGS) + len(SETTING_NAMES) + len(STORE_METRICS)
+    columns = [list(column) for column in zip(*table)] if table else [[] for _ in range(width)]
+    base = dict(zip(BASE, columns[:len(BASE)]))
+    tags = dict(zip(STORE_TAGS, columns[len(BASE):]))
+    params = dict(zip(SETTING_NAMES, columns[len(BASE) + len(STORE_TAGS):]))
+    metrics = dict(zip(STORE_METRICS, columns[len(BASE) + len(STORE_TAGS) + len(SETTING_NAMES):]))
+
     def tag(name, default=""):
-        return [r.tags.get(name, default) for r in rows]
+        return [default if v is None else v for v in tags[name]]
 
     out = pd.DataFrame({
-        "run_id": [r.run_id for r in rows],
+        "run_id": base["run_id"],
         "key": tag(KEY),
-        "name": [r.name for r in rows],
-        "status": [r.status for r in rows],
+        "name": base["name"],
+        "status": base["status"],
         "grids": tag(GRIDS),
         "diverged": [v == "true" for v in tag(DIVERGED, "false")],
         "pruned": [v == "true" for v in tag(PRUNED, "false")],
         "duplicate": [bool(v) for v in tag(DUPLICATE_OF)],
         "search": tag(SEARCH),
         "trial": pd.array([int(v) if v else None for v in tag(TRIAL)], dtype="Int64"),
-        "start_time": pd.array([r.start_time for r in rows], dtype="Int64"),
-        "end_time": pd.array([r.end_time for r in rows], dtype="Int64"),
+        "curve": tag(CURVE),
+        "start_time": pd.array(base["start_time"], dtype="Int64"),
+        "end_time": pd.array(base["end_time"], dtype="Int64"),
     })
     for name in SETTING_NAMES:
-        raw = pd.Series([r.params.get(name) for r in rows], dtype=object)
+        raw = pd.Series(params[name], dtype=object)
         out[name] = raw if SETTING_TYPES[name] == "str" else pd.to_numeric(raw, errors="coerce")
-    for metric in (*FINAL_METRICS, "lr"):
-        out[f"metrics.{metric}"] = pd.Series([r.metrics.get(metric, float("nan")) for r in rows], dtype=float)
-    out["agent_uri"] = [f"{r.artifact_uri}/mnist_agent.pt" for r in rows]
+    for metric in STORE_METRICS:
+        out[f"metrics.{metric}"] = pd.Series([float("nan") if v is None else v for v in metrics[metric]], dtype=float)
+    out["agent_uri"] = [f"{uri}/mnist_agent.pt" for uri in base["artifact_uri"]]
     return out
 
 
 def planned_frame(spec: SweepSpec, grids: tuple = ()) -> pd.DataFrame:
-    rows = [{"key": r.key, "name": r.name, "grids": ",".join(r.grids), **r.config.as_params(), "search": "",
-             "trial": pd.NA} for r in expand(spec, grids)]
-    return pd.DataFrame(rows, columns=["key", "name", "grids", *SETTING_NAMES, "search", "trial"])
+    runs = expand(spec, grids)
+    names = ["key", "name", "grids", *SETTING_NAMES, "search", "trial"]
+    if not runs:
+        return pd.DataFrame([], columns=names)
+    columns = {"key": [r.key for r in runs], "name": [r.name for r in runs], "grids": [",".join(r.grids) for r in runs]}
+    for name in SETTING_NAMES:  # the settings as RunConfig.as_params() gives them, a column at a time
+        columns[name] = [getattr(r.config, name) for r in runs]
+    columns.update(search=[""] * len(runs), trial=[pd.NA] * len(runs))
+    return pd.DataFrame(columns, columns=names)
 
 
 def searched_frame(store: pd.DataFrame, searches: tuple) -> pd.DataFrame:

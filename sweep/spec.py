@@ -17,6 +17,8 @@ search, key and value) before anything runs; the sweep is expanded later, once p
 from __future__ import annotations
 
 import collections.abc
+import contextlib
+import gc
 import hashlib
 import itertools
 import json
@@ -51,6 +53,7 @@ _NAME_HEAD = ("activation", "lr", "depth", "width", "schedule")
 # when it differs from its default, so that adding a setting keeps the keys of a finished store.
 _KEYED_ALWAYS = frozenset(("activation", "depth", "width", "lr", "momentum", "schedule", "gamma",
                            "restart_period", "epochs", "batch_size", "test_batch_size", "seed"))
+_KEY_JSON = json.JSONEncoder(sort_keys=True).encode  # json.dumps(params, sort_keys=True), its encoder made once
 
 
 class SpecError(SweepError, ValueError):
@@ -98,8 +101,7 @@ def run_key(config: RunConfig) -> str:
         value = getattr(config, setting)
         if setting in _KEYED_ALWAYS or value != DEFAULTS[setting]:
             params[setting] = value
-    blob = json.dumps(params, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    return hashlib.sha256(_KEY_JSON(params).encode()).hexdigest()[:16]
 
 
 def run_name(config: RunConfig) -> str:
@@ -417,16 +419,30 @@ def expand(spec: SweepSpec, only_grids=None, max_runs=_AS_LOADED) -> list[Planne
     _check_count(spec, grid_names, (), spec.max_runs if max_runs is _AS_LOADED else max_runs)
     memo_key = ("expand", grid_names)
     if memo_key not in spec._memo:
-        first, members = {}, {}
-        for grid_name in grid_names:
-            for key, name, config in _grid_runs(spec, grid_name):
-                if key not in first:
-                    first[key], members[key] = (name, config), [grid_name]
-                elif members[key][-1] != grid_name:
-                    members[key].append(grid_name)
-        spec._memo[memo_key] = [PlannedRun(config=config, key=key, name=name, grids=tuple(members[key]))
-                                for key, (name, config) in first.items()]
+        with _collector_paused():
+            first, members = {}, {}
+            for grid_name in grid_names:
+                for key, name, config in _grid_runs(spec, grid_name):
+                    if key not in first:
+                        first[key], members[key] = (name, config), [grid_name]
+                    elif members[key][-1] != grid_name:
+                        members[key].append(grid_name)
+            spec._memo[memo_key] = [PlannedRun(config=config, key=key, name=name, grids=tuple(members[key]))
+                                    for key, (name, config) in first.items()]
     return list(spec._memo[memo_key])
+
+
+@contextlib.contextmanager
+def _collector_paused():
+    """Python's cycle collector paused: expanding a large sweep makes many objects and no cycles,
+    and each full collection would walk every object the process holds (MLflow's and pandas' too)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def trial_config(spec: SweepSpec, search: SearchSpec, sampled: dict) -> RunConfig:

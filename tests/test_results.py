@@ -136,5 +136,5 @@ def test_curves_come_from_the_curve_tag():
 
     rows = [row("a", **{"sweep.curve": "[0.5, 0.25]"}), row("b", **{"sweep.curve": "[0.5, null]"}),
             row("c", **{"sweep.curve": "edited by hand"}), row("d", **{"sweep.curve": "[]"}), row("e")]
-    curves = results_module.curves_of(rows)
+    curves = results_module.curves_of((r.run_id, r.tags.get("sweep.curve")) for r in rows)
     assert curves["a"] == (0.5, 0.25) and set(curves) == {"a", "b"} and math.isnan(curves["b"][1])
