@@ -23,7 +23,7 @@ from typing import Optional
 
 from mnist_core import AGENT_FILENAME, AgentFileError, load_agent
 
-from . import tracking
+from . import store, tracking
 from .analysis import analyse, drawn_runs
 from .best import best_by, overall_winner
 from .errors import SweepError
@@ -123,7 +123,7 @@ def bundle_sweep(spec: SweepSpec, uri: Optional[str], student_id: str, *, course
         bundle_names(student_id, course, homework)
     except ValueError as exc:
         raise BundleError(str(exc)) from None
-    uri = tracking.existing_store(uri, f"run `sweep run {spec.path}` first")
+    uri = store.existing_store(uri, f"run `sweep run {spec.path}` first")
     results = fetch_results(spec, uri, histories=drawn_runs)
     winner = best_run(results)
     with tempfile.TemporaryDirectory(prefix="sweep-bundle-") as tmp:

@@ -126,23 +126,26 @@ def test_expansion_of_fifty_thousand_runs_is_quick():
     assert time.perf_counter() - start < 20  # a few seconds on a loaded 2-core machine; minutes before
 
 
-def test_default_sweep_file_keeps_its_keys():
+def test_the_default_sweep_file_asks_each_question_over_seeds_at_each_settings_own_best_lr():
     spec = load_spec(REPO / "sweeps.yaml")
-    base = {"epochs": 10, "batch_size": 64}
-    grids = {
-        "lr_by_activation": [RunConfig(activation=a, lr=lr, **base) for a in ("relu", "tanh", "sigmoid", "leaky_relu")
-                             for lr in (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0)],
-        "depth": [RunConfig(depth=d, **base) for d in (1, 2, 3, 4, 5)],
-        "width": [RunConfig(width=w, **base) for w in (10, 25, 50, 100, 200, 400)],
-        "schedule": [RunConfig(schedule=s, **base) for s in ("fixed", "exponential", "cosine", "cosine_restarts")],
+    base = {"epochs": 10, "batch_size": 64, "validation": 10000}
+    seeds, lrs = (1, 2, 3), (0.03, 0.1, 0.3)
+    grids = {  # each grid in its own order: sorted settings, the last one varying fastest
+        "lr_by_activation": [RunConfig(activation=a, lr=lr, seed=s, **base) for a in ("relu", "tanh", "sigmoid", "leaky_relu")
+                             for lr in (0.01, 0.03, 0.1, 0.3, 1.0) for s in seeds],
+        "lr_by_depth": [RunConfig(depth=d, lr=lr, seed=s, **base) for d in (1, 2, 3, 4, 5) for lr in lrs for s in seeds],
+        "lr_by_width": [RunConfig(lr=lr, seed=s, width=w, **base) for lr in lrs for s in seeds
+                        for w in (10, 25, 50, 100, 200)],
+        "lr_by_schedule": [RunConfig(lr=lr, schedule=sc, seed=s, **base) for lr in (0.03, 0.1, 0.3, 1.0)
+                           for sc in ("fixed", "exponential", "cosine", "cosine_restarts") for s in seeds],
     }
     expected = list(dict.fromkeys(run_key(c) for configs in grids.values() for c in configs))
     runs = expand(spec)
-    assert [r.key for r in runs] == expected and len(expected) == 28 + 5 + 6 + 4 - 3
+    assert [r.key for r in runs] == expected and len(expected) == 60 + 45 + 45 + 48 - 3 * 9 - 3
     for name, configs in grids.items():
         assert [r.key for r in expand(spec, [name])] == [run_key(c) for c in configs]
-    reference = next(r for r in runs if r.config == RunConfig())
-    assert reference.grids == ("lr_by_activation", "depth", "width", "schedule")
+    reference = next(r for r in runs if r.config == RunConfig(lr=0.1, seed=2, validation=10000))
+    assert reference.grids == ("lr_by_activation", "lr_by_depth", "lr_by_width", "lr_by_schedule")
 
 
 def test_run_key_is_the_hash_of_the_first_settings():

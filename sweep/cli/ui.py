@@ -26,14 +26,14 @@ def command(spec, experiment, tracking_uri, port, host, no_browser):
     SPEC (default ./sweeps.yaml when present) or --experiment names the experiment. A browser is
     opened when one can show the page (a desktop session, or $BROWSER); else only the address is
     printed. With a tracking server as the store, its own UI's address is printed and nothing is started."""
-    from .. import tracking
+    from .. import store, tracking
     from ..spec import load_spec
 
-    uri = tracking.existing_store(tracking_uri, "run `sweep run` first")
+    uri = store.existing_store(tracking_uri, "run `sweep run` first")
     if not spec and not experiment and Path("sweeps.yaml").exists():
         spec = "sweeps.yaml"
     name = experiment or (load_spec(spec).experiment if spec else None)
-    server = uri.rstrip("/") if tracking.is_remote(uri) else f"http://{_reachable(host)}:{port}"
+    server = uri.rstrip("/") if store.is_server(uri) else f"http://{_reachable(host)}:{port}"
     experiment_id = tracking.find_experiment(uri, name) if name else None
     if experiment_id:
         tracking.ensure_runs_view(uri, experiment_id)
@@ -43,7 +43,7 @@ def command(spec, experiment, tracking_uri, port, host, no_browser):
         if name:
             click.echo(f"no experiment '{name}' in {uri} yet: the UI opens on its list of experiments")
     browse = not no_browser and _can_browse()
-    if tracking.is_remote(uri):
+    if store.is_server(uri):
         click.echo(f"MLflow UI of {uri}: {url}")
         if browse:
             _open(url)
