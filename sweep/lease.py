@@ -131,10 +131,10 @@ class Lease:
                tags: Optional[dict] = None) -> bool:
         """Log the final metrics, tags and agent, then mark the run FINISHED, unless the lease was lost."""
         with self._lock:
-            if not self.beat():
-                return False
             self._metrics += [(k, v, step) for k, v in metrics.items()]
-            self._write(tags={DIVERGED: str(diverged).lower(), PRUNED: str(pruned).lower(), **(tags or {})})
+            self._tags.update({DIVERGED: str(diverged).lower(), PRUNED: str(pruned).lower(), **(tags or {})})
+            if not self.beat():  # one request: the heartbeat with everything buffered and the final numbers
+                return False
             try:
                 if agent is not None:
                     tracking.log_artifact(self.uri, self.run_id, agent)

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import click
 
-from .common import fail, grid_option, reports_errors, tracking_option
+from .common import fail, grid_option, reports_errors, short_lived, tracking_option
 
 
 @click.command("best")
@@ -31,6 +31,7 @@ def command(spec, by, metric, include_stopped, experiment, grids, fmt, register,
 
     SPEC (default ./sweeps.yaml when present) or --experiment picks the runs; --grid narrows to
     that grid's runs, e.g. `sweep best --by activation --grid lr_by_activation`."""
+    short_lived()
     from .. import store, tracking
     from ..best import best_by, for_people, overall_winner, words
     from ..results import fetch_results

@@ -2,7 +2,7 @@ import time
 
 import click
 
-from .common import grid_option, reports_errors, spec_argument, tracking_option
+from .common import grid_option, reports_errors, short_lived, spec_argument, tracking_option
 
 
 @click.command("plan")
@@ -15,6 +15,7 @@ from .common import grid_option, reports_errors, spec_argument, tracking_option
 def command(spec, grids, tracking_uri, max_runs):
     """List the runs and searches SPEC expands to, with their grids and their state as the store last
     showed it. Trains nothing and reads no store (`sweep status` does)."""
+    short_lived()
     from .. import queue
     from ..spec import MAX_RUNS, describe_search, expand, load_spec, select
 

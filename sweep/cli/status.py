@@ -1,6 +1,6 @@
 import click
 
-from .common import grid_option, reports_errors, spec_argument, tracking_option
+from .common import grid_option, reports_errors, short_lived, spec_argument, tracking_option
 
 
 @click.command("status")
@@ -11,6 +11,7 @@ from .common import grid_option, reports_errors, spec_argument, tracking_option
 def command(spec, grids, tracking_uri):
     """Counts of runs per state (runs stopped early apart), each search's trials, and the failed runs
     with their error."""
+    short_lived()
     from .. import queue
     from ..index import Index
     from ..search import slot_key
