@@ -43,7 +43,7 @@ tracking_option = click.option(
     "--tracking-uri", envvar="MLFLOW_TRACKING_URI", default=None, callback=_checked_store,
     help="MLflow tracking URI. [default: $MLFLOW_TRACKING_URI, else sqlite:///./mlruns/mlflow.db]")
 grid_option = click.option("--grid", "grids", multiple=True, metavar="NAME",
-                           help="Only this grid of the spec (repeatable). [default: all grids]")
+                           help="Only this grid or search of the spec (repeatable). [default: all of them]")
 spec_argument = click.argument("spec", type=click.Path(dir_okay=False))
 
 
