@@ -168,6 +168,7 @@ class _Sweep:
         self.summary.threads = threads_per_worker(self.summary.jobs, cores)
         self.remote = is_remote_backend(settings.backend)
         self.trials: dict[str, PlannedRun] = {}   # search trials asked by this process, by slot key
+        self._grids_of: Optional[dict] = None      # key -> every grid of the whole sweep it belongs to
 
     def run(self, grids) -> SweepSummary:
         s = self.summary
@@ -249,7 +250,9 @@ class _Sweep:
         return groups_of(grids, run.search), rule_for(self.spec, grids, run.search)
 
     def _memberships(self) -> dict:
-        return {r.key: r.grids for r in expand(self.spec)}  # expanded once per spec (memoized)
+        if self._grids_of is None:
+            self._grids_of = {r.key: r.grids for r in expand(self.spec)}
+        return self._grids_of
 
     def _record(self, outcome: Outcome) -> None:
         if outcome.status != "skipped":

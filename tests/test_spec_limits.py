@@ -132,8 +132,8 @@ def test_the_default_sweep_file_asks_each_question_over_seeds_at_each_settings_o
     seeds, lrs = (1, 2, 3), (0.03, 0.1, 0.3)
     grids = {  # each grid in its own order: sorted settings, the last one varying fastest
         "lr_by_activation": [RunConfig(activation=a, lr=lr, seed=s, **base) for a in ("relu", "tanh", "sigmoid", "leaky_relu")
-                             for lr in (0.01, 0.03, 0.1, 0.3, 1.0) for s in seeds],
-        "lr_by_depth": [RunConfig(depth=d, lr=lr, seed=s, **base) for d in (1, 2, 3, 4, 5) for lr in lrs for s in seeds],
+                             for lr in (0.03, 0.1, 0.3, 1.0) for s in seeds],
+        "lr_by_depth": [RunConfig(depth=d, lr=lr, seed=s, **base) for d in (1, 2, 3, 4) for lr in lrs for s in seeds],
         "lr_by_width": [RunConfig(lr=lr, seed=s, width=w, **base) for lr in lrs for s in seeds
                         for w in (10, 25, 50, 100, 200)],
         "lr_by_schedule": [RunConfig(lr=lr, schedule=sc, seed=s, **base) for lr in (0.03, 0.1, 0.3, 1.0)
@@ -141,7 +141,7 @@ def test_the_default_sweep_file_asks_each_question_over_seeds_at_each_settings_o
     }
     expected = list(dict.fromkeys(run_key(c) for configs in grids.values() for c in configs))
     runs = expand(spec)
-    assert [r.key for r in runs] == expected and len(expected) == 60 + 45 + 45 + 48 - 3 * 9 - 3
+    assert [r.key for r in runs] == expected and len(expected) == 48 + 36 + 45 + 48 - 3 * 9 - 3
     for name, configs in grids.items():
         assert [r.key for r in expand(spec, [name])] == [run_key(c) for c in configs]
     reference = next(r for r in runs if r.config == RunConfig(lr=0.1, seed=2, validation=10000))
