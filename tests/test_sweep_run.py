@@ -152,7 +152,11 @@ grids:
 
 
 def _runs_if_any():
+    from sweep.store import store_exists
+
     try:
+        if not store_exists(os.environ["MLFLOW_TRACKING_URI"]):
+            return []  # never let this reader's MLflow create the store that the sweep is building
         return training_runs()
     except Exception:
         return []

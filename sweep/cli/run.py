@@ -95,12 +95,13 @@ def _checked_locally(settings):
     import dataclasses
 
     from mnist_core.files import check_mnist
-    from mnist_core.trainer import resolve_device
 
     from ..errors import SettingsError
 
     try:
-        if settings.device not in ("auto", "cpu"):  # (torch, seconds to import, is needed to check CUDA)
+        if settings.device not in ("auto", "cpu"):  # only then torch (seconds to import) is needed, for CUDA
+            from mnist_core.trainer import resolve_device
+
             resolve_device(settings.device)
     except ValueError as exc:
         raise SettingsError(f"--device {settings.device}: {exc}") from None
