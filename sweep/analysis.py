@@ -377,11 +377,6 @@ def _summary(row, metric) -> stats.Summary:
                          row[f"{metric}_ci_high"])
 
 
-def _comparison_sentence(comparison: stats.Comparison) -> str:
-    text = stats.describe(comparison)
-    return text[0].upper() + text[1:] + "."
-
-
 def conclusions(view: GridView, metric: str) -> list[str]:
     """Sentences about one grid, every number computed from its runs, every comparison tested."""
     lines = []

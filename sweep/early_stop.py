@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Iterable, Optional
 
 from . import tracking
-from .lease import CURVE, GRIDS, KIND, PRUNED, SEARCH
+from .lease import CURVE, DUPLICATE_OF, GRIDS, KIND, PRUNED, SEARCH
 from .space import EarlyStop
 
 
@@ -79,7 +79,7 @@ def read_peers(uri: str, experiment_id: str, kind: str, name: str) -> list[Peer]
         rows = [r for r in rows if name in r.tags.get(GRIDS, "").split(",")]
     return [Peer(r.run_id, r.start_time, r.status, r.tags.get(PRUNED) == "true",
                  tuple(json.loads(r.tags.get(CURVE) or "[]")), r.params)
-            for r in rows if r.status in ("FINISHED", "RUNNING")]
+            for r in rows if r.status in ("FINISHED", "RUNNING") and not r.tags.get(DUPLICATE_OF)]
 
 
 def same_values(config, params: dict, by: tuple) -> bool:
@@ -144,11 +144,13 @@ class Judge:
         stopping = set()
         for run_id in run_ids:
             _, rule = self.members[run_id]
+            mine = self.configs.get(run_id)
             if not rule or epoch < max(stop.min_epochs for _, _, stop in rule.judges):
                 continue
+            if mine is not None and epoch >= mine.epochs:
+                continue  # trained to its end: stopping it now would save nothing and hide its result
             verdicts = []
             for kind, name, stop in rule.judges:
-                mine = self.configs.get(run_id)
                 together = [tuple(self.curves[r]) for r in run_ids
                             if r != run_id and (kind, name) in self.members[r][0]
                             and (not stop.by or all(getattr(mine, b) == getattr(self.configs[r], b) for b in stop.by))]

@@ -178,9 +178,15 @@ class Lease:
         metrics, self._metrics = self._metrics, []
         params, self._params = self._params, {}
         tags, self._tags = {**self._tags, **tags}, {}
-        for start in range(0, max(len(metrics), 1), _MAX_BATCH):
-            tracking.log_batch(self.uri, self.run_id, metrics[start:start + _MAX_BATCH], params, tags)
-            params, tags = {}, {}
+        sent = 0
+        try:
+            for sent in range(0, max(len(metrics), 1), _MAX_BATCH):
+                tracking.log_batch(self.uri, self.run_id, metrics[sent:sent + _MAX_BATCH], params, tags)
+                params, tags = {}, {}
+        except Exception:  # what was not written goes with the next beat
+            self._metrics = metrics[sent:] + self._metrics
+            self._params, self._tags = {**params, **self._params}, {**tags, **self._tags}
+            raise
 
 
 class KeepAlive:

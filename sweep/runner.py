@@ -21,7 +21,7 @@ from .errors import SettingsError
 from .lease import LEASE_SECONDS, holder_alive, this_holder
 from .early_stop import groups_of, rule_for
 from .lease import CURVE, DIVERGED, DUPLICATE_OF, KEY, PRUNED, SEARCH
-from .search import ask, free_slots, slot_key, trials_in_store
+from .search import _typed, ask, free_slots, slot_key, trials_in_store
 from .spec import PlannedRun, SweepSpec, expand, run_key, select
 from .store import is_local, open_store
 from .worker import Job, Outcome
@@ -29,6 +29,8 @@ from .worker import Job, Outcome
 ENGINES = ("auto", "solo", "fused")
 POLL_SECONDS = 2.0
 INCOMPLETE = 3  # exit status: runs are held by another process and this one did not wait for them
+HELD = "held by another process"
+COUNTED = ("done", "diverged", "pruned", "duplicate", "failed", "skipped", "lost")  # outcomes the parent run counts
 
 
 @dataclass(frozen=True)
@@ -133,7 +135,9 @@ class SweepSummary:
 
     @property
     def exit_code(self) -> int:
-        return 1 if self.failed else INCOMPLETE if self.not_done else 0
+        if self.failed or any(why != HELD for _, why in self.not_done):
+            return 1  # runs failed, or could not be trained at all (a worker pool that kept dying)
+        return INCOMPLETE if self.not_done else 0
 
 
 def run_sweep(spec: SweepSpec, uri: str, settings: Settings = Settings(), grids=(),
@@ -195,6 +199,9 @@ class _Sweep:
         except BrokenPipeError:
             self._stop("stopped: the output pipe was closed")
             raise
+        except Exception as exc:  # the store failing under us, a bug: nothing is left RUNNING for it
+            self._stop(f"stopped by an error: {type(exc).__name__}: {exc}")
+            raise
         self._left_over()
         self._end_parent()
         return s
@@ -223,7 +230,7 @@ class _Sweep:
             held = self._held()
             if not held or not self.settings.wait:
                 return
-            self.progress.waiting(len(held), max(r.lease_until for r in held), "held by another process")
+            self.progress.waiting(len(held), max(r.lease_until for r in held), HELD)
             time.sleep(POLL_SECONDS)
 
     def _dispatch(self, jobs: list[tuple], attempt: int, n_jobs: Optional[int] = None, solo: bool = False) -> Round:
@@ -358,12 +365,12 @@ class _Sweep:
                             self.session, self.owner, lease_seconds=self.settings.lease_seconds)
         if lease is not None:
             lease.log_params({**trial.config.as_params(), "device": original.params.get("device", "")})
-            lease.finish(original.metrics, int(original.metrics.get("epochs_completed", 0)), None,
-                         original.tags.get(DIVERGED) == "true", original.tags.get(PRUNED) == "true",
-                         tags={DUPLICATE_OF: original.run_id, CURVE: original.tags.get(CURVE, "[]")})
-            self._record(Outcome(trial.key, trial.name, "duplicate", lease.run_id,
-                                 original.metrics.get("test_error", float("nan")),
-                                 error=f"same settings as run {original.run_id}: not trained again"))
+            if lease.finish(original.metrics, int(original.metrics.get("epochs_completed", 0)), None,
+                            original.tags.get(DIVERGED) == "true", original.tags.get(PRUNED) == "true",
+                            tags={DUPLICATE_OF: original.run_id, CURVE: original.tags.get(CURVE, "[]")}):
+                self._record(Outcome(trial.key, trial.name, "duplicate", lease.run_id,
+                                     original.metrics.get("test_error", float("nan")),
+                                     error=f"same settings as run {original.run_id}: not trained again"))
         return True
 
     def _held(self) -> list[queue.RunRecord]:
@@ -393,7 +400,7 @@ class _Sweep:
                 error = (errors.get(key) or "failed").splitlines()[0]
                 s.outcomes[key] = Outcome(key, name, "failed", error=error)
             elif state[key] == "running":
-                s.not_done.append((name, "held by another process"))
+                s.not_done.append((name, HELD))
             elif s.parent_run_id:
                 s.not_done.append((name, f"not trained: the worker pool failed ({s.crashes[-1]})" if s.crashes
                                    else "not trained"))
@@ -403,7 +410,7 @@ class _Sweep:
         s = self.summary
         slots = [slot_key(self.spec, search, n) for search in self.spec.searches.values() for n in range(search.trials)]
         every = self.view.states([r.key for r in expand(self.spec)] + slots)
-        counts = {k: s.count(k) for k in ("done", "diverged", "pruned", "duplicate", "failed", "skipped", "lost")}
+        counts = {k: s.count(k) for k in COUNTED}
         missing = sum(v != "done" for v in every.values())
         if not missing:
             status, note = "FINISHED", ""
@@ -428,16 +435,15 @@ class _Sweep:
                 break
             time.sleep(0.2)
         if self.summary.parent_run_id:
-            counts = {k: self.summary.count(k) for k in ("done", "diverged", "pruned", "failed", "skipped", "lost")}
+            counts = {k: self.summary.count(k) for k in COUNTED}
             queue.end_parent(self.uri, self.summary.parent_run_id, "KILLED", counts, reason)
 
 
 def _config_key(row) -> str:
     """The settings key of a search trial's run, from its params."""
-    from mnist_core.config import SETTING_NAMES, SETTING_TYPES, RunConfig
+    from mnist_core.config import SETTING_NAMES, RunConfig
 
-    typed = {k: (int(float(v)) if SETTING_TYPES[k] == "int" else float(v) if SETTING_TYPES[k] == "float" else v)
-             for k, v in row.params.items() if k in SETTING_NAMES}
+    typed = {k: _typed(k, v) for k, v in row.params.items() if k in SETTING_NAMES}
     try:
         return run_key(RunConfig(**typed))
     except ValueError:

@@ -71,22 +71,30 @@ def execute(job: Job) -> list[Outcome]:
     torch.set_num_threads(job.threads)
     holder = this_holder()
     outcomes, leases, planned_of, judging = [], [], {}, {}
-    for i, planned in enumerate(job.runs):
-        lease = queue.claim(job.tracking_uri, job.experiment_id, job.parent_run_id, planned, job.sweep_name,
-                            job.session, holder, job.attempt, job.lease_seconds)
-        if lease is None:
-            outcomes.append(Outcome(planned.key, planned.name, "skipped"))
-        else:
-            leases.append(lease)
-            planned_of[lease.run_id] = planned
-            judging[lease.run_id] = job.judging[i] if job.judging else (frozenset(), None)
+    try:
+        for i, planned in enumerate(job.runs):
+            lease = queue.claim(job.tracking_uri, job.experiment_id, job.parent_run_id, planned, job.sweep_name,
+                                job.session, holder, job.attempt, job.lease_seconds)
+            if lease is None:
+                outcomes.append(Outcome(planned.key, planned.name, "skipped"))
+            else:
+                leases.append(lease)
+                planned_of[lease.run_id] = planned
+                judging[lease.run_id] = job.judging[i] if job.judging else (frozenset(), None)
+    except BaseException as exc:  # the store failed mid-claim: the runs claimed so far are pending again
+        for lease in leases:
+            with contextlib.suppress(Exception):
+                lease.kill(f"not trained: claiming the other runs of its job failed ({type(exc).__name__})")
+        raise
     if not leases:
         return outcomes
     judge = Judge(job.tracking_uri, job.experiment_id, judging,
                   {run_id: planned.config for run_id, planned in planned_of.items()})
     try:
-        with KeepAlive(leases, job.owner, job.parent_run_id):
+        with KeepAlive(leases, job.owner, job.parent_run_id):  # beating the leases still to finish too
             results = _train(job, leases, planned_of, judge)
+            return outcomes + [_finish(lease, planned_of[lease.run_id], result, lease.run_id in judge.stopped)
+                               for lease, result in zip(leases, results)]
     except KeyboardInterrupt:
         for lease in leases:
             with contextlib.suppress(Exception):
@@ -94,8 +102,6 @@ def execute(job: Job) -> list[Outcome]:
         raise
     except Exception as exc:
         return outcomes + [_failed(lease, planned_of[lease.run_id], exc) for lease in leases]
-    return outcomes + [_finish(lease, planned_of[lease.run_id], result, lease.run_id in judge.stopped)
-                       for lease, result in zip(leases, results)]
 
 
 def _train(job: Job, leases: list[Lease], planned_of: dict, judge: Judge):

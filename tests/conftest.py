@@ -233,3 +233,17 @@ def log_run(uri, experiment_id, parent, run, sweep_name, test_error, *, train_er
             agent.write_bytes(b"a placeholder: these tests never load it")
         assert lease.finish(summary, epochs, agent, diverged, pruned)
     return lease.run_id
+
+
+@pytest.fixture
+def immutable():
+    """chattr +i: unwritable even for root (which ignores permission bits); undone afterwards."""
+    made = []
+
+    def make(path: Path):
+        if subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode != 0:
+            pytest.skip("chattr +i is not available here")
+        made.append(path)
+    yield make
+    for path in made:
+        subprocess.run(["chattr", "-i", str(path)])

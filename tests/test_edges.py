@@ -203,20 +203,6 @@ def test_an_unreachable_server_is_one_line_within_seconds(env):
         assert url in line and "cannot be reached (Connection refused)" in line, name
 
 
-@pytest.fixture
-def immutable():
-    """chattr +i: unwritable even for root (which ignores permission bits); undone afterwards."""
-    made = []
-
-    def make(path: Path):
-        if subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode != 0:
-            pytest.skip("chattr +i is not available here")
-        made.append(path)
-    yield make
-    for path in made:
-        subprocess.run(["chattr", "-i", str(path)])
-
-
 @pytest.mark.parametrize("case", ["file where the folder should be", "read-only store"])
 def test_run_refuses_a_local_store_it_cannot_write_in_one_line(env, monkeypatch, immutable, case):
     spec = write_spec(env, TINY)

@@ -156,6 +156,24 @@ def test_metrics_are_written_with_the_heartbeat_not_one_request_per_epoch(store,
     assert [step for step, _ in history] == list(range(1, 11)) and history[-1][1] == 0.1
 
 
+def test_a_heartbeat_that_fails_to_write_keeps_what_it_held_for_the_next_one(store, monkeypatch):
+    experiment, parent = _experiment(store, "retried")
+    lease = queue.claim(store, experiment, parent, _planned(lr=0.12), "s", "s1", this_holder())
+    lease.log_params({"lr": 0.12})
+    original = tracking.log_batch
+
+    def unreachable(*args, **kwargs):
+        raise tracking.TrackingError("store out of reach")
+    monkeypatch.setattr(tracking, "log_batch", unreachable)
+    with pytest.raises(tracking.TrackingError):
+        lease.log_epoch({"test_error": 0.5}, 1, flush=True, tags={"sweep.curve": "[0.5]"})
+    monkeypatch.setattr(tracking, "log_batch", original)
+    assert lease.log_epoch({"test_error": 0.25}, 2, flush=True)
+    run = tracking.search(store, experiment, f"attributes.run_id = '{lease.run_id}'")[0]
+    assert run.params["lr"] == "0.12" and run.tags["sweep.curve"] == "[0.5]"
+    assert tracking.metric_history(store, lease.run_id, "test_error") == [(1, 0.5), (2, 0.25)]
+
+
 def test_the_index_is_rebuilt_when_deleted_and_never_disagrees_with_the_store(store, tmp_path):
     experiment, parent = _experiment(store, "indexed")
     runs = [_planned(lr=lr) for lr in (0.01, 0.02, 0.03, 0.04)]

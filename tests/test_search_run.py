@@ -58,7 +58,7 @@ def test_a_search_trains_its_budget_in_its_space_and_answers(env):
 
 
 def test_a_resumed_search_trains_exactly_the_remaining_trials(env):
-    spec = write_spec(env, SEARCH.format(method="random", trials=6, epochs=40))
+    spec = write_spec(env, SEARCH.format(method="random", trials=6, epochs=100))
     proc = sweep_process("run", spec, "--jobs", 2)
     wait_until(lambda: sum(r.info.status == "FINISHED" for r in store_runs()) >= 2, timeout=180)
     proc.send_signal(signal.SIGINT)

@@ -5,7 +5,6 @@ import multiprocessing
 import os
 import signal
 import sqlite3
-import subprocess
 import time
 from pathlib import Path
 
@@ -202,20 +201,6 @@ def test_a_file_where_the_store_folder_should_be(tmp_path):
         with pytest.raises(StoreError) as caught:
             store.open_store(uri_of(db))
         assert_one_line(caught.value, f"{blocker} is a file, not a folder")
-
-
-@pytest.fixture
-def immutable():
-    """chattr +i: unwritable even for root (which ignores permission bits); undone afterwards."""
-    made = []
-
-    def make(path: Path):
-        if subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode != 0:
-            pytest.skip("chattr +i is not available here")
-        made.append(path)
-    yield make
-    for path in made:
-        subprocess.run(["chattr", "-i", str(path)])
 
 
 def test_a_read_only_folder_is_refused_at_once(tmp_path, immutable):
