@@ -307,7 +307,7 @@ def in_process(folder: Path, uri: str, repeats: int) -> dict:
                 planned = new_run(1000 + 2 * i + (way is log_lease_way), tag)
                 with clock:
                     made.append(way(uri, experiment_id, parent, planned, spec.name, "bench", agent))
-    sweep = _Sweep(spec, uri, experiment_id, expand(spec), Settings(jobs=1), Progress())
+    sweep = _Sweep(spec, uri, experiment_id, expand(spec), [], Settings(jobs=1), Progress())
     sweep.view.refresh()
     for _ in range(repeats):
         with rounds:
