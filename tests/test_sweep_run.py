@@ -6,6 +6,7 @@ import sys
 import time
 from collections import Counter
 
+import pytest
 from click.testing import CliRunner
 from mlflow import MlflowClient
 
@@ -175,3 +176,28 @@ def test_missing_data_exits_2_before_tracking(env, tmp_path, monkeypatch):
     spec = write_spec(env, "experiment: tiny\ngrids:\n  g: {lr: [0.1]}\n")
     result = CliRunner().invoke(main, ["run", spec])
     assert result.exit_code == 2 and "train-images-idx3-ubyte" in result.output
+
+
+def test_an_error_in_the_sweep_process_ends_its_runs_and_parent_and_a_resume_completes(env, monkeypatch):
+    """Not a signal: any exception of the runner (the store failing under it, a bug) leaves nothing RUNNING."""
+    from sweep import runner
+
+    spec = write_spec(env, "experiment: tiny\ndefaults: {epochs: 60}\ngrids:\n  g: {lr: [0.01, 0.02, 0.03, 0.05]}\n")
+    original = runner._Sweep._record
+
+    def broken(self, outcome):
+        original(self, outcome)
+        raise RuntimeError("the store went away")
+    monkeypatch.setattr(runner._Sweep, "_record", broken)
+    with pytest.raises(RuntimeError, match="the store went away"):
+        sweep("run", spec, "--jobs", 2, "--engine", "solo")
+    uri = os.environ["MLFLOW_TRACKING_URI"]
+    everything = MlflowClient(uri).search_runs([MlflowClient(uri).get_experiment_by_name("tiny").experiment_id])
+    assert [r.info.status for r in everything if r.info.status == "RUNNING"] == []
+    parent = [r for r in everything if r.data.tags.get("sweep.kind") == "parent"]
+    assert [r.info.status for r in parent] == ["KILLED"]
+    assert "the store went away" in parent[0].data.tags.get("sweep.outcome", "")
+    monkeypatch.setattr(runner._Sweep, "_record", original)
+    again = sweep("run", spec, "--jobs", 2, "--engine", "solo")
+    assert again.exit_code == 0, again.output
+    assert finished_per_key(training_runs()) == Counter({run.key: 1 for run in expand(load_spec(spec))})
