@@ -212,11 +212,14 @@ class _Sweep:
         attempt, stalls = 0, 0
         while True:
             todo = self._todo()
-            todo += self._ask(max(0, self.summary.jobs - len(plan_jobs(todo, self.settings.engine,
-                                                                      self.settings.chunk_size))), todo)
+            jobs = plan_jobs(todo, self.settings.engine, self.settings.chunk_size)
+            asked = self._ask(max(0, self.summary.jobs - len(jobs)), todo)
+            if asked:
+                todo += asked
+                jobs = plan_jobs(todo, self.settings.engine, self.settings.chunk_size)
             if todo:
                 attempt += 1
-                round_ = self._dispatch(plan_jobs(todo, self.settings.engine, self.settings.chunk_size), attempt)
+                round_ = self._dispatch(jobs, attempt)
                 orphans = self._settle_orphans(f"its worker process died ({round_.crash})", "KILLED")
                 if round_.crash:
                     self.summary.crashes.append(round_.crash)

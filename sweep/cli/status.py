@@ -45,7 +45,8 @@ def command(spec, grids, tracking_uri):
                    + (f", {failed} failed" if failed else ""))
     errors = queue.last_errors(read.records)
     names = {r.key: r.name for r in runs}
-    names.update(_trial_names(index.rows() if index is not None else [], slots))
+    if index is not None and any(states[k] == "failed" for keys in slots.values() for k in keys):
+        names.update(_trial_names(index.rows(), slots))  # every run's row: read only to name a failed trial
     for key, state in states.items():
         if state == "failed":
             error = errors.get(key, "")
