@@ -17,7 +17,7 @@ from mnist_core.config import DEFAULT_CHUNK_SIZE, group_key
 from . import queue, tracking
 from .devices import available_cores, default_jobs, gpu_count, threads_per_worker
 from .dispatch import BACKENDS, Round, backend_session, is_remote_backend, release_local_workers
-from .errors import SettingsError
+from .errors import SettingsError, SweepError
 from .lease import LEASE_SECONDS, holder_alive, this_holder
 from .early_stop import groups_of, rule_for
 from .lease import CURVE, DIVERGED, DUPLICATE_OF, KEY, PRUNED, SEARCH
@@ -105,11 +105,12 @@ class Progress:
 
 
 class SweepInterrupted(Exception):
-    """Ctrl-C, SIGTERM, SIGHUP or a closed stdout: dispatching stopped, the runs in flight were ended."""
+    """Ctrl-C, SIGTERM, SIGHUP or a closed stdout: dispatching stopped, the runs in flight were ended
+    (or, when the store refused that, `unended` says why; their leases lapse instead)."""
 
-    def __init__(self, reason: str, exit_code: int):
+    def __init__(self, reason: str, exit_code: int, unended: str = ""):
         super().__init__(reason)
-        self.exit_code = exit_code
+        self.exit_code, self.unended = exit_code, unended
 
 
 @dataclass
@@ -194,8 +195,13 @@ class _Sweep:
             self._loop()
         except KeyboardInterrupt as exc:
             signum = getattr(exc, "signum", signal.SIGINT)
-            self._stop(f"interrupted ({signal.Signals(signum).name})")
-            raise SweepInterrupted(f"interrupted by {signal.Signals(signum).name}", 128 + signum) from None
+            tracking.release_interrupted_reads(exc)
+            name = signal.Signals(signum).name
+            try:
+                self._stop(f"interrupted ({name})")
+            except SweepError as err:  # the interrupt still decides the exit status
+                raise SweepInterrupted(f"interrupted by {name}", 128 + signum, str(err)) from None
+            raise SweepInterrupted(f"interrupted by {name}", 128 + signum) from None
         except BrokenPipeError:
             self._stop("stopped: the output pipe was closed")
             raise

@@ -7,11 +7,15 @@ imported on first use: commands that only read the index beside the store never 
 """
 from __future__ import annotations
 
+import contextlib
 import functools
+import gc
 import json
 import os
 import random
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,17 +44,106 @@ def _store_errors(function):
     """Report any failure to use the store as one TrackingError that names the store."""
     @functools.wraps(function)
     def wrapper(uri, *args, **kwargs):
-        try:
-            return function(uri, *args, **kwargs)
-        except TrackingError:
-            raise
-        except Exception as exc:
-            mlflow_errors = sys.modules.get("mlflow.exceptions")  # loaded if MLflow raised it
-            if mlflow_errors is not None and isinstance(exc, mlflow_errors.MlflowException):
-                raise TrackingError(f"tracking store {uri}: {_first_line(exc.message)}") from exc
-            raise TrackingError(f"tracking store {uri} cannot be used: {type(exc).__name__}: "
-                                f"{_first_line(str(exc))}") from exc
+        handled = sys.exception()  # an interrupt being handled by the caller is not this call's
+        with _interrupts_deferred(uri):  # an interrupt during the call is raised when it returns
+            try:
+                return function(uri, *args, **kwargs)
+            except KeyboardInterrupt as exc:  # a second one, raised inside the call
+                release_interrupted_reads(exc)
+                raise
+            except TrackingError:
+                raise
+            except Exception as exc:
+                interrupt = _interrupt_behind(exc, handled)
+                if interrupt is not None:
+                    release_interrupted_reads(exc)
+                    raise interrupt from None
+                mlflow_errors = sys.modules.get("mlflow.exceptions")  # loaded if MLflow raised it
+                if mlflow_errors is not None and isinstance(exc, mlflow_errors.MlflowException):
+                    raise TrackingError(f"tracking store {uri}: {_first_line(exc.message)}") from exc
+                raise TrackingError(f"tracking store {uri} cannot be used: {type(exc).__name__}: "
+                                    f"{_first_line(str(exc))}") from exc
     return wrapper
+
+
+_INTERRUPTS = [getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name)]
+_deferred: Optional[dict] = None  # while a store call defers interrupts: the handlers it replaced
+_pending: list[int] = []          # the signals that arrived meanwhile
+
+
+def _defer(signum, frame):
+    if _pending:  # asked twice: act now
+        _pending.clear()
+        _deferred[signum](signum, frame)
+    else:
+        _pending.append(signum)
+
+
+@contextlib.contextmanager
+def _interrupts_deferred(uri: str):
+    """On a local store, Ctrl-C, SIGTERM and SIGHUP wait for the store call in hand to return, then
+    act. Raised inside MLflow or SQLAlchemy, an interrupt can leave a commit half-done and this
+    process holding an SQLite lock, or come out as another error. A second signal acts as soon as
+    Python runs again. (A server's requests stay interruptible: they may retry for minutes.)"""
+    global _deferred
+    if _deferred is not None or local_path(uri) is None or threading.current_thread() is not threading.main_thread():
+        yield  # deferred by an outer call already; or nothing to protect; or not where signals are handled
+        return
+    _deferred, replaced = {}, {}
+    try:
+        for signum in _INTERRUPTS:
+            handler = signal.getsignal(signum)
+            if callable(handler):  # a Python handler (which raises); the default and SIG_IGN act as they are
+                _deferred[signum] = handler
+                replaced[signum] = signal.signal(signum, _defer)
+        yield
+    finally:
+        late = _restore(replaced)
+        _deferred, pending = None, list(_pending)
+        _pending.clear()
+        if late is not None:
+            raise late
+        if pending:
+            replaced[pending[0]](pending[0], None)
+
+
+def _restore(handlers: dict) -> Optional[BaseException]:
+    """Put the handlers back, all of them even when one of them fires meanwhile (what it raised is returned)."""
+    raised = None
+    for signum, handler in handlers.items():
+        while signal.getsignal(signum) is not handler:
+            try:
+                signal.signal(signum, handler)
+            except BaseException as exc:  # noqa: B036 - a restored handler raised: keep restoring
+                raised = raised or exc
+    return raised
+
+
+def _interrupt_behind(exc: BaseException, handled: Optional[BaseException]) -> Optional[KeyboardInterrupt]:
+    """The Ctrl-C (or SIGTERM/SIGHUP) that a library turned into another error while handling it
+    (one inside SQLAlchemy's commit comes out as an AssertionError wrapped by MLflow); not one that
+    the caller was already handling."""
+    before = _chain(handled) if handled is not None else []
+    return next((error for error in _chain(exc) if isinstance(error, KeyboardInterrupt)
+                 and all(error is not old for old in before)), None)
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    """`exc` and the errors it was raised from or while handling."""
+    chain = []
+    while exc is not None and all(exc is not seen for seen in chain):
+        chain.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    return chain
+
+
+def release_interrupted_reads(exc: BaseException) -> None:
+    """Call before writing after a Ctrl-C or signal. One that landed inside a store read leaves that
+    read's cursor open in the traceback's frames, and on SQLite an open cursor holds a lock: this
+    process's own writes would then wait 20 s for it and fail ("database is locked")."""
+    for error in _chain(exc):
+        error.__traceback__ = None
+    gc.collect()  # the frames sit in reference cycles
 
 
 def _first_line(text: str) -> str:

@@ -82,6 +82,8 @@ def execute(job: Job) -> list[Outcome]:
                 planned_of[lease.run_id] = planned
                 judging[lease.run_id] = job.judging[i] if job.judging else (frozenset(), None)
     except BaseException as exc:  # the store failed mid-claim: the runs claimed so far are pending again
+        if isinstance(exc, KeyboardInterrupt):
+            tracking.release_interrupted_reads(exc)
         for lease in leases:
             with contextlib.suppress(Exception):
                 lease.kill(f"not trained: claiming the other runs of its job failed ({type(exc).__name__})")
@@ -95,7 +97,8 @@ def execute(job: Job) -> list[Outcome]:
             results = _train(job, leases, planned_of, judge)
             return outcomes + [_finish(lease, planned_of[lease.run_id], result, lease.run_id in judge.stopped)
                                for lease, result in zip(leases, results)]
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
+        tracking.release_interrupted_reads(exc)
         for lease in leases:
             with contextlib.suppress(Exception):
                 lease.kill("interrupted")

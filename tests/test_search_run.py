@@ -58,12 +58,12 @@ def test_a_search_trains_its_budget_in_its_space_and_answers(env):
 
 
 def test_a_resumed_search_trains_exactly_the_remaining_trials(env):
-    spec = write_spec(env, SEARCH.format(method="random", trials=6, epochs=100))
+    spec = write_spec(env, SEARCH.format(method="random", trials=6, epochs=300))  # about a second a run
     proc = sweep_process("run", spec, "--jobs", 2)
     wait_until(lambda: sum(r.info.status == "FINISHED" for r in store_runs()) >= 2, timeout=180)
     proc.send_signal(signal.SIGINT)
-    finish(proc, 60)
-    assert proc.returncode == 130
+    output = finish(proc, 60)
+    assert proc.returncode == 130, output
     done = trials_of(training_runs())
     assert 2 <= len(done) < 6
     again = sweep("run", spec, "--jobs", 2)

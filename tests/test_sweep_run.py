@@ -201,3 +201,22 @@ def test_an_error_in_the_sweep_process_ends_its_runs_and_parent_and_a_resume_com
     again = sweep("run", spec, "--jobs", 2, "--engine", "solo")
     assert again.exit_code == 0, again.output
     assert finished_per_key(training_runs()) == Counter({run.key: 1 for run in expand(load_spec(spec))})
+
+
+def test_an_interrupt_whose_killed_writes_the_store_refuses_still_exits_with_the_signals_status(env, monkeypatch):
+    from sweep import queue, runner
+    from sweep.tracking import TrackingError
+
+    spec = write_spec(env, "experiment: tiny\ndefaults: {epochs: 2}\ngrids:\n  g: {lr: [0.01, 0.02, 0.03]}\n")
+
+    def ctrl_c(self, outcome):
+        raise KeyboardInterrupt
+
+    def refused(*args, **kwargs):
+        raise TrackingError("tracking store X: database is locked")
+    monkeypatch.setattr(runner._Sweep, "_record", ctrl_c)
+    monkeypatch.setattr(queue, "end_parent", refused)
+    result = CliRunner().invoke(main, ["run", spec, "--jobs", "1", "--lease", "30"])
+    assert result.exit_code == 130, result.output
+    assert ("interrupted by SIGINT; the store refused to record the stop (tracking store X: database is locked): "
+            "runs left RUNNING are taken over once their leases lapse (within 30 s)") in result.output

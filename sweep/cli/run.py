@@ -82,7 +82,12 @@ def command(spec, jobs, grids, retries, tracking_uri, data_dir, device, backend,
             summary = run_sweep(sweep, uri, settings, grids, printer)
     except SweepInterrupted as exc:
         printer.close()
-        click.echo(f"{exc}: runs in flight marked KILLED; `sweep run {spec}` again resumes the rest.", err=True)
+        if exc.unended:
+            click.echo(f"{exc}; the store refused to record the stop ({exc.unended}): runs left RUNNING are "
+                       f"taken over once their leases lapse (within {lease_seconds:g} s) by `sweep run {spec}`.",
+                       err=True)
+        else:
+            click.echo(f"{exc}: runs in flight marked KILLED; `sweep run {spec}` again resumes the rest.", err=True)
         sys.exit(exc.exit_code)
     finally:
         printer.close()
