@@ -44,7 +44,7 @@ def _store_errors(function):
     """Report any failure to use the store as one TrackingError that names the store."""
     @functools.wraps(function)
     def wrapper(uri, *args, **kwargs):
-        handled = sys.exception()  # an interrupt being handled by the caller is not this call's
+        handled = sys.exc_info()[1]  # an interrupt being handled by the caller is not this call's
         with _interrupts_deferred(uri):  # an interrupt during the call is raised when it returns
             try:
                 return function(uri, *args, **kwargs)
