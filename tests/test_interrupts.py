@@ -58,7 +58,7 @@ def line_events(call) -> int:
     return count
 
 
-def interrupted_at(call, moments):
+def interrupted_at(call, moments=frozenset()):
     """Run `call`, sending this process SIGINT (as Ctrl-C does) at each of its trace events
     `moments`; what came out (None when nothing did)."""
     count = 0
@@ -135,7 +135,7 @@ def test_a_signal_as_sqlalchemy_executes_or_commits_acts_when_the_store_call_is_
 
             event.listen(Engine, moment, interrupt)
             try:
-                came_out = interrupted_at(call, set())
+                came_out = interrupted_at(call)
             finally:
                 event.remove(Engine, moment, interrupt)
             if seen < nth:
@@ -165,8 +165,30 @@ def test_the_handlers_are_put_back_after_each_store_call(store, ctrl_c_raises, s
     assert {s: signal.getsignal(s) for s in before} == before
 
 
+def test_a_second_ctrl_c_acts_inside_the_store_call(store, ctrl_c_raises):
+    uri, experiment_id, runs, path = store
+    write, landed = written(store, "second")
+    executed = 0
+
+    def count(*args, **kwargs):
+        nonlocal executed
+        executed += 1
+        if executed in (1, 2):
+            os.kill(os.getpid(), signal.SIGINT)
+
+    event.listen(Engine, "after_cursor_execute", count)
+    try:
+        came_out = interrupted_at(write)
+    finally:
+        event.remove(Engine, "after_cursor_execute", count)
+    assert isinstance(came_out, KeyboardInterrupt)
+    assert executed == 2 and not landed()  # stopped at the second Ctrl-C, not after the write
+    del came_out
+    assert not locked(path)
+
+
 @pytest.mark.parametrize("what", ["read", "write"])
-def test_a_second_ctrl_c_acts_at_once_and_still_leaves_the_store_writable(store, ctrl_c_raises, what):
+def test_a_second_ctrl_c_anywhere_in_a_call_is_a_ctrl_c_and_leaves_the_store_writable(store, ctrl_c_raises, what):
     uri, experiment_id, runs, path = store
     call = calls_of(store)[what]
     total = line_events(call)
