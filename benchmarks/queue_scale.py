@@ -146,8 +146,8 @@ def finished_keys(uri: str, experiment_id: str) -> set:
                 "select t.value from tags t join runs r on r.run_uuid = t.run_uuid where t.key = 'sweep.key' "
                 "and r.status = 'FINISHED' and r.lifecycle_stage = 'active' and r.experiment_id = ?",
                 (int(experiment_id),))}
-    rows = tracking.search(uri, experiment_id, "tags.`sweep.kind` = 'train' and attributes.status = 'FINISHED'")
-    return {r.tags.get("sweep.key") for r in rows}
+    rows = tracking.search(uri, experiment_id, f"{schema.TRAINING_RUNS} and attributes.status = 'FINISHED'")
+    return {r.tags.get(schema.KEY) for r in rows}
 
 
 def fill(folder: Path, n: int, uri: str, processes: int) -> dict:
@@ -242,12 +242,12 @@ def log_old_way(uri, experiment_id, parent, planned, sweep_name, session, agent)
     heartbeat (one, for a run of 10 to 20 s), separate calls for params, summary, tags, the end)."""
     from sweep import tracking
 
-    key_query = f"tags.`sweep.key` = '{planned.key}'"
+    key_query = f"tags.`{schema.KEY}` = '{planned.key}'"
     tracking.search(uri, experiment_id, key_query)                     # claim: read the key's runs,
     run_id = tracking.create_run(uri, experiment_id, planned.name, {   # create the run,
-        "mlflow.parentRunId": parent, "sweep.kind": "train", "sweep.key": planned.key,
-        "sweep.grids": ",".join(planned.grids), "sweep.name": sweep_name, "sweep.session": session,
-        "sweep.attempt": "1", "sweep.heartbeat": f"{time.time():.3f}"})
+        "mlflow.parentRunId": parent, schema.KIND: "train", schema.KEY: planned.key,
+        schema.GRIDS: ",".join(planned.grids), schema.SWEEP: sweep_name, schema.SESSION: session,
+        schema.ATTEMPT: "1", schema.HEARTBEAT: f"{time.time():.3f}"})
     tracking.search(uri, experiment_id, key_query)                     # read them again
     tracking.log_batch(uri, run_id, params={**planned.config.as_params(), "device": "cpu"})
     rng = random.Random(planned.key)
@@ -255,12 +255,12 @@ def log_old_way(uri, experiment_id, parent, planned, sweep_name, session, agent)
         metrics = epoch_metrics(rng, planned.config, epoch, 0.03)
         tracking.log_batch(uri, run_id, [(k, v, epoch) for k, v in metrics.items()])
         if epoch == EPOCHS // 2:
-            tracking.client(uri).set_tag(run_id, "sweep.heartbeat", f"{time.time():.3f}")
+            tracking.client(uri).set_tag(run_id, schema.HEARTBEAT, f"{time.time():.3f}")
     summary = {"training_seconds": 4.0, "epochs_completed": float(EPOCHS), "final_test_error": 0.03,
                "final_train_error": 0.02, "final_test_loss": 0.1, "final_train_loss": 0.08, "best_test_error": 0.03}
     tracking.log_batch(uri, run_id, [(k, v, EPOCHS) for k, v in summary.items()])
     tracking.log_artifact(uri, run_id, agent)
-    tracking.client(uri).set_tag(run_id, "sweep.diverged", "false")
+    tracking.client(uri).set_tag(run_id, schema.DIVERGED, "false")
     tracking.set_status(uri, run_id, "FINISHED")
     return run_id
 

@@ -86,10 +86,32 @@ def _has_files(folder: Path) -> bool:
 
 
 def _download(root: Path) -> None:
+    """torchvision's download of the four files into root/MNIST/raw, made in a temporary folder and moved
+    into place whole: a download that fails leaves nothing behind, and prints nothing."""
+    import contextlib
+    import io
+    import shutil
+    import tempfile
+
     from torchvision.datasets import MNIST
 
-    for train in (True, False):
-        MNIST(str(root), train=train, download=True)
+    with tempfile.TemporaryDirectory(prefix="mnist-download-") as tmp:
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            for train in (True, False):
+                MNIST(tmp, train=train, download=True)
+        raw = root / "MNIST" / "raw"
+        raw.mkdir(parents=True, exist_ok=True)
+        for name in FILES:
+            shutil.move(str(Path(tmp) / "MNIST" / "raw" / name), raw / name)
+
+
+def _reason(exc: Exception) -> str:
+    """A failed download in a few words: torchvision's message spans lines, one per mirror it tried."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    causes = [line for line in lines if line.startswith("<") or "error" in line.lower()]
+    return lines[0].rstrip(":") + (f": {causes[-1]}" if causes and causes[-1] != lines[0] else "")
 
 
 def find_mnist(root: Path, download: bool = False) -> Path:
@@ -103,7 +125,7 @@ def find_mnist(root: Path, download: bool = False) -> Path:
             _download(root)
             return root / "MNIST" / "raw"
         except Exception as exc:  # torchvision raises RuntimeError/URLError/OSError offline
-            why = f"the download failed ({exc})"
+            why = f"the download failed ({_reason(exc)})"
     raise MnistDataMissing(
         f"MNIST not found in {root}: expected the four IDX files {', '.join(FILES)} "
         f"in {root / 'MNIST' / 'raw'} or in {root} itself, and {why}. "

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import sys
+import warnings
 
 import click
 import torch
@@ -12,9 +13,16 @@ from .agent import load_agent
 from .data import normalise
 
 
+MAX_SIDE = 28 * 64  # a larger image is shrunk (box filter) to this before it is padded square
+
+
 def image_to_tensor(path: str, dark_on_light: bool = False) -> torch.Tensor:
     """Any PNG/JPEG as one normalised 784-vector: grey, light digit on dark, padded square, 28x28."""
-    image = ImageOps.grayscale(Image.open(path))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)  # a decompression bomb is refused
+        image = ImageOps.grayscale(Image.open(path))
+    if max(image.size) > MAX_SIDE:  # else padding a long thin image square could take gigabytes
+        image = image.reduce(-(-max(image.size) // MAX_SIDE))
     if dark_on_light:
         image = ImageOps.invert(image)
     side = max(image.size)
@@ -30,7 +38,8 @@ def read_images(paths, dark_on_light: bool = False) -> torch.Tensor:
     for path in paths:
         try:
             rows.append(image_to_tensor(path, dark_on_light))
-        except (UnidentifiedImageError, Image.DecompressionBombError, OSError) as exc:
+        except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning, OSError,
+                MemoryError) as exc:
             raise ValueError(f"cannot read image {path}: {exc}") from None
     return torch.cat(rows)
 

@@ -38,6 +38,7 @@ from sweep.store import store_uri
 from sweep.best import best_by
 from sweep.results import fetch_results
 from sweep.spec import load_spec
+from sweep.queue import schema
 
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
@@ -143,7 +144,7 @@ def check_runs_page(page, url, uri, experiment_id, model, out, failures) -> None
     if not ranked or not in_view(header):
         failures.append("the runs are not ranked by final test error with that column in view")
 
-    trained = [(run, text) for run, text in rows if run.data.tags.get("sweep.kind") == "train"]
+    trained = [(run, text) for run, text in rows if run.data.tags.get(schema.KIND) == "train"]
     unlisted = {run.info.run_name: [label for label in labels if label not in text]
                 for run, text in trained
                 for labels in [[f"{d.dataset.name} ({d.dataset.digest})" for d in run.inputs.dataset_inputs]]

@@ -6,7 +6,9 @@ client, ray through `ray.util.joblib`.
 from __future__ import annotations
 
 import contextlib
+import signal
 import socket
+import threading
 from typing import Iterator, Optional
 from urllib.parse import urlsplit
 
@@ -89,6 +91,38 @@ def _check_listening(backend: str, address: str) -> None:
         reason = f"no answer within {KNOCK_SECONDS} s" if isinstance(exc, TimeoutError) else exc.strerror or exc
         hint = "dask scheduler" if backend == "dask" else "ray start --head"
         raise BackendError(f"cannot reach {where} ({reason}); start it ({hint}) or check --address") from None
+
+
+class JoblibPool:
+    """The sweep's workers through joblib: loky on this machine, or a dask or ray cluster."""
+
+    def __init__(self, backend: str = "loky"):
+        self.backend = backend
+
+    def round(self, jobs: list[Job], n_jobs: int) -> "Round":
+        if self.backend == "loky":
+            _start_resource_tracker_deaf_to_hangups()
+        return Round(jobs, n_jobs, self.backend)
+
+    def close(self) -> None:
+        if self.backend == "loky":
+            release_local_workers()
+
+
+def _start_resource_tracker_deaf_to_hangups() -> None:
+    """loky's resource tracker (one process beside the workers) ignores Ctrl-C and SIGTERM but not
+    SIGHUP: a terminal that hangs up signals the whole process group, the tracker dies with it, and
+    the one loky starts next prints a traceback for every file it never registered. Started while
+    SIGHUP is blocked, the tracker inherits the block; here a SIGHUP meanwhile waits, then acts."""
+    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
+        return
+    from joblib.externals.loky.backend import resource_tracker
+
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
+    try:
+        resource_tracker.ensure_running()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def release_local_workers() -> None:

@@ -9,19 +9,12 @@ is kept between decisions: any process, resumed or not, judges the same way from
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from typing import Iterable, Optional
 
-from . import tracking
-from .lease import CURVE, DUPLICATE_OF, GRIDS, KIND, PRUNED, SEARCH
+from .queue import Query, Store, schema
 from .space import EarlyStop
-
-
-def objective(config) -> str:
-    """The metric a run is ranked (and stopped) by: its validation error when it holds images out."""
-    return "val_error" if getattr(config, "validation", 0) else "test_error"
 
 
 @dataclass(frozen=True)
@@ -63,23 +56,23 @@ class Peer:
     run_id: str
     start_time: int
     status: str              # FINISHED, RUNNING, ...
-    pruned: bool
+    stopped: bool            # stopped early
     curve: tuple             # the objective after each epoch (1, 2, ...)
     params: dict = None      # its settings, as logged (strings)
 
 
-def read_peers(uri: str, experiment_id: str, kind: str, name: str) -> list[Peer]:
+def read_peers(store: Store, experiment_id: str, kind: str, name: str) -> list[Peer]:
     """The runs of a grid or a search, with their curves: one request."""
     if kind == "search":
-        query = f"tags.`{SEARCH}` = {tracking.quoted(name)}"
-    else:  # grids are a comma-joined tag: narrow on the server, then match the name exactly
-        query = f"tags.`{KIND}` = 'train' and tags.`{GRIDS}` LIKE {tracking.quoted('%' + name + '%')}"
-    rows = tracking.search(uri, experiment_id, query)
-    if kind == "grid":
-        rows = [r for r in rows if name in r.tags.get(GRIDS, "").split(",")]
-    return [Peer(r.run_id, r.start_time, r.status, r.tags.get(PRUNED) == "true",
-                 tuple(json.loads(r.tags.get(CURVE) or "[]")), r.params)
-            for r in rows if r.status in ("FINISHED", "RUNNING") and not r.tags.get(DUPLICATE_OF)]
+        query = Query(tags=((schema.SEARCH, name),))
+    else:  # a run's grids are one comma-joined tag: narrow in the store, then match the name exactly
+        query = Query(tags=((schema.KIND, schema.TRAIN),), tags_like=((schema.GRIDS, name),))
+    peers = []
+    for row in store.find(experiment_id, query):
+        run = schema.decode(row)
+        if (kind == "search" or name in run.grids) and run.status in ("FINISHED", "RUNNING") and not run.duplicate_of:
+            peers.append(Peer(run.run_id, run.start_time, run.status, run.stopped, run.curve, row.params))
+    return peers
 
 
 def same_values(config, params: dict, by: tuple) -> bool:
@@ -96,7 +89,7 @@ def should_stop(stop: EarlyStop, peers: Iterable[Peer], others: Iterable[tuple],
     study = optuna.create_study(direction="minimize", pruner=pruner(stop),
                                 sampler=optuna.samplers.RandomSampler(seed=0))
     for peer in sorted(peers, key=lambda p: p.start_time):
-        state = None if peer.status == "RUNNING" else "pruned" if peer.pruned else "complete"
+        state = None if peer.status == "RUNNING" else "stopped" if peer.stopped else "done"
         _replay(study, peer.curve, state)
     for other in others:
         _replay(study, other, None)
@@ -114,7 +107,7 @@ def _replay(study, curve: tuple, state: Optional[str]) -> bool:
         value = float(value) if value is not None and math.isfinite(value) else float("nan")
         trial.report(value, step)
         verdict = trial.should_prune()
-    if state == "complete" and curve and math.isfinite(curve[-1]):
+    if state == "done" and curve and math.isfinite(curve[-1]):
         study.tell(trial, float(curve[-1]))
     elif state is not None:
         study.tell(trial, state=optuna.trial.TrialState.PRUNED)
@@ -126,8 +119,8 @@ class Judge:
     epoch (one request each). `members`: run_id -> (the grids/search it belongs to, its Rule);
     `configs`: run_id -> its RunConfig (for a rule's `by`)."""
 
-    def __init__(self, uri: str, experiment_id: str, members: dict, configs: Optional[dict] = None):
-        self.uri, self.experiment_id, self.members, self.configs = uri, experiment_id, members, configs or {}
+    def __init__(self, store: Store, experiment_id: str, members: dict, configs: Optional[dict] = None):
+        self.store, self.experiment_id, self.members, self.configs = store, experiment_id, members, configs or {}
         self._peers: dict = {}                # (kind, name, epoch) -> peers
         self.curves: dict = {}                # run_id -> objective values so far
         self.stopped: set = set()             # runs it stopped
@@ -165,5 +158,5 @@ class Judge:
     def _read(self, kind: str, name: str, epoch: int) -> list[Peer]:
         if (kind, name, epoch) not in self._peers:
             self._peers = {k: v for k, v in self._peers.items() if k[2] == epoch}
-            self._peers[(kind, name, epoch)] = read_peers(self.uri, self.experiment_id, kind, name)
+            self._peers[(kind, name, epoch)] = read_peers(self.store, self.experiment_id, kind, name)
         return self._peers[(kind, name, epoch)]

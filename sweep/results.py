@@ -1,13 +1,12 @@
 """A sweep's results, read from the tracking store once. Every store read of `sweep best` and
 `sweep report` is in `fetch_results`; what they compute afterwards is pure and works on the
-`SweepResults` it returns (the runs, each run's per-epoch objective from its `sweep.curve` tag, and
+`SweepResults` it returns (the runs, each run's per-epoch objective from its curve tag, and
 each search's trials as `sweep.search.trials_in_store` rebuilds them, all from the one read of the
 experiment's runs; per-epoch histories only of the runs asked for).
 """
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Mapping, Optional, Union
 
@@ -16,16 +15,16 @@ import pandas as pd
 from mnist_core.config import SETTING_NAMES, SETTING_TYPES
 
 from . import queue, tracking
-from .index import BASE, Index
-from .lease import CURVE, DIVERGED, DUPLICATE_OF, GRIDS, KEY, PRUNED, SEARCH, TRIAL
+from .queue import schema
+from .queue.index import BASE
 from .spec import SweepSpec, expand, select
+
 FINAL_METRICS = ("test_error", "train_error", "test_loss", "train_loss", "best_test_error", "training_seconds",
                  "epochs_completed", "val_error", "val_loss", "final_val_error", "best_val_error")
 EPOCH_METRICS = ("train_loss", "train_error", "test_loss", "test_error", "val_loss", "val_error", "lr")
-OUTCOMES = ("done", "diverged", "stopped", "duplicate", "failed", "missing")
+OUTCOMES = (*schema.FINISHED_OUTCOMES, "failed", "missing")  # a planned run's outcome (schema.OUTCOMES)
 COLUMNS = ["key", "name", "grids", *SETTING_NAMES, "outcome", "state", "run_id", *FINAL_METRICS, "agent_uri",
            "search", "trial"]
-STORE_TAGS = (KEY, GRIDS, DIVERGED, PRUNED, DUPLICATE_OF, SEARCH, TRIAL, CURVE)  # what the read side needs
 STORE_METRICS = (*FINAL_METRICS, "lr")
 
 
@@ -74,44 +73,33 @@ def fetch_results(spec: Optional[SweepSpec], uri: str, grids: Iterable[str] = ()
     planned = planned_frame(spec, grids) if spec is not None else None  # an unknown grid fails here, first
     searches = select(spec, grids)[1] if spec is not None else ()
     experiment = experiment or spec.experiment
-    experiment_id = tracking.find_experiment(uri, experiment)
+    source = queue.MlflowStore(uri)
+    experiment_id = source.find_experiment(experiment)
     if experiment_id is None:
         raise tracking.TrackingError(f"no experiment '{experiment}' in tracking store {uri}; run `sweep run` first")
-    index = Index(uri, experiment_id, experiment=experiment)
+    view = queue.QueueView(source, experiment_id, experiment)
+    index = view.index
     index.sync()  # only what changed since the last read; the rest comes from the index beside the store
-    store = store_frame(index.table(tags=STORE_TAGS, params=SETTING_NAMES, metrics=STORE_METRICS))
+    store = store_frame(index.table(tags=schema.RESULT_TAGS, params=SETTING_NAMES, metrics=STORE_METRICS))
     if spec is not None:
         selected = grids or (*spec.grids, *spec.searches)
-        parent = queue.find_parent(uri, experiment_id, spec.name)
+        found = queue.find_parent(source, experiment_id, spec.name)
+        parent = found.run_id if found is not None else None
         if searches:
             planned = pd.concat([planned, searched_frame(store, searches)], ignore_index=True)
     else:
         planned = found_frame(store, grids)
         selected, parent = grids, None
         searches = tuple(dict.fromkeys(s for s in planned["search"] if s))
-    states = queue.QueueView(uri, experiment_id, index=index).refresh(sync=False).states(planned["key"])
+    states = view.refresh(sync=False).states(planned["key"])
     runs = join_outcomes(planned, store, states)
-    searched = [r for r in index.rows() if r.tags.get(SEARCH) in searches] if searches else []
+    searched = [r for r in index.rows() if schema.decode(r).search in searches] if searches else []
     results = SweepResults(experiment, experiment_id, runs, spec, selected, parent, searches=searches,
-                           curves=curves_of(zip(store["run_id"], store["curve"])),
+                           curves={run_id: c for run_id, c in zip(store["run_id"], store["curve"]) if c},
                            trials=_trials(spec, searches, searched, states))
     wanted = histories(results) if callable(histories) else histories or ()
     fetched = {run_id: _history(uri, store, run_id) for run_id in dict.fromkeys(wanted)}
     return dataclasses.replace(results, histories=fetched)
-
-
-def curves_of(tagged) -> dict:
-    """run_id -> the objective after each epoch, from (run_id, `sweep.curve` tag) pairs (runs
-    without one left out)."""
-    curves = {}
-    for run_id, tag in tagged:
-        try:
-            curve = json.loads(tag or "[]")
-        except ValueError:
-            continue  # a tag someone edited by hand: the run's histories can stand in
-        if curve:
-            curves[run_id] = tuple(float("nan") if v is None else float(v) for v in curve)
-    return curves
 
 
 def _trials(spec: Optional[SweepSpec], searches: tuple, rows: list, states: Mapping[str, str]) -> dict:
@@ -120,7 +108,7 @@ def _trials(spec: Optional[SweepSpec], searches: tuple, rows: list, states: Mapp
         return {}
     from .search import trials_in_store
 
-    return {name: trials_in_store(spec.searches[name], [r for r in rows if r.tags.get(SEARCH) == name], states)
+    return {name: trials_in_store(spec.searches[name], [r for r in rows if schema.decode(r).search == name], states)
             for name in searches}
 
 
@@ -136,38 +124,31 @@ def _history(uri: str, store: pd.DataFrame, run_id: str) -> pd.DataFrame:
     return frame
 
 
-def store_runs(rows: list) -> pd.DataFrame:
-    """The store's runs (tracking.RunRow) -> one typed row per MLflow run (every attempt, any status)."""
-    return store_frame([(r.run_id, r.status, r.start_time, r.end_time, r.name, r.artifact_uri,
-                         *(r.tags.get(name) for name in STORE_TAGS), *(r.params.get(name) for name in SETTING_NAMES),
-                         *(r.metrics.get(name) for name in STORE_METRICS)) for r in rows])
-
-
 def store_frame(table: list) -> pd.DataFrame:
-    """The same from tuples as Index.table(tags=STORE_TAGS, params=SETTING_NAMES, metrics=STORE_METRICS)
-    gives them: index.BASE, then those fields, None where a run has none."""
-    width = len(BASE) + len(STORE_TAGS) + len(SETTING_NAMES) + len(STORE_METRICS)
+    """One typed row per MLflow run (every attempt, any status), from the tuples of
+    Index.table(tags=schema.RESULT_TAGS, params=SETTING_NAMES, metrics=STORE_METRICS): index.BASE,
+    then those fields, None where a run has none."""
+    width = len(BASE) + len(schema.RESULT_TAGS) + len(SETTING_NAMES) + len(STORE_METRICS)
     columns = [list(column) for column in zip(*table)] if table else [[] for _ in range(width)]
     base = dict(zip(BASE, columns[:len(BASE)]))
-    tags = dict(zip(STORE_TAGS, columns[len(BASE):]))
-    params = dict(zip(SETTING_NAMES, columns[len(BASE) + len(STORE_TAGS):]))
-    metrics = dict(zip(STORE_METRICS, columns[len(BASE) + len(STORE_TAGS) + len(SETTING_NAMES):]))
-
-    def tag(name, default=""):
-        return [default if v is None else v for v in tags[name]]
+    tags = columns[len(BASE):len(BASE) + len(schema.RESULT_TAGS)]
+    runs = [schema.attempt(run_id, status, tags=dict(zip(schema.RESULT_TAGS, values)))
+            for run_id, status, *values in zip(base["run_id"], base["status"], *tags)]
+    params = dict(zip(SETTING_NAMES, columns[len(BASE) + len(schema.RESULT_TAGS):]))
+    metrics = dict(zip(STORE_METRICS, columns[len(BASE) + len(schema.RESULT_TAGS) + len(SETTING_NAMES):]))
 
     out = pd.DataFrame({
         "run_id": base["run_id"],
-        "key": tag(KEY),
+        "key": [r.key for r in runs],
         "name": base["name"],
         "status": base["status"],
-        "grids": tag(GRIDS),
-        "diverged": [v == "true" for v in tag(DIVERGED, "false")],
-        "pruned": [v == "true" for v in tag(PRUNED, "false")],
-        "duplicate": [bool(v) for v in tag(DUPLICATE_OF)],
-        "search": tag(SEARCH),
-        "trial": pd.array([int(v) if v else None for v in tag(TRIAL)], dtype="Int64"),
-        "curve": tag(CURVE),
+        "grids": [",".join(r.grids) for r in runs],
+        "diverged": [r.diverged for r in runs],
+        "stopped": [r.stopped for r in runs],
+        "duplicate": [bool(r.duplicate_of) for r in runs],
+        "search": [r.search for r in runs],
+        "trial": pd.array([r.trial for r in runs], dtype="Int64"),
+        "curve": [r.curve for r in runs],
         "start_time": pd.array(base["start_time"], dtype="Int64"),
         "end_time": pd.array(base["end_time"], dtype="Int64"),
     })
@@ -225,7 +206,7 @@ def join_outcomes(planned: pd.DataFrame, store: pd.DataFrame, states: Mapping[st
     runs["outcome"] = "missing"
     runs.loc[runs["state"] == "failed", "outcome"] = "failed"
     runs.loc[runs["run_id"].notna(), "outcome"] = "done"
-    runs.loc[runs["run_id"].notna() & (found["pruned"].eq(True).to_numpy() | short), "outcome"] = "stopped"
+    runs.loc[runs["run_id"].notna() & (found["stopped"].eq(True).to_numpy() | short), "outcome"] = "stopped"
     runs.loc[found["diverged"].eq(True).to_numpy(), "outcome"] = "diverged"
     runs.loc[found["duplicate"].eq(True).to_numpy(), "outcome"] = "duplicate"
     return runs[COLUMNS].reset_index(drop=True)

@@ -15,8 +15,7 @@ import math
 from dataclasses import dataclass
 from typing import Iterable, Optional
 
-from mnist_core.config import SETTING_TYPES
-
+from .queue import schema
 from .spec import PlannedRun, SweepSpec, run_name, trial_config
 from .space import SearchSpec
 
@@ -53,37 +52,29 @@ def slot_key(spec: SweepSpec, search: SearchSpec, trial: int) -> str:
 class Trial:
     """A slot of a search as the store holds it."""
     number: int
-    state: str               # complete, pruned, running, failed
+    state: str               # done, stopped (early), running or failed (diverged and duplicate runs are done)
     params: dict             # setting -> value, typed
     curve: tuple             # objective per epoch
-    value: float             # the final objective (nan unless complete)
+    value: float             # the final objective (nan unless done)
 
 
 def trials_in_store(search: SearchSpec, rows: Iterable, states: dict) -> dict:
     """The search's slots that have a run (latest attempt that matters per slot), by number."""
-    from .lease import CURVE, DUPLICATE_OF, KEY, PRUNED, TRIAL
-
     found: dict[int, Trial] = {}
     for row in rows:
-        number = int(row.tags.get(TRIAL, -1))
-        state = {"FINISHED": "pruned" if row.tags.get(PRUNED) == "true" else "complete",
-                 "RUNNING": "running"}.get(row.status, "failed")
-        if states.get(row.tags.get(KEY)) == "running" and state != "running":
+        run = schema.decode(row)
+        number = -1 if run.trial is None else run.trial
+        state = ("running" if run.status == "RUNNING" else "failed" if run.status != "FINISHED"
+                 else "stopped" if run.stopped else "done")
+        if states.get(run.key) == schema.RUNNING and state != "running":
             continue  # an ended attempt of a slot someone is training again
-        if number in found and found[number].state in ("complete", "pruned") and state not in ("complete", "pruned"):
+        if number in found and found[number].state in ("done", "stopped") and state not in ("done", "stopped"):
             continue
-        params = {k: _typed(k, row.params[k]) for k in search.space if k in row.params}
-        metric = "val_error" if float(row.params.get("validation", 0) or 0) else "test_error"
-        value = row.metrics.get(metric, math.nan) if state == "complete" else math.nan
-        if row.tags.get(DUPLICATE_OF):
-            value = row.metrics.get(metric, math.nan)
-        found[number] = Trial(number, state, params, tuple(json.loads(row.tags.get(CURVE) or "[]")), value)
+        params = {k: schema.setting(k, row.params[k]) for k in search.space if k in row.params}
+        metric = schema.objective(row.params.get("validation"))
+        value = row.metrics.get(metric, math.nan) if state == "done" or run.duplicate_of else math.nan
+        found[number] = Trial(number, state, params, run.curve, value)
     return found
-
-
-def _typed(setting: str, raw: str):
-    kind = SETTING_TYPES[setting]
-    return int(float(raw)) if kind == "int" else float(raw) if kind == "float" else raw
 
 
 def sampler(search: SearchSpec, asked_so_far: int):
@@ -113,10 +104,10 @@ def study_of(search: SearchSpec, trials: dict):
     for trial in sorted(trials.values(), key=lambda t: t.number):
         params = {k: v for k, v in trial.params.items() if k in dists}
         steps = {step: v for step, v in enumerate(trial.curve, 1) if math.isfinite(v)}
-        if trial.state == "complete" and math.isfinite(trial.value):
+        if trial.state == "done" and math.isfinite(trial.value):
             state, value = TrialState.COMPLETE, trial.value
         else:
-            state, value = {"pruned": TrialState.PRUNED, "running": TrialState.RUNNING}.get(
+            state, value = {"stopped": TrialState.PRUNED, "running": TrialState.RUNNING}.get(
                 trial.state, TrialState.FAIL), None
         try:
             study.add_trial(create_trial(params=params, distributions=dists, state=state, value=value,

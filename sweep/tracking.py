@@ -14,30 +14,21 @@ import json
 import os
 import random
 import signal
+import sqlite3
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Iterable, Optional
 
-from .errors import SweepError
+from .queue.base import RunRow, TrackingError
+from .queue.schema import EXPERIMENT_KIND, MODEL_TRAINING, RUNS_VIEW, VIEW_TAG
 from .store import local_path
 
-# The MLflow UI's mode. MLflow 3.17's UI takes it from its GenAI / Model training switch: the `workflowType`
-# URL parameter (see runs_page), else the browser's saved choice, else GenAI; it reads this experiment tag
-# only in builds without that switch.
-EXPERIMENT_KIND = "mlflow.experimentKind"
-MODEL_TRAINING = "custom_model_development"
-# A saved view of the runs table, kept in an experiment tag, that runs_page opens.
-RUNS_VIEW = "sweep-runs"
-VIEW_TAG = f"mlflow.sharedViewState.{RUNS_VIEW}"
+# The MLflow UI's mode: MLflow 3.17's UI takes it from its GenAI / Model training switch, the `workflowType`
+# URL parameter (see runs_page), else the browser's saved choice, else GenAI; it reads the experiment's
+# EXPERIMENT_KIND tag only in builds without that switch. Its saved view (VIEW_TAG) is opened by runs_page.
 RANKED_BY = "final_test_error"
 PAGE = 1000  # runs per search request
-
-
-class TrackingError(SweepError):
-    """The tracking store cannot be reached, read or written."""
 
 
 def _store_errors(function):
@@ -150,21 +141,6 @@ def _first_line(text: str) -> str:
     return text.strip().splitlines()[0] if text and text.strip() else ""
 
 
-@dataclass(frozen=True)
-class RunRow:
-    """One MLflow run as plain data."""
-    run_id: str
-    status: str
-    start_time: int                  # ms since the epoch
-    end_time: Optional[int]          # ms, None while running
-    name: str
-    artifact_uri: str
-    tags: dict = field(default_factory=dict)
-    params: dict = field(default_factory=dict)
-    metrics: dict = field(default_factory=dict)   # latest value of each metric
-    deleted: bool = False
-
-
 def _row(run) -> RunRow:
     info, data = run.info, run.data
     return RunRow(info.run_id, info.status, info.start_time or 0, info.end_time, info.run_name or "",
@@ -189,8 +165,13 @@ def _artifact_root(uri: str, experiment: str) -> Optional[str]:
 
 @functools.lru_cache(maxsize=8)
 def client(uri: str):
+    import logging
+
     from mlflow import MlflowClient
 
+    # MLflow logs a database error with its whole traceback before raising it; the error itself comes
+    # out of here as one TrackingError line.
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
     return MlflowClient(tracking_uri=uri)
 
 
@@ -310,6 +291,28 @@ def download_artifact(uri: str, run_id: str, path: str, dst: str | os.PathLike) 
     return client(uri).download_artifacts(run_id, path, str(dst))
 
 
+_TAG_INDEX = "create index if not exists sweep_tags_key_value on tags (key, value)"
+_tags_indexed: set = set()
+
+
+def index_tag_values(uri: str) -> None:
+    """Give a local store an index on its tags' values (once per process), so that finding a key's
+    runs, a session's or the sweep's parent reads those runs alone. MLflow indexes its tags table
+    by (key, run) only: without this, each claim reads the tags of every run in the store, and a
+    claim's cost grows with the number of runs. A tracking server's database needs the same index
+    from its administrator (see docs/scaling.md)."""
+    path = local_path(uri)
+    if uri in _tags_indexed or path is None or not path.exists():
+        return
+    try:
+        with contextlib.closing(sqlite3.connect(path, timeout=30)) as db:
+            db.execute(_TAG_INDEX)
+            db.commit()
+    except sqlite3.Error:
+        return  # MLflow has not made its tables yet, or the store is read-only: lookups work, only slower
+    _tags_indexed.add(uri)
+
+
 @_store_errors
 def search(uri: str, experiment_id: str, query: str = "", view: str = "active",
            max_results: Optional[int] = None, order_by: Optional[list] = None) -> list[RunRow]:
@@ -326,15 +329,6 @@ def search(uri: str, experiment_id: str, query: str = "", view: str = "active",
         token = page.token
         if not token or (max_results is not None and len(rows) >= max_results):
             return rows
-
-
-@_store_errors
-def runs_frame(uri: str, experiment_id: str, query: str = "tags.`sweep.kind` = 'train'"):
-    """Runs of the experiment as MLflow's own search_runs DataFrame."""
-    import mlflow
-
-    mlflow.set_tracking_uri(uri)
-    return mlflow.search_runs([experiment_id], filter_string=query)
 
 
 @_store_errors

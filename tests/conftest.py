@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from sweep.queue import schema
 
 REAL_DATA = os.environ.get("MNIST_DATA")
 
@@ -113,11 +114,11 @@ def training_runs(experiment="tiny"):
 
     uri = os.environ["MLFLOW_TRACKING_URI"]
     experiment_id = tracking.find_experiment(uri, experiment)
-    return MlflowClient(uri).search_runs([experiment_id], "tags.`sweep.kind` = 'train'", max_results=1000)
+    return MlflowClient(uri).search_runs([experiment_id], schema.TRAINING_RUNS, max_results=1000)
 
 
 def finished_per_key(runs):
-    return Counter(r.data.tags["sweep.key"] for r in runs if r.info.status == "FINISHED")
+    return Counter(r.data.tags[schema.KEY] for r in runs if r.info.status == "FINISHED")
 
 
 
@@ -166,14 +167,14 @@ def wait_until(predicate, timeout=60.0, every=0.05):
 
 
 def holder_pid(run) -> int:
-    return int(run.data.tags["sweep.holder"].split(":")[1])
+    return int(run.data.tags[schema.HOLDER].split(":")[1])
 
 
 def assert_each_key_finished_once(runs, keys):
     """Every key FINISHED exactly once, nothing left RUNNING, no finished run carrying an error."""
     assert finished_per_key(runs) == Counter({k: 1 for k in keys}), finished_per_key(runs)
     assert not [r for r in runs if r.info.status == "RUNNING"]
-    assert not [r for r in runs if r.info.status == "FINISHED" and r.data.tags.get("sweep.error")]
+    assert not [r for r in runs if r.info.status == "FINISHED" and r.data.tags.get(schema.ERROR)]
 
 
 def finish(proc, timeout=300) -> str:
@@ -184,7 +185,6 @@ def finish(proc, timeout=300) -> str:
 # Stores of known runs, written the way a worker writes them: claimed, logged through the lease, finished.
 def new_store(folder, spec_text, name="s.yaml"):
     from sweep import queue, tracking
-    from sweep.lease import this_holder
     from sweep.spec import parse_spec
     from sweep.store import open_store
 
@@ -193,7 +193,7 @@ def new_store(folder, spec_text, name="s.yaml"):
     spec = parse_spec(spec_text, str(path))
     uri = open_store(f"sqlite:///{folder}/mlruns/mlflow.db")
     experiment_id = tracking.ensure_experiment(uri, spec.experiment)
-    parent = queue.parent_run(uri, experiment_id, spec.name, {}, this_holder())
+    parent = queue.parent_run(queue.MlflowStore(uri), experiment_id, spec.name, {})
     return spec, uri, experiment_id, parent
 
 
@@ -205,9 +205,8 @@ def log_run(uri, experiment_id, parent, run, sweep_name, test_error, *, train_er
     import tempfile
 
     from sweep import queue
-    from sweep.lease import this_holder
 
-    lease = queue.claim(uri, experiment_id, parent, run, sweep_name, "test-session", this_holder())
+    lease = queue.claim(queue.MlflowStore(uri), experiment_id, parent, run, sweep_name, "test-session")
     lease.log_params(run.config.as_params())
     epochs = run.config.epochs if epochs_completed is None else epochs_completed
     for epoch in range(1, epochs + 1):
@@ -231,7 +230,7 @@ def log_run(uri, experiment_id, parent, run, sweep_name, test_error, *, train_er
         if agent is None:
             agent = Path(tmp) / "mnist_agent.pt"
             agent.write_bytes(b"a placeholder: these tests never load it")
-        assert lease.finish(summary, epochs, agent, diverged, pruned)
+        assert lease.finish(summary, epochs, agent, diverged, stopped=pruned)
     return lease.run_id
 
 

@@ -33,7 +33,7 @@ def tracked(tmp_path):
     log_run(uri, experiment_id, parent, expand(spec)[0], spec.name, 0.1)
     from sweep import queue
 
-    queue.read_states(spec, expand(spec), uri)  # the index beside the store, as after any command
+    queue.read_states(queue.MlflowStore(uri), spec.experiment, [r.key for r in expand(spec)])  # the index beside the store
     return spec.path, uri
 
 

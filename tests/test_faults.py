@@ -8,6 +8,7 @@ from mlflow import MlflowClient
 
 from sweep import tracking
 from sweep.cli import main
+from sweep.queue import schema
 
 from conftest import finished_per_key, training_runs, write_spec
 
@@ -38,7 +39,7 @@ def test_unwritable_artifact_store_fails_the_run_clearly(env):
     assert "cannot store the agent" in result.output
     runs = training_runs()
     assert [r.info.status for r in runs] == ["FAILED"]
-    assert "cannot store the agent" in runs[0].data.tags["sweep.error"]
+    assert "cannot store the agent" in runs[0].data.tags[schema.ERROR]
     status = CliRunner().invoke(main, ["status", spec])
     assert "0 done" in status.output and "1 failed" in status.output
 

@@ -16,6 +16,7 @@ from mnist_core.trainer import init_model
 from sweep.cli import main
 from sweep.runner import plan_jobs
 from sweep.spec import PlannedRun, run_key, run_name
+from sweep.queue import schema
 
 from conftest import finished_per_key, relative_gap, training_runs, write_spec
 
@@ -200,7 +201,7 @@ grids:
     assert len(runs) == 7 and set(finished_per_key(runs).values()) == {1}
     client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
     for run in runs:
-        diverged = run.data.tags["sweep.diverged"] == "true"
+        diverged = run.data.tags[schema.DIVERGED] == "true"
         assert diverged == (run.data.params["lr"] == "100000000.0" and run.data.params["activation"] == "relu")
         if not diverged:
             assert [m.step for m in client.get_metric_history(run.info.run_id, "test_error")] == [1, 2]

@@ -15,6 +15,7 @@ from mnist_core import RunConfig, load_agent, save_agent, train
 from sweep import tracking
 from sweep.cli import main
 from sweep.spec import expand, parse_spec
+from sweep.queue import schema
 
 from conftest import log_run, new_store
 
@@ -73,7 +74,7 @@ def test_report_outputs_numbers_missing_and_diverged(known):
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 5 and "<table" in html
     assert (out / "report.pdf").read_bytes()[:5] == b"%PDF-"
-    parent = MlflowClient(uri).search_runs([tracking.find_experiment(uri, "known")], "tags.`sweep.kind` = 'parent'")[0]
+    parent = MlflowClient(uri).search_runs([tracking.find_experiment(uri, "known")], schema.PARENT_RUNS)[0]
     logged = {a.path for a in MlflowClient(uri).list_artifacts(parent.info.run_id, "report")}
     assert "report/report.html" in logged and "report/report.pdf" in logged
 

@@ -9,11 +9,10 @@ from click.testing import CliRunner
 from scipy import stats as scipy_stats
 
 from sweep import queue, tracking
-from sweep.index import Index
+from sweep.queue import Index, MlflowStore, schema
 from sweep.analysis import (analyse, best_so_far_table, drawn_runs, schedule_note, search_conclusions,
                             stopping_conclusions)
 from sweep.cli import main
-from sweep.lease import CURVE, DUPLICATE_OF, this_holder
 from sweep.results import fetch_results
 from sweep.search import best_so_far, importance, slot_key
 from sweep.spec import PlannedRun, expand, run_name, trial_config
@@ -63,15 +62,15 @@ def trial_run(spec, search, number, sampled) -> PlannedRun:
 
 
 def log_curve(uri, experiment_id, parent, run, sweep_name, curve, *, curve_tag=True):
-    """A run the way a worker writes it: per-epoch metrics with its `sweep.curve` so far (left out
+    """A run the way a worker writes it: per-epoch metrics with its curve tag so far (left out
     with `curve_tag=False`, as older runs have none); stopped early (pruned) when the curve is
     shorter than its epochs. Returns its run id and final metrics."""
-    lease = queue.claim(uri, experiment_id, parent, run, sweep_name, "test-session", this_holder())
+    lease = queue.claim(MlflowStore(uri), experiment_id, parent, run, sweep_name, "test-session")
     lease.log_params(run.config.as_params())
     for epoch, error in enumerate(curve, 1):
         metrics = {"test_error": error, "train_error": error / 2, "test_loss": 0.1, "train_loss": 0.1,
                    "lr": run.config.lr}
-        lease.log_epoch(metrics, epoch, tags={CURVE: json.dumps(curve[:epoch])} if curve_tag else None)
+        lease.log_epoch(metrics, epoch, tags=schema.curve(curve[:epoch]) if curve_tag else None)
     summary = {"epochs_completed": float(len(curve)), "final_test_error": curve[-1], "training_seconds": 1.0,
                "best_test_error": min(curve)}
     with tempfile.TemporaryDirectory() as tmp:
@@ -90,13 +89,13 @@ def searched(tmp_path_factory):
     for number, (sampled, curve) in TPE.items():
         ids[number], finals[number] = write(trial_run(spec, "tpe", number, sampled), curve)
     number, original = DUPLICATE
-    lease = queue.claim(uri, experiment_id, parent, trial_run(spec, "tpe", number, TPE[original][0]), spec.name,
-                        "test-session", this_holder())
+    lease = queue.claim(MlflowStore(uri), experiment_id, parent, trial_run(spec, "tpe", number, TPE[original][0]),
+                        spec.name, "test-session")
     lease.log_params(trial_config(spec, spec.searches["tpe"], TPE[original][0]).as_params())
     assert lease.finish(finals[original], 4, None, False, False,
-                        tags={DUPLICATE_OF: ids[original], CURVE: json.dumps(TPE[original][1])})
-    running = queue.claim(uri, experiment_id, parent, trial_run(spec, "tpe", RUNNING[0], RUNNING[1]), spec.name,
-                          "test-session", this_holder(), lease_seconds=3600)  # held for the whole module
+                        tags={schema.DUPLICATE_OF: ids[original], **schema.curve(TPE[original][1])})
+    running = queue.claim(MlflowStore(uri), experiment_id, parent, trial_run(spec, "tpe", RUNNING[0], RUNNING[1]),
+                          spec.name, "test-session", lease_seconds=3600)  # held for the whole module
     running.log_params(trial_config(spec, spec.searches["tpe"], RUNNING[1]).as_params())
     running.beat()
     for number, (sampled, error) in SEEDED.items():
@@ -140,8 +139,8 @@ def test_fetch_results_reads_curves_and_trials_from_the_one_read(searched, monke
     assert results.curves[ids[2]] == (0.25, 0.12, 0.08, 0.06) and ids["cosine"] not in results.curves
     assert sorted(results.trials["tpe"]) == [0, 1, 2, 3, 4, 5, 6, 7]
     states = {n: t.state for n, t in results.trials["tpe"].items()}
-    assert states == {0: "complete", 1: "pruned", 2: "complete", 3: "pruned", 4: "complete", 5: "complete",
-                      6: "complete", 7: "running"}
+    assert states == {0: "done", 1: "stopped", 2: "done", 3: "stopped", 4: "done", 5: "done", 6: "done",
+                      7: "running"}
     assert results.trials["tpe"][5].value == 0.06  # a duplicate counts with its original's result
     tpe = results.grid_runs("tpe").set_index("trial")
     assert list(tpe["outcome"]) == ["done", "stopped", "done", "stopped", "done", "duplicate", "done", "missing"]

@@ -5,10 +5,10 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
+from mnist_core.config import SETTING_NAMES
 from sweep import queue, tracking
 from sweep import results as results_module
-from sweep.index import Index
-from sweep.tracking import RunRow
+from sweep.queue import Index, schema
 from sweep.results import COLUMNS, fetch_results
 from sweep.spec import SpecError, expand
 
@@ -121,20 +121,19 @@ def test_a_missing_experiment_and_an_empty_one(store, tmp_path):
     assert set(results.runs["state"]) == {"pending"} and results.runs["test_error"].isna().all()
 
 
-def test_store_rows_are_typed():
-    row = RunRow("a", "FINISHED", 1_000, 2_000, "r", "file:///x", tags={"sweep.key": "k"},
-                 params={"depth": "3", "lr": "0.1", "activation": "tanh"}, metrics={"test_error": 0.02})
-    rows = results_module.store_runs([row])
+def test_store_rows_are_typed_and_decoded():
+    tags = {schema.KEY: "k", schema.CURVE: "[0.5, null]", schema.PRUNED: schema.flag(True)}
+    table = [("a", "FINISHED", 1_000, 2_000, "r", "file:///x", *(tags.get(n) for n in schema.RESULT_TAGS),
+              *({"depth": "3", "lr": "0.1", "activation": "tanh"}.get(n) for n in SETTING_NAMES),
+              *({"test_error": 0.02}.get(n) for n in results_module.STORE_METRICS))]
+    rows = results_module.store_frame(table)
     assert rows.loc[0, "depth"] == 3 and rows.loc[0, "lr"] == 0.1 and rows.loc[0, "activation"] == "tanh"
-    assert rows.loc[0, "agent_uri"] == "file:///x/mnist_agent.pt" and not rows.loc[0, "pruned"]
+    assert rows.loc[0, "agent_uri"] == "file:///x/mnist_agent.pt" and rows.loc[0, "stopped"]
     assert rows.loc[0, "metrics.test_error"] == 0.02 and rows.loc[0, "start_time"] == 1_000
+    assert rows.loc[0, "curve"][0] == 0.5 and math.isnan(rows.loc[0, "curve"][1])
 
 
-def test_curves_come_from_the_curve_tag():
-    def row(run_id, **tags):
-        return RunRow(run_id, "FINISHED", 1_000, 2_000, run_id, "file:///x", tags=tags, params={}, metrics={})
-
-    rows = [row("a", **{"sweep.curve": "[0.5, 0.25]"}), row("b", **{"sweep.curve": "[0.5, null]"}),
-            row("c", **{"sweep.curve": "edited by hand"}), row("d", **{"sweep.curve": "[]"}), row("e")]
-    curves = results_module.curves_of((r.run_id, r.tags.get("sweep.curve")) for r in rows)
-    assert curves["a"] == (0.5, 0.25) and set(curves) == {"a", "b"} and math.isnan(curves["b"][1])
+def test_curves_are_decoded_whatever_the_tag_holds():
+    assert schema.decode_curve("[0.5, 0.25]") == (0.5, 0.25)
+    assert schema.decode_curve(schema.encode_curve([0.5, float("nan")]))[0] == 0.5
+    assert schema.decode_curve("edited by hand") == () and schema.decode_curve("[]") == () and schema.decode_curve(None) == ()

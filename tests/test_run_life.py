@@ -13,6 +13,7 @@ from mlflow import MlflowClient
 
 from sweep.cli import main
 from sweep.spec import expand, load_spec
+from sweep.queue import schema
 
 from conftest import (assert_each_key_finished_once, finish, holder_pid, store_runs, sweep_process, training_runs,
                       wait_until, write_spec)
@@ -45,7 +46,7 @@ def alive(pid):
 def parent_status():
     uri = os.environ["MLFLOW_TRACKING_URI"]
     experiment = MlflowClient(uri).get_experiment_by_name("tiny").experiment_id
-    return MlflowClient(uri).search_runs([experiment], "tags.`sweep.kind` = 'parent'")[0].info.status
+    return MlflowClient(uri).search_runs([experiment], schema.PARENT_RUNS)[0].info.status
 
 
 def test_a_suspended_holder_never_finishes_a_run_another_sweep_took_over(env):
@@ -65,7 +66,7 @@ def test_a_suspended_holder_never_finishes_a_run_another_sweep_took_over(env):
     assert_each_key_finished_once(runs, keys_of(spec))
     for run in runs:
         if run.info.run_id in {r.info.run_id for r in held}:
-            assert run.info.status == "KILLED" and "lapsed" in run.data.tags["sweep.error"]
+            assert run.info.status == "KILLED" and "lapsed" in run.data.tags[schema.ERROR]
     assert parent_status() == "FINISHED"
 
 
@@ -79,7 +80,7 @@ def test_a_run_that_kills_its_worker_fails_alone_and_every_other_run_trains(env)
     def oom_killer():  # as the kernel would: the worker holding `bad` dies whenever it trains it
         while not stop.is_set():
             for run in running():
-                if run.data.tags["sweep.key"] == bad:
+                if run.data.tags[schema.KEY] == bad:
                     try:
                         os.kill(holder_pid(run), signal.SIGKILL)
                     except ProcessLookupError:
@@ -97,11 +98,11 @@ def test_a_run_that_kills_its_worker_fails_alone_and_every_other_run_trains(env)
     assert proc.returncode == 1, out
     assert "7 done, 0 diverged, 1 failed" in out, out
     runs = training_runs()
-    assert_each_key_finished_once([r for r in runs if r.data.tags["sweep.key"] != bad], set(runs_by_lr.values()) - {bad})
-    mine = [r for r in runs if r.data.tags["sweep.key"] == bad]
+    assert_each_key_finished_once([r for r in runs if r.data.tags[schema.KEY] != bad], set(runs_by_lr.values()) - {bad})
+    mine = [r for r in runs if r.data.tags[schema.KEY] == bad]
     assert {r.info.status for r in mine} <= {"FAILED", "KILLED"}
-    assert [r for r in mine if r.info.status == "FAILED" and "worker process died" in r.data.tags["sweep.error"]]
-    innocent_failures = [r for r in runs if r.data.tags["sweep.key"] != bad and r.info.status == "FAILED"]
+    assert [r for r in mine if r.info.status == "FAILED" and "worker process died" in r.data.tags[schema.ERROR]]
+    innocent_failures = [r for r in runs if r.data.tags[schema.KEY] != bad and r.info.status == "FAILED"]
     assert not innocent_failures  # sharing a pool with the culprit costs a retry alone, never a failure
     assert not running()
 
@@ -160,7 +161,7 @@ def test_killing_the_main_process_alone_stops_its_workers_and_ends_their_runs(en
     wait_until(lambda: not any(alive(pid) for pid in holders), timeout=15)
     wait_until(lambda: not running(), timeout=15)
     killed = [r for r in store_runs() if r.info.status == "KILLED"]
-    assert len(killed) == 2 and all("sweep process" in r.data.tags["sweep.error"] for r in killed)
+    assert len(killed) == 2 and all("sweep process" in r.data.tags[schema.ERROR] for r in killed)
     assert parent_status() == "KILLED"
     again = sweep_process("run", spec, "--jobs", 2)
     out = finish(again, 300)

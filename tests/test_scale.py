@@ -9,15 +9,18 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
+from mnist_core.config import SETTING_NAMES
 from sweep import queue, tracking
 from sweep.best import best_by
 from sweep.cli import main
-from sweep.index import TRAINING, Index, index_path
-from sweep.lease import this_holder
-from sweep.results import fetch_results, join_outcomes, planned_frame, store_runs
+from sweep.queue import Host, Index, MlflowStore, index_path, schema
+from sweep.queue.index import BASE
+from sweep.results import STORE_METRICS, fetch_results, join_outcomes, planned_frame, store_frame
 from sweep.spec import expand
 
 from conftest import log_run, new_store
+
+TRAINING = f"tags.`{schema.KIND}` = '{schema.TRAIN}'"
 
 LRS = [round(0.01 * (i + 1), 2) for i in range(15)]
 SPEC = f"""
@@ -31,11 +34,13 @@ grids:
 """
 
 
-def dead_holder() -> str:
+class Gone(Host):
     """A process of this host that has exited: its claims lapse at once."""
-    proc = subprocess.Popen([sys.executable, "-c", "pass"])
-    proc.wait()
-    return this_holder().rsplit(":", 2)[0] + f":{proc.pid}:1"
+
+    def me(self) -> str:
+        proc = subprocess.Popen([sys.executable, "-c", "pass"])
+        proc.wait()
+        return super().me().rsplit(":", 2)[0] + f":{proc.pid}:1.00"
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +49,7 @@ def store(tmp_path_factory):
     for one failed and one never tried."""
     folder = tmp_path_factory.mktemp("scale")
     spec, uri, experiment_id, parent = new_store(folder, SPEC)
+    store = MlflowStore(uri)
     runs = {name: expand(spec, [name]) for name in spec.grids}
 
     def log(run, error=0.03, **kw):
@@ -61,11 +67,11 @@ def store(tmp_path_factory):
         elif i < 98:
             log(run, status="KILLED")                                            # pending again
         elif i < 100:                                                            # held by a live lease
-            queue.claim(uri, experiment_id, parent, run, spec.name, "live", this_holder(), lease_seconds=3600)
+            queue.claim(store, experiment_id, parent, run, spec.name, "live", lease_seconds=3600)
         elif i < 102:                                                            # its holder is gone: pending
-            queue.claim(uri, experiment_id, parent, run, spec.name, "dead", dead_holder())
+            queue.claim(MlflowStore(uri, Gone()), experiment_id, parent, run, spec.name, "dead")
         elif i < 104:                                                            # a withdrawn claim
-            lease = queue.claim(uri, experiment_id, parent, run, spec.name, "lost", this_holder())
+            lease = queue.claim(store, experiment_id, parent, run, spec.name, "lost")
             tracking.delete_run(uri, lease.run_id)
     for run in runs["finished"]:
         log(run, 0.04)
@@ -80,12 +86,19 @@ def store_truth(spec, uri, experiment_id):
     """States and runs as a read of every training run in the store gives them (no index)."""
     rows = tracking.search(uri, experiment_id, TRAINING)
     planned = expand(spec)
-    states = queue.states([r.key for r in planned], [queue.record(r) for r in rows])
+    host = Host()
+    states = queue.states([r.key for r in planned], [schema.decode(r) for r in rows], host.now(), host.alive)
     return rows, states
 
 
+def as_table(rows) -> list:
+    """The store's rows as Index.table gives them to the read side."""
+    return [(*(getattr(r, c) for c in BASE), *(r.tags.get(n) for n in schema.RESULT_TAGS),
+             *(r.params.get(n) for n in SETTING_NAMES), *(r.metrics.get(n) for n in STORE_METRICS)) for r in rows]
+
+
 def mirrored(uri, experiment_id):
-    index = Index(uri, experiment_id)
+    index = Index(MlflowStore(uri), experiment_id)
     index.sync()
     return sorted(index.rows(), key=lambda r: r.run_id)
 
@@ -100,9 +113,10 @@ def test_status_and_plan_say_what_the_store_says(store):
     _, truth = store_truth(spec, uri, experiment_id)
     counts = queue.count(truth)
     assert counts["running"] == 2 and counts["failed"] == 7 and counts["done"] > 90 and counts["pending"] > 10
-    read = queue.read_states(spec, expand(spec), uri)
+    keys = [r.key for r in expand(spec)]
+    read = queue.read_states(MlflowStore(uri), spec.experiment, keys)
     assert read.states == truth
-    assert queue.read_states(spec, expand(spec), uri, sync=False).states == truth   # as `sweep plan` reads it
+    assert queue.last_read_states(Index.last_read(index_path(uri), spec.experiment), keys).states == truth  # `plan`
     line = ", ".join(f"{n} {s}" for s, n in counts.items())
     status = sweep("status", folder / "s.yaml", "--tracking-uri", uri)
     assert status.exit_code == 0 and f"{len(truth)} runs: {line}" in status.output
@@ -116,7 +130,7 @@ def test_status_and_plan_say_what_the_store_says(store):
 def test_best_through_the_index_is_best_from_the_store(store):
     folder, spec, uri, experiment_id, parent = store
     rows, truth = store_truth(spec, uri, experiment_id)
-    direct = join_outcomes(planned_frame(spec), store_runs(rows), truth)
+    direct = join_outcomes(planned_frame(spec), store_frame(as_table(rows)), truth)
     results = fetch_results(spec, uri)
     pd.testing.assert_frame_equal(results.runs, direct, check_exact=True)
     for by in (["activation"], ["lr"], []):
@@ -140,10 +154,10 @@ def test_the_index_is_rebuilt_when_deleted_damaged_or_old_and_follows_every_chan
     def agrees():
         rows, _ = store_truth(spec, uri, experiment_id)
         assert mirrored(uri, experiment_id) == sorted(rows, key=lambda r: r.run_id)
-        fields = Index(uri, experiment_id).table(tags=("sweep.key", "sweep.error"), params=("lr",),
-                                                 metrics=("test_error", "lr"))
+        fields = Index(MlflowStore(uri), experiment_id).table(tags=(schema.KEY, schema.ERROR), params=("lr",),
+                                                              metrics=("test_error", "lr"))
         assert sorted(fields) == sorted((r.run_id, r.status, r.start_time, r.end_time, r.name, r.artifact_uri,
-                                         r.tags.get("sweep.key"), r.tags.get("sweep.error"), r.params.get("lr"),
+                                         r.tags.get(schema.KEY), r.tags.get(schema.ERROR), r.params.get("lr"),
                                          r.metrics.get("test_error"), r.metrics.get("lr")) for r in rows)
 
     path = index_path(uri)
@@ -156,12 +170,12 @@ def test_the_index_is_rebuilt_when_deleted_damaged_or_old_and_follows_every_chan
     agrees()
 
     runs = expand(spec, ["many"])
-    lease = queue.claim(uri, experiment_id, parent, runs[-1], spec.name, "late", this_holder())   # new and RUNNING
+    lease = queue.claim(MlflowStore(uri), experiment_id, parent, runs[-1], spec.name, "late")   # new and RUNNING
     agrees()
     lease.log_epoch({"test_error": 0.5}, 1, flush=True)
     agent = tmp_path / "mnist_agent.pt"
     agent.write_bytes(b"x")
-    assert lease.finish({"final_test_error": 0.5}, 1, agent, diverged=False, pruned=False)   # then finished
+    assert lease.finish({"final_test_error": 0.5}, 1, agent, diverged=False, stopped=False)   # then finished
     agrees()
     finished = [r for r in tracking.search(uri, experiment_id, TRAINING) if r.status == "FINISHED"][:3]
     for row in finished:
@@ -170,18 +184,4 @@ def test_the_index_is_rebuilt_when_deleted_damaged_or_old_and_follows_every_chan
     tracking.client(uri).restore_run(finished[0].run_id)     # and one restored
     agrees()
     _, truth = store_truth(spec, uri, experiment_id)
-    assert queue.read_states(spec, expand(spec), uri).states == truth
-
-
-def test_a_local_store_gets_an_index_on_tag_values_so_that_claims_do_not_read_every_run(store):
-    folder, spec, uri, experiment_id, parent = store
-    db_path = uri[len("sqlite:///"):]
-    with sqlite3.connect(db_path) as db:
-        db.execute("drop index if exists sweep_tags_key_value")
-    queue._tags_indexed.discard(uri)
-    run = expand(spec, ["finished"])[0]
-    assert queue.claim(uri, experiment_id, parent, run, spec.name, "again", this_holder()) is None   # done
-    with sqlite3.connect(db_path) as db:
-        plan = " ".join(str(row) for row in db.execute(
-            "explain query plan select run_uuid from tags where key = ? and value = ?", ("sweep.key", run.key)))
-    assert "sweep_tags_key_value" in plan
+    assert queue.read_states(MlflowStore(uri), spec.experiment, [r.key for r in expand(spec)]).states == truth

@@ -14,6 +14,7 @@ from mlflow import MlflowClient
 
 from mnist_core import load_agent
 from sweep.cli import main
+from sweep.queue import schema
 
 SPEC = "experiment: {name}\ndefaults: {{epochs: 2}}\ngrids:\n  g: {{lr: [0.05, 0.1, 0.2], width: [16, 32]}}\n"
 
@@ -52,7 +53,7 @@ def tracking_server(tmp_path_factory):
 def check_sweep_arrived(url, experiment, tmp_path):
     client = MlflowClient(url)
     exp = client.get_experiment_by_name(experiment)
-    runs = client.search_runs([exp.experiment_id], "tags.`sweep.kind` = 'train'")
+    runs = client.search_runs([exp.experiment_id], schema.TRAINING_RUNS)
     assert len(runs) == 6 and all(r.info.status == "FINISHED" for r in runs)
     for run in runs:
         for metric in ("train_loss", "train_error", "test_loss", "test_error", "lr"):
@@ -127,10 +128,10 @@ def test_a_dask_worker_killed_mid_round_costs_only_its_run(tracking_server, tiny
         while not killed:
             exp = client.get_experiment_by_name("dask-killed")
             running = client.search_runs([exp.experiment_id], "attributes.status = 'RUNNING' and "
-                                         "tags.`sweep.kind` = 'train'") if exp else []
+                                         + schema.TRAINING_RUNS) if exp else []
             if len(running) >= 2:
-                os.kill(int(running[0].data.tags["sweep.holder"].split(":")[1]), signal.SIGKILL)
-                killed.append(running[0].data.tags["sweep.key"])
+                os.kill(int(running[0].data.tags[schema.HOLDER].split(":")[1]), signal.SIGKILL)
+                killed.append(running[0].data.tags[schema.KEY])
             time.sleep(0.05)
 
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
@@ -143,9 +144,9 @@ def test_a_dask_worker_killed_mid_round_costs_only_its_run(tracking_server, tiny
         killer.join(timeout=5)
     assert killed and result.exit_code == 0, result.output
     exp = client.get_experiment_by_name("dask-killed")
-    runs = client.search_runs([exp.experiment_id], "tags.`sweep.kind` = 'train'")
-    finished = Counter(r.data.tags["sweep.key"] for r in runs if r.info.status == "FINISHED")
+    runs = client.search_runs([exp.experiment_id], schema.TRAINING_RUNS)
+    finished = Counter(r.data.tags[schema.KEY] for r in runs if r.info.status == "FINISHED")
     assert len(finished) == 4 and set(finished.values()) == {1}  # every key once: the survivor's run too
     assert not [r for r in runs if r.info.status == "RUNNING"]
-    lost = [r for r in runs if r.data.tags["sweep.key"] == killed[0] and r.info.status != "FINISHED"]
-    assert len(lost) == 1 and lost[0].info.status == "KILLED" and "is gone" in lost[0].data.tags["sweep.error"]
+    lost = [r for r in runs if r.data.tags[schema.KEY] == killed[0] and r.info.status != "FINISHED"]
+    assert len(lost) == 1 and lost[0].info.status == "KILLED" and "is gone" in lost[0].data.tags[schema.ERROR]

@@ -9,6 +9,7 @@ from click.testing import CliRunner
 from mlflow import MlflowClient
 
 from sweep.cli import main
+from sweep.queue import schema
 
 from conftest import finish, store_runs, sweep_process, training_runs, wait_until, write_spec
 
@@ -33,8 +34,8 @@ def sweep(*args):
 
 def trials_of(runs):
     """FINISHED runs per trial number of the search."""
-    return Counter(int(r.data.tags["sweep.trial"]) for r in runs
-                   if r.info.status == "FINISHED" and r.data.tags.get("sweep.search") == "lr_width")
+    return Counter(int(r.data.tags[schema.TRIAL]) for r in runs
+                   if r.info.status == "FINISHED" and r.data.tags.get(schema.SEARCH) == "lr_width")
 
 
 def test_a_search_trains_its_budget_in_its_space_and_answers(env):
@@ -98,13 +99,13 @@ searches:
     assert result.exit_code == 0, result.output
     runs = training_runs()
     assert trials_of(runs) == Counter(range(6))
-    trained = Counter(r.data.params["lr"] for r in runs if not r.data.tags.get("sweep.duplicate_of"))
+    trained = Counter(r.data.params["lr"] for r in runs if not r.data.tags.get(schema.DUPLICATE_OF))
     assert trained == Counter({"0.05": 1, "0.1": 1})  # the grid's 0.05 and one 0.1 trial: the rest are duplicates
-    duplicates = [r for r in runs if r.data.tags.get("sweep.duplicate_of")]
+    duplicates = [r for r in runs if r.data.tags.get(schema.DUPLICATE_OF)]
     assert len(duplicates) == 5 and "already trained (same settings)" in result.output
     client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
     for dup in duplicates:
-        original = client.get_run(dup.data.tags["sweep.duplicate_of"])
+        original = client.get_run(dup.data.tags[schema.DUPLICATE_OF])
         assert original.data.params["lr"] == dup.data.params["lr"]
         assert dup.data.metrics["test_error"] == original.data.metrics["test_error"]
 
@@ -122,15 +123,15 @@ grids:
     assert result.exit_code == 0, result.output
     runs = training_runs()
     assert len(runs) == 6 and all(r.info.status == "FINISHED" for r in runs)
-    stopped = [r for r in runs if r.data.tags["sweep.pruned"] == "true"]
-    whole = [r for r in runs if r.data.tags["sweep.pruned"] == "false"]
+    stopped = [r for r in runs if r.data.tags[schema.PRUNED] == "true"]
+    whole = [r for r in runs if r.data.tags[schema.PRUNED] == "false"]
     assert stopped and whole and f"{len(stopped)} stopped early" in result.output
     client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
     for run in stopped:  # the epochs it trained, its metrics and its agent are kept
         trained = int(run.data.metrics["epochs_completed"])
         assert trained < 9 and trained in (1, 3)  # the rungs of min_epochs 1, reduction factor 3
         assert [m.step for m in client.get_metric_history(run.info.run_id, "test_error")] == list(range(1, trained + 1))
-        assert json.loads(run.data.tags["sweep.curve"]) and len(json.loads(run.data.tags["sweep.curve"])) == trained
+        assert json.loads(run.data.tags[schema.CURVE]) and len(json.loads(run.data.tags[schema.CURVE])) == trained
         assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["mnist_agent.pt"]
     best = sweep("best", spec, "--by", "activation")
     assert f"{len(stopped)} run(s) stopped early (pruned) were left out" in best.output
@@ -151,7 +152,7 @@ grids:
     result = sweep("run", spec, "--jobs", 2)
     assert result.exit_code == 0, result.output
     runs = training_runs()
-    whole = Counter(r.data.params["activation"] for r in runs if r.data.tags["sweep.pruned"] == "false")
-    stopped = Counter(r.data.params["activation"] for r in runs if r.data.tags["sweep.pruned"] == "true")
+    whole = Counter(r.data.params["activation"] for r in runs if r.data.tags[schema.PRUNED] == "false")
+    stopped = Counter(r.data.params["activation"] for r in runs if r.data.tags[schema.PRUNED] == "true")
     assert set(whole) == {"relu", "sigmoid"}  # each activation keeps its own best runs going
     assert stopped["relu"] and stopped["sigmoid"]

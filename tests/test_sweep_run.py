@@ -13,6 +13,7 @@ from mlflow import MlflowClient
 from mnist_core import load_agent
 from sweep.cli import main
 from sweep.spec import expand, load_spec
+from sweep.queue import schema
 
 from conftest import finish, finished_per_key, sweep_process, training_runs, write_spec
 
@@ -53,7 +54,7 @@ grids:
     parents = {r.data.tags["mlflow.parentRunId"] for r in runs}
     assert len(parents) == 1 and client.get_run(parents.pop()).info.status == "FINISHED"
     ref = next(r for r in runs if r.info.run_name == "relu-lr0.1-d2-w50-e2")
-    assert ref.data.tags["sweep.grids"] == "act,depth"
+    assert ref.data.tags[schema.GRIDS] == "act,depth"
     for run in runs:
         check_complete(run, 2, client)
     agent = load_agent(client.download_artifacts(ref.info.run_id, "mnist_agent.pt", str(env)))
@@ -95,11 +96,11 @@ def test_failing_run_is_retried_and_a_hopeless_one_reported(env):
     out = finish(proc)
     assert proc.returncode == 1 and "summary: 2 done, 0 diverged, 1 failed" in out, out
     runs = training_runs()
-    by_key = Counter((r.data.tags["sweep.key"], r.info.status) for r in runs)
+    by_key = Counter((r.data.tags[schema.KEY], r.info.status) for r in runs)
     assert by_key[(keys[0.01], "FAILED")] == 1 and by_key[(keys[0.01], "FINISHED")] == 1
     assert by_key[(keys[0.2], "FAILED")] == 2 and by_key[(keys[0.2], "FINISHED")] == 0
     failed = [r for r in runs if r.info.status == "FAILED"]
-    assert all("injected failure" in r.data.tags["sweep.error"] for r in failed)
+    assert all("injected failure" in r.data.tags[schema.ERROR] for r in failed)
     status = sweep("status", spec)
     assert "2 done" in status.output and "1 failed" in status.output
     assert "failed: relu-lr0.2-d2-w50-e1: RuntimeError: injected failure" in status.output
@@ -114,7 +115,7 @@ def test_diverged_run_is_finished_tagged_and_left_out_of_best(env):
     result = sweep("run", spec, "--jobs", 1)
     assert result.exit_code == 0, result.output
     assert "DIVG  relu-lr1e+08-d2-w50-e3" in result.output and "1 done, 1 diverged, 0 failed" in result.output
-    diverged = [r for r in training_runs() if r.data.tags.get("sweep.diverged") == "true"]
+    diverged = [r for r in training_runs() if r.data.tags.get(schema.DIVERGED) == "true"]
     assert len(diverged) == 1 and diverged[0].info.status == "FINISHED"
     best = sweep("best", spec, "--by", "schedule", "--format", "json")
     assert '"lr":0.1' in best.output.replace(" ", "")
@@ -180,32 +181,30 @@ def test_missing_data_exits_2_before_tracking(env, tmp_path, monkeypatch):
 
 def test_an_error_in_the_sweep_process_ends_its_runs_and_parent_and_a_resume_completes(env, monkeypatch):
     """Not a signal: any exception of the runner (the store failing under it, a bug) leaves nothing RUNNING."""
-    from sweep import runner
+    from sweep.cli.progress import Printer
 
     spec = write_spec(env, "experiment: tiny\ndefaults: {epochs: 60}\ngrids:\n  g: {lr: [0.01, 0.02, 0.03, 0.05]}\n")
-    original = runner._Sweep._record
 
     def broken(self, outcome):
-        original(self, outcome)
         raise RuntimeError("the store went away")
-    monkeypatch.setattr(runner._Sweep, "_record", broken)
-    with pytest.raises(RuntimeError, match="the store went away"):
-        sweep("run", spec, "--jobs", 2, "--engine", "solo")
+    with monkeypatch.context() as patched:
+        patched.setattr(Printer, "outcome", broken)  # the first run's outcome: the sweep process fails
+        with pytest.raises(RuntimeError, match="the store went away"):
+            sweep("run", spec, "--jobs", 2, "--engine", "solo")
     uri = os.environ["MLFLOW_TRACKING_URI"]
     everything = MlflowClient(uri).search_runs([MlflowClient(uri).get_experiment_by_name("tiny").experiment_id])
     assert [r.info.status for r in everything if r.info.status == "RUNNING"] == []
-    parent = [r for r in everything if r.data.tags.get("sweep.kind") == "parent"]
+    parent = [r for r in everything if r.data.tags.get(schema.KIND) == schema.PARENT]
     assert [r.info.status for r in parent] == ["KILLED"]
-    assert "the store went away" in parent[0].data.tags.get("sweep.outcome", "")
-    monkeypatch.setattr(runner._Sweep, "_record", original)
+    assert "the store went away" in parent[0].data.tags.get(schema.NOTE, "")
     again = sweep("run", spec, "--jobs", 2, "--engine", "solo")
     assert again.exit_code == 0, again.output
     assert finished_per_key(training_runs()) == Counter({run.key: 1 for run in expand(load_spec(spec))})
 
 
 def test_an_interrupt_whose_killed_writes_the_store_refuses_still_exits_with_the_signals_status(env, monkeypatch):
-    from sweep import queue, runner
-    from sweep.tracking import TrackingError
+    from sweep import queue
+    from sweep.cli.progress import Printer
 
     spec = write_spec(env, "experiment: tiny\ndefaults: {epochs: 2}\ngrids:\n  g: {lr: [0.01, 0.02, 0.03]}\n")
 
@@ -213,8 +212,8 @@ def test_an_interrupt_whose_killed_writes_the_store_refuses_still_exits_with_the
         raise KeyboardInterrupt
 
     def refused(*args, **kwargs):
-        raise TrackingError("tracking store X: database is locked")
-    monkeypatch.setattr(runner._Sweep, "_record", ctrl_c)
+        raise queue.TrackingError("tracking store X: database is locked")
+    monkeypatch.setattr(Printer, "outcome", ctrl_c)
     monkeypatch.setattr(queue, "end_parent", refused)
     result = CliRunner().invoke(main, ["run", spec, "--jobs", "1", "--lease", "30"])
     assert result.exit_code == 130, result.output

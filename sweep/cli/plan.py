@@ -18,11 +18,13 @@ def command(spec, grids, tracking_uri, max_runs):
     short_lived()
     from .. import queue
     from ..spec import MAX_RUNS, describe_search, expand, load_spec, select
+    from ..store import store_uri
 
     sweep = load_spec(spec, max_runs=max_runs or MAX_RUNS)
     grid_names, search_names = select(sweep, grids)
     runs = expand(sweep, grid_names) if grid_names else []
-    read = queue.read_states(sweep, runs, tracking_uri, sync=False)
+    index = queue.Index.last_read(queue.index_path(store_uri(tracking_uri)), sweep.experiment)
+    read = queue.last_read_states(index, [r.key for r in runs]) if index is not None else None
     if runs:
         width = max(len(r.name) for r in runs)
         click.echo(f"{'run':<{width}}  {'state':<8} grids")
@@ -32,7 +34,7 @@ def command(spec, grids, tracking_uri, max_runs):
         search = sweep.searches[name]
         lines = describe_search(search)
         if read:
-            done = sum(r.status == "FINISHED" and r.search == name for r in read.records)
+            done = sum(a.status == "FINISHED" and a.search == name for a in read.attempts)
             lines[0] += f"; {done} of {search.trials} trials done"
         click.echo(("\n" if runs else "") + "\n".join(lines))
     counts = ", ".join(f"{n} {s}" for s, n in queue.count(read.states).items()) if read else "states not read yet"

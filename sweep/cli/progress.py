@@ -22,7 +22,7 @@ def outcome_line(outcome) -> str:
         return f"  FAIL  {outcome.name}: {outcome.error}"
     if outcome.status == "duplicate":
         return f"  dup   {outcome.name}: {outcome.error}"
-    mark = {"done": "done", "diverged": "DIVG", "pruned": "STOP"}[outcome.status]
+    mark = {"done": "done", "diverged": "DIVG", "stopped": "STOP"}[outcome.status]
     return f"  {mark}  {outcome.name}: test error {100 * outcome.test_error:.2f}% ({outcome.seconds:.1f}s)"
 
 
@@ -59,7 +59,7 @@ class Printer(Progress):
 
     def outcome(self, outcome) -> None:
         line = outcome_line(outcome)
-        if outcome.status in ("done", "diverged", "pruned", "duplicate", "skipped"):
+        if outcome.status in ("done", "diverged", "stopped", "duplicate", "skipped"):
             self.done += 1
         if self.bar is not None:
             self.bar.write(line, file=sys.stderr if outcome.status == "failed" else sys.stdout)
@@ -90,7 +90,7 @@ class Printer(Progress):
             return
         failed = summary.failed
         click.echo(f"\nsummary: {summary.count('done')} done, {summary.count('diverged')} diverged, "
-                   + (f"{summary.count('pruned')} stopped early, " if summary.count("pruned") else "")
+                   + (f"{summary.count('stopped')} stopped early, " if summary.count("stopped") else "")
                    + (f"{summary.count('duplicate')} already trained (same settings), "
                       if summary.count("duplicate") else "")
                    + f"{len(failed)} failed, {summary.count('skipped')} skipped (finished or running elsewhere)"
@@ -100,6 +100,8 @@ class Printer(Progress):
             click.echo(f"  worker crash: {crash}", err=True)
         for outcome in failed:
             click.echo(f"  failed: {outcome.name}: {outcome.error}", err=True)
+        if summary.stalled:
+            click.echo(f"stopped: {summary.stalled}. `sweep run {spec}` again reads the store afresh.", err=True)
         if summary.not_done:
             click.echo(f"incomplete: {len(summary.not_done)} run(s) not done: "
                        + "; ".join(f"{name} ({why})" for name, why in summary.not_done[:5])

@@ -64,7 +64,7 @@ def command(spec, jobs, grids, retries, tracking_uri, data_dir, device, backend,
             wait, lease_seconds, max_runs):
     """Train every run of SPEC (its grids and searches) that is not finished in the tracking store,
     and nothing else."""
-    from ..runner import Settings, SweepInterrupted, check_settings, run_sweep
+    from ..runner import Settings, SweepInterrupted, check_settings, exit_status, run_sweep
     from ..spec import MAX_RUNS, load_spec
     from .progress import Printer
 
@@ -88,11 +88,11 @@ def command(spec, jobs, grids, retries, tracking_uri, data_dir, device, backend,
                        err=True)
         else:
             click.echo(f"{exc}: runs in flight marked KILLED; `sweep run {spec}` again resumes the rest.", err=True)
-        sys.exit(exc.exit_code)
+        sys.exit(exit_status(exc))
     finally:
         printer.close()
     printer.summary(summary, spec)
-    sys.exit(summary.exit_code)
+    sys.exit(exit_status(None, summary))
 
 
 def _checked_locally(settings):

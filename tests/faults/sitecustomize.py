@@ -1,8 +1,10 @@
 """Faults injected into a `sweep run` process and its workers, for the tests only.
 
 Put this folder on PYTHONPATH and set SWEEP_TEST_FAULTS to a JSON object: {"fail": [KEY, ...],
-"fail_once": [KEY, ...], "marks": FOLDER}. A run whose key is in "fail" raises on every attempt;
-one in "fail_once" raises the first time only (a marker file in FOLDER remembers it).
+"fail_once": [KEY, ...], "marks": FOLDER, "epoch_sleep": SECONDS}. A run whose key is in "fail"
+raises on every attempt; one in "fail_once" raises the first time only (a marker file in FOLDER
+remembers it). With "epoch_sleep", every epoch lasts that much longer, sleeping: a run holds its
+lease for as long as a long run would, without keeping a core busy.
 """
 import json
 import os
@@ -10,6 +12,7 @@ import os
 _faults = os.environ.get("SWEEP_TEST_FAULTS")
 
 if _faults:
+    import time
     from pathlib import Path
 
     import mnist_core
@@ -17,6 +20,7 @@ if _faults:
     from sweep.spec import run_key
 
     _plan = json.loads(_faults)
+    _sleep = float(_plan.get("epoch_sleep", 0))
 
     def _maybe_fail(configs):
         for config in configs:
@@ -28,15 +32,25 @@ if _faults:
                 mark.touch()
                 raise RuntimeError(f"injected failure for run {key}, first attempt")
 
+    def _slowed(on_epoch, first_only=False):
+        if not _sleep or on_epoch is None:
+            return on_epoch
+
+        def slowed(*args):
+            if not first_only or args[0] == 0:
+                time.sleep(_sleep)
+            return on_epoch(*args)
+        return slowed
+
     _train, _train_fused = mnist_core.train, mnist_core.fused.train_fused
 
-    def train(config, *args, **kwargs):
+    def train(config, *args, on_epoch=None, **kwargs):
         _maybe_fail([config])
-        return _train(config, *args, **kwargs)
+        return _train(config, *args, on_epoch=_slowed(on_epoch), **kwargs)
 
-    def train_fused(configs, *args, **kwargs):
+    def train_fused(configs, *args, on_epoch=None, **kwargs):
         _maybe_fail(configs)
-        return _train_fused(configs, *args, **kwargs)
+        return _train_fused(configs, *args, on_epoch=_slowed(on_epoch, first_only=True), **kwargs)
 
     mnist_core.train = train
     mnist_core.fused.train_fused = train_fused
