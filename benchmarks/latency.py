@@ -139,12 +139,13 @@ CALLS = {
     "sweep.store": ["open_store"],
     "sweep.tracking": ["client", "ensure_experiment", "find_experiment", "create_run", "log_batch", "set_status",
                        "log_artifact", "search"],
-    "sweep.index": ["Index.sync", "Index.rows"],
-    "sweep.queue": ["read_states", "claim", "parent_run", "find_parent", "end_parent", "session_runs"],
-    "sweep.runner": ["run_sweep", "_Sweep.run", "_Sweep._dispatch", "_Sweep._settle_orphans", "_Sweep._left_over",
-                     "_Sweep._end_parent"],
-    "sweep.worker": ["execute", "_train", "_finish"],
-    "sweep.lease": ["Lease.log_params", "Lease.finish", "KeepAlive.__exit__"],
+    "sweep.queue.index": ["Index.sync", "Index.changes", "Index.rows"],
+    "sweep.queue.view": ["read_states", "QueueView.refresh"],
+    "sweep.queue.claims": ["claim", "parent_run", "find_parent", "end_parent", "session_attempts"],
+    "sweep.runner": ["run_sweep", "Sweep.run", "Sweep._dispatch", "Sweep._settle_orphans", "Sweep._left_over",
+                     "Sweep._end_parent"],
+    "sweep.worker": ["execute", "train_runs", "_finish"],
+    "sweep.queue.lease": ["Lease.log_params", "Lease.finish", "KeepAlive.__exit__"],
     "sweep.results": ["fetch_results"],
     "sweep.best": ["best_by"],
     "sweep.cli.run": ["_checked_locally"],
@@ -190,19 +191,18 @@ def known_store(spec_path: Path, uri: str) -> str:
 
     from mnist_core import save_agent
     from mnist_core.model import MLP
-    from sweep import queue, tracking
-    from sweep.lease import this_holder
+    from sweep import queue
     from sweep.spec import expand, load_spec
     from sweep.store import open_store
 
     spec = load_spec(str(spec_path))
-    uri = open_store(uri)
-    experiment_id = tracking.ensure_experiment(uri, spec.experiment)
-    parent = queue.parent_run(uri, experiment_id, spec.name, {"spec": str(spec_path)}, this_holder())
+    store = queue.MlflowStore(open_store(uri))
+    experiment_id = store.ensure_experiment(spec.experiment)
+    parent = queue.parent_run(store, experiment_id, spec.name, {"spec": str(spec_path)})
     with tempfile.TemporaryDirectory() as tmp:
         for run in expand(spec):
             error = 0.02 + int(hashlib.sha256(run.key.encode()).hexdigest()[:4], 16) / 65536 * 0.05
-            lease = queue.claim(uri, experiment_id, parent, run, spec.name, "latency-benchmark", this_holder())
+            lease = queue.claim(store, experiment_id, parent, run, spec.name, "latency-benchmark")
             lease.log_params(run.config.as_params())
             for epoch in range(1, run.config.epochs + 1):
                 lease.log_epoch({"test_error": error + 0.1 / epoch, "train_error": error / 2 + 0.1 / epoch,
@@ -211,7 +211,7 @@ def known_store(spec_path: Path, uri: str) -> str:
                        "epochs_completed": float(run.config.epochs)}
             agent = save_agent(Path(tmp) / run.key, MLP.from_config(run.config), run.config, summary)
             assert lease.finish(summary, run.config.epochs, agent, False, False)
-    queue.end_parent(uri, parent, "FINISHED", {"done": len(expand(spec))})
+    queue.end_parent(store, experiment_id, parent, "FINISHED", {"done": len(expand(spec))})
     return f"its {len(expand(spec))} runs written as known runs (no training)"
 
 
@@ -233,9 +233,10 @@ def one_run_spec(work: Path, experiment: str, lr: float) -> Path:
 
 def last_training_seconds(uri: str, experiment: str) -> float:
     from sweep import tracking
+    from sweep.queue import schema
 
     experiment_id = tracking.find_experiment(uri, experiment)
-    rows = tracking.search(uri, experiment_id, "tags.`sweep.kind` = 'train'", max_results=1,
+    rows = tracking.search(uri, experiment_id, schema.TRAINING_RUNS, max_results=1,
                            order_by=["attributes.start_time DESC"])
     return rows[0].metrics["training_seconds"]
 

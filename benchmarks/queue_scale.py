@@ -93,13 +93,13 @@ def epoch_metrics(rng: random.Random, config, epoch: int, final: float) -> dict:
             "test_error": error, "lr": config.lr}
 
 
-def log_synthetic(uri, experiment_id, parent, planned, sweep_name, session, holder, agent, seed) -> bool:
+def log_synthetic(store, experiment_id, parent, planned, sweep_name, session, agent, seed) -> bool:
     """One run as a worker writes it (claim, params, epochs through the lease, finish); False when
     the key was taken already."""
     from sweep import queue
 
     rng = random.Random(f"{planned.key}:{seed}")
-    lease = queue.claim(uri, experiment_id, parent, planned, sweep_name, session, holder)
+    lease = queue.claim(store, experiment_id, parent, planned, sweep_name, session)
     if lease is None:
         return False
     lease.log_params({**planned.config.as_params(), "device": "cpu"})
@@ -117,11 +117,11 @@ def log_synthetic(uri, experiment_id, parent, planned, sweep_name, session, hold
     summary = {"training_seconds": 4.0 + rng.random(), "epochs_completed": float(epochs),
                **{f"final_{k}": v for k, v in last.items() if k != "lr"},
                "best_test_error": min(h["test_error"] for h in history)}
-    return lease.finish(summary, epochs, agent, diverged, pruned=False)
+    return lease.finish(summary, epochs, agent, diverged, stopped=False)
 
 
 def _fill_part(uri, experiment_id, parent, spec_path, keys, part) -> int:
-    from sweep.lease import this_holder
+    from sweep.queue import MlflowStore
     from sweep.spec import expand, load_spec
 
     spec = load_spec(spec_path)
@@ -130,22 +130,23 @@ def _fill_part(uri, experiment_id, parent, spec_path, keys, part) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         agent = Path(tmp) / "mnist_agent.pt"
         agent.write_bytes(os.urandom(2048))  # a small agent file: what matters here is the store, not the bytes
-        return sum(log_synthetic(uri, experiment_id, parent, r, spec.name, f"fill-{part}", this_holder(), agent, 0)
+        return sum(log_synthetic(MlflowStore(uri), experiment_id, parent, r, spec.name, f"fill-{part}", agent, 0)
                    for r in runs)
 
 
 def finished_keys(uri: str, experiment_id: str) -> set:
     """Keys with a FINISHED run, read straight from the store (SQLite) or through its API (server)."""
     from sweep import tracking
+    from sweep.queue import schema
 
     if uri.startswith("sqlite:///"):
         import sqlite3
 
         with sqlite3.connect(uri[len("sqlite:///"):]) as db:
             return {k for (k,) in db.execute(
-                "select t.value from tags t join runs r on r.run_uuid = t.run_uuid where t.key = 'sweep.key' "
+                "select t.value from tags t join runs r on r.run_uuid = t.run_uuid where t.key = ? "
                 "and r.status = 'FINISHED' and r.lifecycle_stage = 'active' and r.experiment_id = ?",
-                (int(experiment_id),))}
+                (schema.KEY, int(experiment_id)))}
     rows = tracking.search(uri, experiment_id, f"{schema.TRAINING_RUNS} and attributes.status = 'FINISHED'")
     return {r.tags.get(schema.KEY) for r in rows}
 
@@ -153,7 +154,6 @@ def finished_keys(uri: str, experiment_id: str) -> set:
 def fill(folder: Path, n: int, uri: str, processes: int) -> dict:
     """Fill the store with the sweep's runs (only those not finished yet); how long it took."""
     from sweep import queue, tracking
-    from sweep.lease import this_holder
     from sweep.spec import expand, load_spec
     from sweep.store import open_store
 
@@ -164,7 +164,8 @@ def fill(folder: Path, n: int, uri: str, processes: int) -> dict:
     spec = load_spec(spec_path)
     uri = open_store(uri)
     experiment_id = tracking.ensure_experiment(uri, spec.experiment)
-    parent = queue.parent_run(uri, experiment_id, spec.name, {"runs": n}, this_holder())
+    store = queue.MlflowStore(uri)
+    parent = queue.parent_run(store, experiment_id, spec.name, {"runs": n})
     done = finished_keys(uri, experiment_id)
     todo = [r.key for r in expand(spec) if r.key not in done]
     started = time.perf_counter()
@@ -181,7 +182,7 @@ def fill(folder: Path, n: int, uri: str, processes: int) -> dict:
                 if i % max(1, len(futures) // 10) == 0:
                     print(f"  {written:,} runs written, {time.perf_counter() - started:.0f} s", flush=True)
     seconds = time.perf_counter() - started
-    queue.end_parent(uri, parent, "FINISHED", {"done": n})
+    queue.end_parent(store, experiment_id, parent, "FINISHED", {"done": n})
     if len(finished_keys(uri, experiment_id)) != n:
         raise SystemExit(f"{folder}: the store holds {len(finished_keys(uri, experiment_id))} finished runs, not {n}")
     marker.write_text(json.dumps({"runs": n, "uri": uri}))
@@ -241,11 +242,12 @@ def log_old_way(uri, experiment_id, parent, planned, sweep_name, session, agent)
     """The calls the worker made per run before the lease (one log_batch per epoch, a set_tag per
     heartbeat (one, for a run of 10 to 20 s), separate calls for params, summary, tags, the end)."""
     from sweep import tracking
+    from sweep.queue import schema
 
     key_query = f"tags.`{schema.KEY}` = '{planned.key}'"
     tracking.search(uri, experiment_id, key_query)                     # claim: read the key's runs,
     run_id = tracking.create_run(uri, experiment_id, planned.name, {   # create the run,
-        "mlflow.parentRunId": parent, schema.KIND: "train", schema.KEY: planned.key,
+        schema.PARENT_RUN: parent, schema.KIND: schema.TRAIN, schema.KEY: planned.key,
         schema.GRIDS: ",".join(planned.grids), schema.SWEEP: sweep_name, schema.SESSION: session,
         schema.ATTEMPT: "1", schema.HEARTBEAT: f"{time.time():.3f}"})
     tracking.search(uri, experiment_id, key_query)                     # read them again
@@ -260,43 +262,42 @@ def log_old_way(uri, experiment_id, parent, planned, sweep_name, session, agent)
                "final_train_error": 0.02, "final_test_loss": 0.1, "final_train_loss": 0.08, "best_test_error": 0.03}
     tracking.log_batch(uri, run_id, [(k, v, EPOCHS) for k, v in summary.items()])
     tracking.log_artifact(uri, run_id, agent)
-    tracking.client(uri).set_tag(run_id, schema.DIVERGED, "false")
+    tracking.client(uri).set_tag(run_id, schema.DIVERGED, schema.flag(False))
     tracking.set_status(uri, run_id, "FINISHED")
     return run_id
 
 
 def log_lease_way(uri, experiment_id, parent, planned, sweep_name, session, agent) -> str:
     from sweep import queue
-    from sweep.lease import this_holder
 
-    lease = queue.claim(uri, experiment_id, parent, planned, sweep_name, session, this_holder())
+    lease = queue.claim(queue.MlflowStore(uri), experiment_id, parent, planned, sweep_name, session)
     lease.log_params({**planned.config.as_params(), "device": "cpu"})
     rng = random.Random(planned.key)
     for epoch in range(1, EPOCHS + 1):
         lease.log_epoch(epoch_metrics(rng, planned.config, epoch, 0.03), epoch)
     summary = {"training_seconds": 4.0, "epochs_completed": float(EPOCHS), "final_test_error": 0.03,
                "final_train_error": 0.02, "final_test_loss": 0.1, "final_train_loss": 0.08, "best_test_error": 0.03}
-    assert lease.finish(summary, EPOCHS, agent, diverged=False, pruned=False)
+    assert lease.finish(summary, EPOCHS, agent, diverged=False, stopped=False)
     return lease.run_id
 
 
 def in_process(folder: Path, uri: str, repeats: int) -> dict:
     """Claim, dispatch round and logging, timed in this process; the runs made here are removed after."""
     from sweep import queue, tracking
-    from sweep.runner import Progress, Settings, _Sweep
     from sweep.spec import expand, load_spec
 
     spec = load_spec(folder / "sweeps.yaml")
-    experiment_id = tracking.find_experiment(uri, spec.experiment)
-    parent = queue.find_parent(uri, experiment_id, spec.name)
+    store = queue.MlflowStore(uri)
+    experiment_id = store.find_experiment(spec.experiment)
+    parent = queue.find_parent(store, experiment_id, spec.name).run_id
     tag = f"{os.getpid():x}"[-4:]
     made = []
     claim, old, new, rounds = Clock(), Clock(), Clock(), Clock()
-    queue.key_records(uri, experiment_id, "warm-up")  # MLflow's imports and first connection are not a claim
+    queue.key_attempts(store, experiment_id, "warm-up")  # MLflow's imports and first connection are not a claim
     for i in range(repeats):
         planned = new_run(i, tag)
         with claim:
-            lease = queue.claim(uri, experiment_id, parent, planned, spec.name, "bench", "bench:0:0")
+            lease = queue.claim(store, experiment_id, parent, planned, spec.name, "bench")
             tracking.delete_run(uri, lease.run_id)  # withdrawn, as a claim that lost a race
         made.append(lease.run_id)
     with tempfile.TemporaryDirectory() as tmp:
@@ -307,12 +308,12 @@ def in_process(folder: Path, uri: str, repeats: int) -> dict:
                 planned = new_run(1000 + 2 * i + (way is log_lease_way), tag)
                 with clock:
                     made.append(way(uri, experiment_id, parent, planned, spec.name, "bench", agent))
-    sweep = _Sweep(spec, uri, experiment_id, expand(spec), [], Settings(jobs=1), Progress())
-    sweep.view.refresh()
+    view = queue.QueueView(store, experiment_id, spec.experiment).refresh()
+    keys = [r.key for r in expand(spec)]
     for _ in range(repeats):
-        with rounds:
-            todo = sweep._todo()  # what runner._loop does before each round
-            queue.session_runs(uri, experiment_id, sweep.session)  # and after it (_settle_orphans)
+        with rounds:  # what the runner's loop does around each round: its view refreshed and read, ...
+            todo = [k for k, state in view.refresh().states(keys).items() if state in ("pending", "failed")]
+            queue.session_attempts(store, experiment_id, "bench")  # ... and its session's runs (orphans)
         assert not todo
     purge(uri, made)
     return {"claim": claim.medians(), "dispatch_round": rounds.medians(), "log_run_lease": new.medians(),
@@ -337,7 +338,7 @@ def purge(uri: str, run_ids: list) -> None:
 
 
 def measure(folder: Path, n: int, uri: str, repeats: int) -> dict:
-    from sweep.index import index_path
+    from sweep.queue import index_path
 
     spec = folder / "sweeps.yaml"
     index = index_path(uri)

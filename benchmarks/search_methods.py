@@ -193,7 +193,7 @@ def main():
         at = [np.nanmean([100 * curves[method][s][c - 1] for s in seeds]) for c in checkpoints]
         print(f"{method:8s} " + " ".join(f"{v:8.2f}" for v in final) + f" {np.nanmean(final):8.2f}   "
               + " ".join(f"{v:8.2f}" for v in at) + f" {seconds[method]:8.1f}")
-    print(f"(mean@n: mean over seeds of the best-so-far after n trials; seconds: sweep time summed over seeds)")
+    print("(mean@n: mean over seeds of the best-so-far after n trials; seconds: sweep time summed over seeds)")
     same = [sum(1 for _ in itertools.takewhile(lambda p: p[0] == p[1], zip(trials["random"][s], trials["tpe"][s])))
             for s in seeds]
     print(f"TPE's first trials equal to random's of the same seed (its random start-up): "

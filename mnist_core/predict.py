@@ -12,7 +12,6 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from .agent import load_agent
 from .data import normalise
 
-
 MAX_SIDE = 28 * 64  # a larger image is shrunk (box filter) to this before it is padded square
 
 

@@ -352,7 +352,7 @@ def curve_runs(view: GridView, metric: str) -> dict:
 
 def drawn_runs(results: SweepResults) -> list:
     """Run ids whose histories the report needs; pass to fetch_results(histories=...): the curves
-    it draws per grid, and the runs of early-stopped grids and searches without a `sweep.curve`."""
+    it draws per grid, and the runs of early-stopped grids and searches without a curve tag."""
     metric = ranking_metric(results)
     drawn = [run_id for view in grid_views(results) for run_id in curve_runs(view, metric).values()]
     for _, _, runs in _stop_groups(results):

@@ -3,7 +3,7 @@ metric `sweep best` ranks by, against the other runs of the same grid or search 
 epoch, as the store holds them.
 
 Each decision rebuilds an in-memory Optuna study from scratch: the other runs' per-epoch values
-(their `sweep.curve` tag) are replayed through the pruner in the order the runs started, so that
+(their curve tag) are replayed through the pruner in the order the runs started, so that
 it records what it records as runs go (successive halving's rungs), then the run in question. Nothing
 is kept between decisions: any process, resumed or not, judges the same way from the store.
 """

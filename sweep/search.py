@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from typing import Iterable, Optional
 
 from .queue import schema
-from .spec import PlannedRun, SweepSpec, run_name, trial_config
 from .space import SearchSpec
+from .spec import PlannedRun, SweepSpec, run_name, trial_config
 
 
 def distributions(search: SearchSpec) -> dict:

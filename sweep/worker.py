@@ -16,7 +16,7 @@ from typing import Callable, Optional
 from . import queue
 from .devices import GpuPool, gpu_count
 from .early_stop import Judge
-from .queue import Lease, KeepAlive, Store, schema
+from .queue import KeepAlive, Lease, Store, schema
 
 
 @dataclass(frozen=True)

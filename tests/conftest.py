@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import struct
 import subprocess
 import sys
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from sweep.queue import schema
 
 REAL_DATA = os.environ.get("MNIST_DATA")
@@ -95,10 +97,35 @@ def real_data_dir():
 # Helpers of the end-to-end sweep tests: a working folder with tiny data and its own store.
 @pytest.fixture
 def env(tmp_path, tiny_dir, monkeypatch):
+    """A working folder with tiny data, its store to be (no store yet)."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MNIST_DATA", str(tiny_dir))
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlruns/mlflow.db")
     return tmp_path
+
+
+@pytest.fixture(scope="session")
+def template_store(tmp_path_factory) -> Path:
+    """One empty store, made once: making a store runs MLflow's migrations (about a second)."""
+    from sweep.store import open_store
+
+    folder = tmp_path_factory.mktemp("template")
+    open_store(f"sqlite:///{folder}/mlflow.db")
+    return folder / "mlflow.db"
+
+
+@pytest.fixture
+def stored(env, template_store):
+    """`env` with its (empty) store made, as after a first command: a copy of the template."""
+    (env / "mlruns").mkdir()
+    shutil.copy(template_store, env / "mlruns" / "mlflow.db")
+    return env
+
+
+# A run's epochs made to last this long by sleeping (see faults/sitecustomize.py): runs hold their
+# leases for seconds without keeping the 2 cores busy.
+SLEEPY = {"epoch_sleep": 0.5}
+DROWSY = {"epoch_sleep": 1.0}
 
 
 def write_spec(folder, body, name="s.yaml"):

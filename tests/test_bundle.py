@@ -83,6 +83,7 @@ def test_a_failure_mid_write_leaves_the_old_zip_and_no_partial_file(parts, tmp_p
     assert os.listdir(tmp_path) == [first.name] and first.read_bytes() == before
 
 
+@pytest.mark.system
 def test_unzipped_hand_in_trains_and_tests_alone(parts, tiny_dir, tmp_path):
     """The issue's acceptance test: a grader unzips into an empty folder and runs mnist.py."""
     report, agent = parts
@@ -213,6 +214,7 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
 
+@pytest.mark.system
 def test_the_commands_hand_in_trains_and_tests_alone(known_sweep, tiny_dir, tmp_path):
     """The issue's acceptance test on the command's zip: unzipped into an empty folder, mnist.py trains
     one epoch and writes an agent, and tests the agent handed in, with torch and torchvision only."""
@@ -308,6 +310,7 @@ def test_the_winner_says_its_validation_error_when_it_has_one():
             == "best run abc (relu-lr0.1): test error 2.54%, validation error 2.40%")
 
 
+@pytest.mark.system
 def test_registering_the_command_keeps_the_cli_light():
     """`sweep --help` and `sweep plan` answer at once: importing the CLI loads none of the heavy libraries."""
     heavy = ("torch", "mlflow", "pandas", "matplotlib", "reportlab", "scipy", "mnist_core.agent")

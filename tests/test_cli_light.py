@@ -6,6 +6,8 @@ import pytest
 
 from conftest import log_run, new_store
 
+pytestmark = pytest.mark.system  # subprocesses
+
 HEAVY = ("torch", "mlflow", "pandas", "optuna", "scipy", "matplotlib")
 PROBE = """
 import sys

@@ -7,6 +7,7 @@ import zlib
 
 import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 from PIL import Image
 
@@ -82,6 +83,7 @@ def test_bad_value_exits_2():
     assert result.exit_code == 2 and "lr must be > 0" in result.output
 
 
+@pytest.mark.system
 def test_python_dash_m_runs(tiny_dir, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "mnist_core", "--epochs", "1", "--data-dir", str(tiny_dir),
                            "--out", str(tmp_path)], capture_output=True, text=True, timeout=120)
@@ -140,6 +142,26 @@ def test_predict_refuses_a_decompression_bomb_in_one_line(agent, tmp_path):
     _png_of_size(tmp_path / "huge.png", 30000, 30000)
     line = one_line_error(CliRunner().invoke(predict_main, [str(agent), str(tmp_path / "huge.png")]))
     assert str(tmp_path / "huge.png") in line and "decompression bomb" in line
+
+
+def test_predict_refuses_an_image_past_the_bomb_warning_in_one_line(agent, tmp_path):
+    _png_of_size(tmp_path / "wide.png", 60000, 2900)  # over PIL's warning, under its error: still refused
+    line = one_line_error(CliRunner().invoke(predict_main, [str(agent), str(tmp_path / "wide.png")]))
+    assert "wide.png" in line and "decompression bomb" in line
+
+
+def test_a_long_thin_image_is_shrunk_before_it_is_padded_square(agent, tmp_path):
+    from PIL import Image
+
+    from mnist_core.predict import MAX_SIDE, image_to_tensor
+
+    long = Image.new("L", (MAX_SIDE * 20, 40), 0)  # padded square first, it would be 1.3 GB
+    long.paste(255, (MAX_SIDE * 9, 0, MAX_SIDE * 11, 40))
+    long.save(tmp_path / "long.png")
+    long.reduce(20).save(tmp_path / "shrunk.png")
+    assert torch.equal(image_to_tensor(str(tmp_path / "long.png")), image_to_tensor(str(tmp_path / "shrunk.png")))
+    result = CliRunner().invoke(predict_main, [str(agent), str(tmp_path / "long.png")])
+    assert result.exit_code == 0 and "long.png: " in result.output
 
 
 @pytest.mark.parametrize("content,reason", [(b"", "the file is empty"), (b"not an agent\n", "not a PyTorch zip archive")])

@@ -7,7 +7,7 @@ import torch
 from torchvision import transforms
 from torchvision.datasets import MNIST
 
-from mnist_core import MnistDataError, MnistDataMissing, RunConfig, check_mnist, load_mnist, normalise
+from mnist_core import MnistDataError, MnistDataMissing, check_mnist, load_mnist, normalise
 from mnist_core.data import FILES, VALIDATION_SEED, holdout, resolve_data_dir
 
 from conftest import make_mnist_dir, write_idx
@@ -64,6 +64,7 @@ def test_check_mnist_finds_the_files_without_reading_pixels(tiny_dir, monkeypatc
     assert check_mnist() == (tiny_dir / "MNIST" / "raw").resolve()
 
 
+@pytest.mark.system
 def test_common_path_does_not_import_torchvision(tiny_dir):
     code = ("import sys, mnist_core; mnist_core.check_mnist(sys.argv[1]); "
             "mnist_core.load_mnist(sys.argv[1], download=False); print('torchvision' in sys.modules)")
@@ -91,15 +92,20 @@ def test_missing_files_name_folder_files_and_remedy(tmp_path):
         assert "--data-dir" in message and "MNIST_DATA" in message
 
 
-def test_failed_download_is_reported(tmp_path, monkeypatch):
+def test_a_failed_download_is_one_line_and_leaves_nothing_behind(tmp_path, monkeypatch):
     def offline(self):
-        raise RuntimeError("Error downloading train-images-idx3-ubyte.gz")
+        print("Downloading https://ossci-datasets.s3.amazonaws.com/mnist/train-images-idx3-ubyte.gz")
+        raise RuntimeError("Error downloading train-images-idx3-ubyte.gz:\nTried https://a/, got:\n"
+                           "<urlopen error [Errno -2] Name or service not known>\n")
 
     monkeypatch.setattr(MNIST, "download", offline)
-    with pytest.raises(MnistDataMissing, match="the download failed"):
-        load_mnist(tmp_path / "offline", download=True)
-    with pytest.raises(MnistDataMissing, match="the download failed"):
-        check_mnist(tmp_path / "offline", download=True)
+    for attempt in (lambda: load_mnist(tmp_path / "offline", download=True),
+                    lambda: check_mnist(tmp_path / "offline", download=True)):
+        with pytest.raises(MnistDataMissing, match="the download failed") as info:
+            attempt()
+        assert len(str(info.value).splitlines()) == 1
+        assert "Name or service not known" in str(info.value)
+        assert not (tmp_path / "offline").exists()  # no empty MNIST/raw folder left behind
 
 
 def _truncate(path):

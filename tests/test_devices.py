@@ -1,5 +1,6 @@
 import time
 
+import pytest
 from joblib import Parallel, delayed
 
 from sweep.devices import GpuPool, default_jobs, threads_per_worker
@@ -23,6 +24,7 @@ def _hold(pool, seconds):
         return gpu, start, time.monotonic()
 
 
+@pytest.mark.system
 def test_four_fake_gpus_never_shared_by_live_runs(tmp_path):
     pool = GpuPool(count=4, lock_dir=str(tmp_path), poll_seconds=0.01)
     # Uneven run times make runs finish out of order: index modulo 4 would put two on one GPU.

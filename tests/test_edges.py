@@ -90,6 +90,7 @@ def interrupted(args_and_delays):
 DELAYS = (0.1, 0.25, 0.5, 0.9, 1.5, 2.5)
 
 
+@pytest.mark.system
 def test_ctrl_c_at_any_moment_of_plan_and_status(tracked):
     """From loading modules and parsing options to reading the store and printing; all at once, so
     that each lands in another phase."""
@@ -102,6 +103,7 @@ def test_ctrl_c_at_any_moment_of_plan_and_status(tracked):
     assert sum(proc.returncode == 130 for proc, _, _ in results) >= len(results) // 2
 
 
+@pytest.mark.system
 def test_ctrl_c_during_the_start_up_of_run(tracked):
     """Before training starts (modules, data, store); later moments are the runner's and are left
     out: there runs in flight are marked KILLED first (test_sweep_run.py)."""
@@ -115,6 +117,7 @@ def test_ctrl_c_during_the_start_up_of_run(tracked):
     assert checked >= 3
 
 
+@pytest.mark.system
 @pytest.mark.parametrize("args, last_line", [
     (["status"], "experiment 'tiny': 1 runs"),
     (["run", "--jobs", "1"], "next: sweep best"),
@@ -190,6 +193,7 @@ def test_a_server_is_asked_once_briefly(fake_server):
     assert url in one_line(str(caught.value)) and "503" in str(caught.value)
 
 
+@pytest.mark.system
 def test_an_unreachable_server_is_one_line_within_seconds(env):
     """MLflow itself would retry for minutes (252 s measured before) before giving up."""
     spec = write_spec(env, TINY)
@@ -222,6 +226,7 @@ def test_run_refuses_a_local_store_it_cannot_write_in_one_line(env, monkeypatch,
 
 # --- clusters -------------------------------------------------------------------------------------
 
+@pytest.mark.system
 @pytest.mark.parametrize("backend, address", [("dask", "tcp://127.0.0.1:{port}"), ("ray", "127.0.0.1:1"),
                                               ("ray", "ray://127.0.0.1:{port}")])
 def test_an_unreachable_cluster_is_one_line_within_seconds(backend, address):
@@ -236,6 +241,7 @@ def test_an_unreachable_cluster_is_one_line_within_seconds(backend, address):
     assert "Connection refused" in line and "--address" in line
 
 
+@pytest.mark.system
 @pytest.mark.parametrize("backend, address", [("dask", "tcp://127.0.0.1:{port}"), ("ray", "127.0.0.1:1")])
 def test_run_connects_to_its_cluster_before_it_writes(env, fake_server, backend, address):
     url, state = fake_server

@@ -3,19 +3,20 @@ import os
 import subprocess
 import sys
 
+import pytest
 from click.testing import CliRunner
 from mlflow import MlflowClient
 
-from sweep import tracking
 from sweep.cli import main
 from sweep.queue import schema
 
 from conftest import finished_per_key, training_runs, write_spec
 
+pytestmark = pytest.mark.system  # subprocesses, signals, clusters, store races
 
-def test_two_sweeps_started_together_train_each_run_once(env):
-    spec = write_spec(env, "experiment: tiny\ndefaults: {epochs: 20}\ngrids:\n  g: {lr: [0.01, 0.02, 0.05, 0.1, 0.2, 0.5]}\n")
-    tracking.ensure_experiment(os.environ["MLFLOW_TRACKING_URI"], "tiny")  # the store exists, as after any run
+
+def test_two_sweeps_started_together_train_each_run_once(stored):
+    spec = write_spec(stored, "experiment: tiny\ndefaults: {epochs: 20}\ngrids:\n  g: {lr: [0.01, 0.02, 0.05, 0.1, 0.2, 0.5]}\n")
     procs = [subprocess.Popen([sys.executable, "-m", "sweep.cli", "run", spec, "--jobs", "1"],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)]
     outputs = [p.communicate(timeout=300)[0] for p in procs]

@@ -14,9 +14,9 @@ from mnist_core import ACTIVATIONS, RunConfig, load_agent, lr_at, train
 from mnist_core.fused import GROUP_SETTINGS, FusedMLP, group_key, train_fused
 from mnist_core.trainer import init_model
 from sweep.cli import main
+from sweep.queue import schema
 from sweep.runner import plan_jobs
 from sweep.spec import PlannedRun, run_key, run_name
-from sweep.queue import schema
 
 from conftest import finished_per_key, relative_gap, training_runs, write_spec
 
@@ -171,6 +171,7 @@ def test_mixed_shapes_are_refused(tiny_data):
         train_fused([RunConfig(validation=10), RunConfig()], tiny_data)
 
 
+@pytest.mark.system
 @pytest.mark.integration
 def test_members_are_their_solo_runs_on_real_mnist_for_one_epoch(real_data_dir, pinned_threads):
     from mnist_core import load_mnist
@@ -186,6 +187,7 @@ def test_members_are_their_solo_runs_on_real_mnist_for_one_epoch(real_data_dir, 
             assert_same_run(result, train(config, data))
 
 
+@pytest.mark.system
 def test_sweep_run_fuses_groups_and_tracks_every_member(env):
     spec = write_spec(env, """
 experiment: tiny
@@ -201,7 +203,7 @@ grids:
     assert len(runs) == 7 and set(finished_per_key(runs).values()) == {1}
     client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
     for run in runs:
-        diverged = run.data.tags[schema.DIVERGED] == "true"
+        diverged = schema.is_set(run.data.tags[schema.DIVERGED])
         assert diverged == (run.data.params["lr"] == "100000000.0" and run.data.params["activation"] == "relu")
         if not diverged:
             assert [m.step for m in client.get_metric_history(run.info.run_id, "test_error")] == [1, 2]

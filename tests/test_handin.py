@@ -52,6 +52,7 @@ def modules_loaded(cwd, script, *args):
     return done, {m.split(".")[0] for m in modules["loaded"]}, {m.split(".")[0] for m in modules["startup"]}
 
 
+@pytest.mark.system
 def test_trains_alone_writes_an_agent_mnist_core_loads_and_imports_only_torch(tiny_dir, tmp_path):
     done, loaded, startup = modules_loaded(tmp_path, SCRIPT, "--epochs", 3, "--lr", 0.1, "--data-dir", tiny_dir,
                                            "--no-download")
@@ -74,6 +75,7 @@ def test_trains_alone_writes_an_agent_mnist_core_loads_and_imports_only_torch(ti
     assert loaded - allowed == set()
 
 
+@pytest.mark.system
 def test_help_states_every_default():
     text = handin.build_parser().format_help()
     text = text[text.index("\n  -h, --help"):]  # the options, past the usage line
@@ -89,6 +91,7 @@ def test_help_states_every_default():
     assert set(RunConfig().as_params()) - set(handin.SETTINGS) <= {"validation"}
 
 
+@pytest.mark.system
 def test_bad_input_is_one_message_and_exit_2(tmp_path):
     missing = run_script(tmp_path, "--data-dir", tmp_path / "nowhere", "--no-download")
     assert missing.returncode == 2
@@ -102,6 +105,7 @@ def test_bad_input_is_one_message_and_exit_2(tmp_path):
     assert not (tmp_path / "mnist_agent.pt").exists()
 
 
+@pytest.mark.system
 def test_loads_a_sweep_agent_with_the_same_predictions(tiny_dir, tiny_data, tmp_path):
     config = RunConfig(epochs=1, depth=3, width=17, activation="sigmoid", lr=0.1)
     result = train(config, tiny_data)

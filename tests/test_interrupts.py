@@ -15,6 +15,8 @@ from sqlalchemy.engine import Engine
 from sweep import tracking
 from sweep.store import open_store
 
+pytestmark = pytest.mark.system  # subprocesses, signals, clusters, store races
+
 SECOND_POINTS = 6  # moments of a call at which a Ctrl-C is followed by a second one
 
 

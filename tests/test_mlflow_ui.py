@@ -22,6 +22,7 @@ from mnist_core import RunConfig, load_agent, save_agent, train
 from mnist_core.data import VALIDATION_SEED, describe_mnist
 from sweep import tracking
 from sweep.cli import main
+from sweep.queue import schema
 from sweep.spec import expand
 
 from conftest import log_run, new_store, training_runs, write_spec
@@ -40,6 +41,7 @@ def sha8(*paths) -> str:
     return hashlib.sha256(b"".join(Path(p).read_bytes() for p in paths)).hexdigest()[:8]
 
 
+@pytest.mark.system
 def test_every_run_names_the_data_it_was_measured_on_without_a_copy(env, tiny_dir):
     result = CliRunner().invoke(main, ["run", write_spec(env, TINY_SWEEP), "--jobs", "2"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
@@ -177,8 +179,8 @@ def test_sweep_ui_prints_and_opens_the_runs_ranked_by_final_test_error(ui_store,
     assert url in result.output.splitlines()[1] and opened == [url]
     assert (folder / "server-args").read_text() == f"ui --backend-store-uri {uri} --host 127.0.0.1 --port {port}"
     tags = MlflowClient(uri).get_experiment(experiment_id).tags
-    assert tags["mlflow.experimentKind"] == "custom_model_development"
-    view = json.loads(tags["mlflow.sharedViewState.sweep-runs"])
+    assert tags[schema.EXPERIMENT_KIND] == schema.MODEL_TRAINING
+    view = json.loads(tags[schema.VIEW_TAG])
     state = json.loads(view["state"])
     assert (state["orderByKey"], state["orderByAsc"]) == ("metrics.`final_test_error`", True)
     assert {"metrics.`final_test_error`", "metrics.`final_val_error`", "attributes.`Dataset`",

@@ -14,8 +14,8 @@ from scipy import stats as scipy_stats
 from mnist_core import RunConfig, load_agent, save_agent, train
 from sweep import tracking
 from sweep.cli import main
-from sweep.spec import expand, parse_spec
 from sweep.queue import schema
+from sweep.spec import expand
 
 from conftest import log_run, new_store
 
@@ -160,6 +160,7 @@ def test_a_failed_report_leaves_nothing_behind(seeded, tmp_path, monkeypatch):
     assert os.listdir(out) == ["notes.txt"]
 
 
+@pytest.mark.system
 def test_best_skips_the_diverged_run_and_registers_a_servable_model(known, tiny_data, tmp_path):
     spec_path, uri, folder = known
     result = CliRunner().invoke(main, ["best", str(spec_path), "--grid", "lr_by_activation", "--format", "csv",

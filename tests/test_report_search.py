@@ -1,5 +1,4 @@
 """`sweep report` and `sweep status` on a store of known runs with searches and early stopping."""
-import json
 import math
 import tempfile
 from pathlib import Path
@@ -9,10 +8,16 @@ from click.testing import CliRunner
 from scipy import stats as scipy_stats
 
 from sweep import queue, tracking
-from sweep.queue import Index, MlflowStore, schema
-from sweep.analysis import (analyse, best_so_far_table, drawn_runs, schedule_note, search_conclusions,
-                            stopping_conclusions)
+from sweep.analysis import (
+    analyse,
+    best_so_far_table,
+    drawn_runs,
+    schedule_note,
+    search_conclusions,
+    stopping_conclusions,
+)
 from sweep.cli import main
+from sweep.queue import Index, MlflowStore, schema
 from sweep.results import fetch_results
 from sweep.search import best_so_far, importance, slot_key
 from sweep.spec import PlannedRun, expand, run_name, trial_config

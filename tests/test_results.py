@@ -3,7 +3,6 @@ import math
 
 import pandas as pd
 import pytest
-from mlflow import MlflowClient
 
 from mnist_core.config import SETTING_NAMES
 from sweep import queue, tracking
@@ -13,7 +12,6 @@ from sweep.results import COLUMNS, fetch_results
 from sweep.spec import SpecError, expand
 
 from conftest import log_run, new_store
-
 
 SPEC = """
 experiment: results

@@ -16,6 +16,8 @@ from mnist_core import load_agent
 from sweep.cli import main
 from sweep.queue import schema
 
+pytestmark = pytest.mark.system  # subprocesses, signals, clusters, store races
+
 SPEC = "experiment: {name}\ndefaults: {{epochs: 2}}\ngrids:\n  g: {{lr: [0.05, 0.1, 0.2], width: [16, 32]}}\n"
 
 

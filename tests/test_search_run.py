@@ -5,13 +5,16 @@ import os
 import signal
 from collections import Counter
 
+import pytest
 from click.testing import CliRunner
 from mlflow import MlflowClient
 
 from sweep.cli import main
 from sweep.queue import schema
 
-from conftest import finish, store_runs, sweep_process, training_runs, wait_until, write_spec
+from conftest import SLEEPY, finish, store_runs, sweep_process, training_runs, wait_until, write_spec
+
+pytestmark = pytest.mark.system  # subprocesses, signals, clusters, store races
 
 SEARCH = """
 experiment: tiny
@@ -38,8 +41,8 @@ def trials_of(runs):
                    if r.info.status == "FINISHED" and r.data.tags.get(schema.SEARCH) == "lr_width")
 
 
-def test_a_search_trains_its_budget_in_its_space_and_answers(env):
-    spec = write_spec(env, SEARCH.format(method="tpe", trials=6, epochs=2))
+def test_a_search_trains_its_budget_in_its_space_and_answers(stored):
+    spec = write_spec(stored, SEARCH.format(method="tpe", trials=6, epochs=2))
     result = sweep("run", spec, "--jobs", 2)
     assert result.exit_code == 0, result.output
     assert "6 of 6 runs to train" in result.output
@@ -58,9 +61,9 @@ def test_a_search_trains_its_budget_in_its_space_and_answers(env):
     assert {row["activation"] for row in rows} <= {"relu", "tanh"} and rows
 
 
-def test_a_resumed_search_trains_exactly_the_remaining_trials(env):
-    spec = write_spec(env, SEARCH.format(method="random", trials=6, epochs=300))  # about a second a run
-    proc = sweep_process("run", spec, "--jobs", 2)
+def test_a_resumed_search_trains_exactly_the_remaining_trials(stored):
+    spec = write_spec(stored, SEARCH.format(method="random", trials=6, epochs=2))
+    proc = sweep_process("run", spec, "--jobs", 2, faults=SLEEPY)  # 2 s a run, sleeping
     wait_until(lambda: sum(r.info.status == "FINISHED" for r in store_runs()) >= 2, timeout=180)
     proc.send_signal(signal.SIGINT)
     output = finish(proc, 60)
@@ -73,8 +76,8 @@ def test_a_resumed_search_trains_exactly_the_remaining_trials(env):
     assert trials_of(training_runs()) == Counter(range(6))  # every trial once, none twice
 
 
-def test_two_processes_on_one_search_train_its_budget_once(env):
-    spec = write_spec(env, SEARCH.format(method="tpe", trials=6, epochs=8))
+def test_two_processes_on_one_search_train_its_budget_once(stored):
+    spec = write_spec(stored, SEARCH.format(method="tpe", trials=6, epochs=8))
     procs = [sweep_process("run", spec, "--jobs", 1) for _ in range(2)]
     outputs = [finish(p, 300) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outputs
@@ -82,8 +85,8 @@ def test_two_processes_on_one_search_train_its_budget_once(env):
     assert sum(out.count("  done  ") + out.count("  dup   ") for out in outputs) == 6
 
 
-def test_a_sampled_setting_that_finished_already_is_not_trained_again(env):
-    spec = write_spec(env, """
+def test_a_sampled_setting_that_finished_already_is_not_trained_again(stored):
+    spec = write_spec(stored, """
 experiment: tiny
 defaults: {epochs: 2}
 grids:
@@ -110,8 +113,8 @@ searches:
         assert dup.data.metrics["test_error"] == original.data.metrics["test_error"]
 
 
-def test_early_stopped_runs_are_finished_tagged_and_left_out_of_best(env):
-    spec = write_spec(env, """
+def test_early_stopped_runs_are_finished_tagged_and_left_out_of_best(stored):
+    spec = write_spec(stored, """
 experiment: tiny
 defaults: {epochs: 9}
 grids:
@@ -123,8 +126,8 @@ grids:
     assert result.exit_code == 0, result.output
     runs = training_runs()
     assert len(runs) == 6 and all(r.info.status == "FINISHED" for r in runs)
-    stopped = [r for r in runs if r.data.tags[schema.PRUNED] == "true"]
-    whole = [r for r in runs if r.data.tags[schema.PRUNED] == "false"]
+    stopped = [r for r in runs if schema.is_set(r.data.tags[schema.PRUNED])]
+    whole = [r for r in runs if not schema.is_set(r.data.tags[schema.PRUNED])]
     assert stopped and whole and f"{len(stopped)} stopped early" in result.output
     client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
     for run in stopped:  # the epochs it trained, its metrics and its agent are kept
@@ -139,8 +142,8 @@ grids:
     assert "6 done" in status.output
 
 
-def test_early_stopping_by_a_setting_compares_runs_within_each_of_its_values(env):
-    spec = write_spec(env, """
+def test_early_stopping_by_a_setting_compares_runs_within_each_of_its_values(stored):
+    spec = write_spec(stored, """
 experiment: tiny
 defaults: {epochs: 3}
 grids:
@@ -152,7 +155,7 @@ grids:
     result = sweep("run", spec, "--jobs", 2)
     assert result.exit_code == 0, result.output
     runs = training_runs()
-    whole = Counter(r.data.params["activation"] for r in runs if r.data.tags[schema.PRUNED] == "false")
-    stopped = Counter(r.data.params["activation"] for r in runs if r.data.tags[schema.PRUNED] == "true")
+    whole = Counter(r.data.params["activation"] for r in runs if not schema.is_set(r.data.tags[schema.PRUNED]))
+    stopped = Counter(r.data.params["activation"] for r in runs if schema.is_set(r.data.tags[schema.PRUNED]))
     assert set(whole) == {"relu", "sigmoid"}  # each activation keeps its own best runs going
     assert stopped["relu"] and stopped["sigmoid"]

@@ -6,8 +6,18 @@ import optuna
 import pytest
 
 from mnist_core import RunConfig
-from sweep.spec import (EarlyStop, Param, SearchSpec, SpecError, count_runs, describe_search, expand, parse_spec,
-                        select, trial_config)
+from sweep.spec import (
+    EarlyStop,
+    Param,
+    SearchSpec,
+    SpecError,
+    count_runs,
+    describe_search,
+    expand,
+    parse_spec,
+    select,
+    trial_config,
+)
 
 SPEC = """
 experiment: e

@@ -14,6 +14,7 @@ from mlflow import MlflowClient
 from sweep import store
 from sweep.store import StoreError
 
+
 def uri_of(path: Path) -> str:
     return f"sqlite:///{path}"
 
@@ -141,6 +142,7 @@ def start_creating(db: Path, go: Path):
     return proc
 
 
+@pytest.mark.system
 def test_commands_creating_one_store_at_once_all_succeed(tmp_path):
     """Two processes on one store and four on another, all at once."""
     go = tmp_path / "go"
@@ -154,6 +156,7 @@ def test_commands_creating_one_store_at_once_all_succeed(tmp_path):
         assert_complete(db)
 
 
+@pytest.mark.system
 def test_creation_interrupted_at_any_moment_leaves_no_store_or_a_complete_one(tmp_path):
     """SIGINT (Ctrl-C) and SIGKILL at moments spread over the creation (measured from the moment its
     temporary file appears), all at once; then every folder holds nothing or a complete store, and
@@ -226,3 +229,26 @@ def test_a_store_that_cannot_be_written_is_refused_at_once_and_still_read(tmp_pa
     assert time.time() - start < 10
     assert_one_line(caught.value, "cannot be written", str(db), "--tracking-uri")
     assert store.existing_store(uri_of(db), "") == uri_of(db)  # reading it is fine
+
+
+def test_status_and_best_read_a_store_they_cannot_write(tmp_path, immutable):
+    from click.testing import CliRunner
+
+    from sweep.cli import main
+    from sweep.spec import expand
+
+    from conftest import log_run, new_store
+
+    spec, uri, experiment_id, parent = new_store(tmp_path, "experiment: ro\ndefaults: {epochs: 1}\nseeds: [1, 2]\n"
+                                                           "grids:\n  g: {lr: [0.1, 0.2]}\n")
+    for run in expand(spec)[:3]:
+        log_run(uri, experiment_id, parent, run, spec.name, 0.1)
+    folder = tmp_path / "mlruns"
+    before = sorted(p.name for p in folder.iterdir())
+    immutable(folder / "mlflow.db")
+    immutable(folder)                      # no file can be made beside the store: its mirror goes in memory
+    status = CliRunner().invoke(main, ["status", str(tmp_path / "s.yaml"), "--tracking-uri", uri])
+    assert status.exit_code == 0 and "4 runs: 1 pending, 0 running, 0 failed, 3 done" in status.output, status.output
+    best = CliRunner().invoke(main, ["best", str(tmp_path / "s.yaml"), "--by", "lr", "--tracking-uri", uri])
+    assert best.exit_code == 0 and "Traceback" not in best.output, best.output
+    assert sorted(p.name for p in folder.iterdir()) == before

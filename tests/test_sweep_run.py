@@ -1,8 +1,6 @@
 """End to end: `sweep run` through joblib workers into an MLflow store, on tiny IDX data."""
 import os
 import signal
-import subprocess
-import sys
 import time
 from collections import Counter
 
@@ -12,10 +10,12 @@ from mlflow import MlflowClient
 
 from mnist_core import load_agent
 from sweep.cli import main
-from sweep.spec import expand, load_spec
 from sweep.queue import schema
+from sweep.spec import expand, load_spec
 
-from conftest import finish, finished_per_key, sweep_process, training_runs, write_spec
+from conftest import SLEEPY, finish, finished_per_key, sweep_process, training_runs, write_spec
+
+pytestmark = pytest.mark.system  # subprocesses, signals, clusters, store races
 
 METRICS = {"train_loss", "train_error", "test_loss", "test_error", "lr"}
 
@@ -35,8 +35,8 @@ def check_complete(run, epochs, client):
     assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["mnist_agent.pt"]
 
 
-def test_two_worker_sweep_tracks_every_run_once(env):
-    spec = write_spec(env, """
+def test_two_worker_sweep_tracks_every_run_once(stored):
+    spec = write_spec(stored, """
 experiment: tiny
 defaults: {epochs: 2, lr: 0.1}
 grids:
@@ -51,13 +51,13 @@ grids:
     client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
     runs = training_runs()
     assert len(runs) == 4 and set(finished_per_key(runs).values()) == {1}
-    parents = {r.data.tags["mlflow.parentRunId"] for r in runs}
+    parents = {r.data.tags[schema.PARENT_RUN] for r in runs}
     assert len(parents) == 1 and client.get_run(parents.pop()).info.status == "FINISHED"
     ref = next(r for r in runs if r.info.run_name == "relu-lr0.1-d2-w50-e2")
     assert ref.data.tags[schema.GRIDS] == "act,depth"
     for run in runs:
         check_complete(run, 2, client)
-    agent = load_agent(client.download_artifacts(ref.info.run_id, "mnist_agent.pt", str(env)))
+    agent = load_agent(client.download_artifacts(ref.info.run_id, "mnist_agent.pt", str(stored)))
     assert agent.config.lr == 0.1 and agent.metrics["final_test_error"] == ref.data.metrics["test_error"]
 
     again = sweep("run", spec)
@@ -71,8 +71,8 @@ grids:
     assert len(best.output.splitlines()) == 4
 
 
-def test_four_workers_twelve_runs_lose_nothing(env):
-    spec = write_spec(env, """
+def test_four_workers_twelve_runs_lose_nothing(stored):
+    spec = write_spec(stored, """
 experiment: tiny
 defaults: {epochs: 3}
 grids:
@@ -88,10 +88,10 @@ grids:
         check_complete(run, 3, client)
 
 
-def test_failing_run_is_retried_and_a_hopeless_one_reported(env):
-    spec = write_spec(env, "experiment: tiny\ndefaults: {epochs: 1}\ngrids:\n  g: {lr: [0.01, 0.1, 0.2]}\n")
+def test_failing_run_is_retried_and_a_hopeless_one_reported(stored):
+    spec = write_spec(stored, "experiment: tiny\ndefaults: {epochs: 1}\ngrids:\n  g: {lr: [0.01, 0.1, 0.2]}\n")
     keys = {r.config.lr: r.key for r in expand(load_spec(spec))}
-    faults = {"fail_once": [keys[0.01]], "fail": [keys[0.2]], "marks": str(env)}
+    faults = {"fail_once": [keys[0.01]], "fail": [keys[0.2]], "marks": str(stored)}
     proc = sweep_process("run", spec, "--jobs", 2, "--retries", 1, "--engine", "solo", faults=faults)
     out = finish(proc)
     assert proc.returncode == 1 and "summary: 2 done, 0 diverged, 1 failed" in out, out
@@ -110,26 +110,25 @@ def test_failing_run_is_retried_and_a_hopeless_one_reported(env):
     assert set(finished_per_key(training_runs()).values()) == {1}
 
 
-def test_diverged_run_is_finished_tagged_and_left_out_of_best(env):
-    spec = write_spec(env, "experiment: tiny\ndefaults: {epochs: 3}\ngrids:\n  g: {lr: [0.1, 100000000.0]}\n")
+def test_diverged_run_is_finished_tagged_and_left_out_of_best(stored):
+    spec = write_spec(stored, "experiment: tiny\ndefaults: {epochs: 3}\ngrids:\n  g: {lr: [0.1, 100000000.0]}\n")
     result = sweep("run", spec, "--jobs", 1)
     assert result.exit_code == 0, result.output
     assert "DIVG  relu-lr1e+08-d2-w50-e3" in result.output and "1 done, 1 diverged, 0 failed" in result.output
-    diverged = [r for r in training_runs() if r.data.tags.get(schema.DIVERGED) == "true"]
+    diverged = [r for r in training_runs() if schema.is_set(r.data.tags.get(schema.DIVERGED))]
     assert len(diverged) == 1 and diverged[0].info.status == "FINISHED"
     best = sweep("best", spec, "--by", "schedule", "--format", "json")
     assert '"lr":0.1' in best.output.replace(" ", "")
 
 
-def test_sigint_kills_in_flight_runs_and_a_second_run_resumes(env):
-    spec = write_spec(env, """
+def test_sigint_kills_in_flight_runs_and_a_second_run_resumes(stored):
+    spec = write_spec(stored, """
 experiment: tiny
-defaults: {epochs: 150}
+defaults: {epochs: 3}
 grids:
   g: {lr: [0.01, 0.02, 0.03, 0.05, 0.07, 0.1], width: [64]}
 """)
-    proc = subprocess.Popen([sys.executable, "-m", "sweep.cli", "run", spec, "--jobs", "2", "--engine", "solo"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = sweep_process("run", spec, "--jobs", "2", "--engine", "solo", faults=SLEEPY, started=False)
     deadline = time.time() + 120
     while time.time() < deadline and not any(r.info.status == "FINISHED" for r in _runs_if_any()):
         time.sleep(0.5)
@@ -179,11 +178,11 @@ def test_missing_data_exits_2_before_tracking(env, tmp_path, monkeypatch):
     assert result.exit_code == 2 and "train-images-idx3-ubyte" in result.output
 
 
-def test_an_error_in_the_sweep_process_ends_its_runs_and_parent_and_a_resume_completes(env, monkeypatch):
+def test_an_error_in_the_sweep_process_ends_its_runs_and_parent_and_a_resume_completes(stored, monkeypatch):
     """Not a signal: any exception of the runner (the store failing under it, a bug) leaves nothing RUNNING."""
     from sweep.cli.progress import Printer
 
-    spec = write_spec(env, "experiment: tiny\ndefaults: {epochs: 60}\ngrids:\n  g: {lr: [0.01, 0.02, 0.03, 0.05]}\n")
+    spec = write_spec(stored, "experiment: tiny\ndefaults: {epochs: 60}\ngrids:\n  g: {lr: [0.01, 0.02, 0.03, 0.05]}\n")
 
     def broken(self, outcome):
         raise RuntimeError("the store went away")
@@ -202,11 +201,11 @@ def test_an_error_in_the_sweep_process_ends_its_runs_and_parent_and_a_resume_com
     assert finished_per_key(training_runs()) == Counter({run.key: 1 for run in expand(load_spec(spec))})
 
 
-def test_an_interrupt_whose_killed_writes_the_store_refuses_still_exits_with_the_signals_status(env, monkeypatch):
+def test_an_interrupt_whose_killed_writes_the_store_refuses_still_exits_with_the_signals_status(stored, monkeypatch):
     from sweep import queue
     from sweep.cli.progress import Printer
 
-    spec = write_spec(env, "experiment: tiny\ndefaults: {epochs: 2}\ngrids:\n  g: {lr: [0.01, 0.02, 0.03]}\n")
+    spec = write_spec(stored, "experiment: tiny\ndefaults: {epochs: 2}\ngrids:\n  g: {lr: [0.01, 0.02, 0.03]}\n")
 
     def ctrl_c(self, outcome):
         raise KeyboardInterrupt

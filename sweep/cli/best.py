@@ -2,6 +2,7 @@ from pathlib import Path
 
 import click
 
+from ..queue import schema
 from .common import fail, grid_option, reports_errors, short_lived, tracking_option
 
 
@@ -13,7 +14,7 @@ from .common import fail, grid_option, reports_errors, short_lived, tracking_opt
               help="Lower is better. auto: val_error when the runs have one, else test_error (final epoch); "
                    "or best_test_error, test_loss, train_error, val_loss, ...")
 @click.option("--include-stopped", is_flag=True,
-              help="Also rank runs that a search stopped early (tag sweep.pruned); left out by default.")
+              help=f"Also rank runs that a search stopped early (tag {schema.PRUNED}); left out by default.")
 @click.option("--experiment", default=None, help="Experiment name. [default: the SPEC's experiment]")
 @grid_option
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)

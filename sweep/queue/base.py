@@ -127,7 +127,7 @@ class Host:
 
     def alive(self, holder: str) -> Optional[bool]:
         """Whether the process named by `holder` still runs: None when that cannot be told from here
-        (another host, or a holder written in another form)."""
+        (another host, a holder written in another form, a process this user may not look at)."""
         try:
             host, pid, start = holder.rsplit(":", 2)
             pid = int(pid)
@@ -135,7 +135,10 @@ class Host:
             return None
         if host != socket.gethostname() or "." not in start:
             return None
-        return _holder(pid) == holder
+        try:
+            return _start(pid) == start
+        except PermissionError:
+            return None
 
     def spawn(self, target: Callable[[], None], name: str):
         """Start `target` in a thread of this process; returns it (`join()`)."""
@@ -155,15 +158,21 @@ class Host:
 
 
 def _holder(pid: int) -> str:
-    """`host:pid:start` of a process of this host; the start is empty once it is gone."""
+    return f"{socket.gethostname()}:{pid}:{_start(pid)}"
+
+
+def _start(pid: int) -> str:
+    """When a process of this host started (to 1/100 s, as Linux keeps it): empty once it is gone
+    (a zombie has exited already; its pid may be another process's by now)."""
     import psutil
 
     try:
         process = psutil.Process(pid)
-        start = "" if process.status() == psutil.STATUS_ZOMBIE else f"{process.create_time():.2f}"
-    except psutil.Error:
-        start = ""
-    return f"{socket.gethostname()}:{pid}:{start}"
+        return "" if process.status() == psutil.STATUS_ZOMBIE else f"{process.create_time():.2f}"
+    except psutil.NoSuchProcess:
+        return ""
+    except psutil.AccessDenied:
+        raise PermissionError(pid) from None
 
 
 LOCAL = Host()  # this process; each process (a worker too) has its own

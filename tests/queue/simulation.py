@@ -26,10 +26,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Callable, Optional
 
-from sweep.queue import Host, MemoryStore, Query, Store, TrackingError, schema
+from sweep.queue import Host, MemoryStore, Query, Store, TrackingError, read_states, schema
 from sweep.runner import Progress, Settings, Sweep, exit_status
 from sweep.spec import expand, parse_spec
-from sweep.queue import read_states
 from sweep.worker import Outcome, Trained, execute
 
 STEPS: list = []
@@ -659,14 +658,10 @@ def check_world(world: World, sweeps: list, spec, text: str) -> None:
             if not p.killed:
                 raise Failure(f"{p.name} did not end with an exit status")
             continue
-        allowed = set()
-        if p.interrupted is not None:
-            allowed.add(128 + p.interrupted)
-        if p.failed_calls:
-            allowed.add(2)
-        allowed |= {0, 1} if s.summary is None or not s.summary.stalled else {1}
-        if not s.settings.wait:
-            allowed.add(3)
+        if p.interrupted is not None:  # the signal decides the exit status, whatever else happened
+            allowed = {128 + p.interrupted}
+        else:
+            allowed = {0, 1} | ({2} if p.failed_calls else set()) | ({3} if not s.settings.wait else set())
         if s.exit_code not in allowed:
             raise Failure(f"{p.name} exited {s.exit_code}, expected one of {sorted(allowed)}")
         if s.exit_code == 0 and not s.keys_done_at_exit:
