@@ -29,11 +29,11 @@ import yaml
 from mnist_core.config import ACTIVATIONS
 from mnist_core.files import MnistDataError, MnistDataMissing, check_mnist
 from sweep import tracking
-from sweep.best import best_by
+from sweep.execute import Settings, run_sweep
 from sweep.results import fetch_results
-from sweep.runner import Settings, run_sweep
+from sweep.results.best import best_by
 from sweep.spec import parse_spec
-from sweep.store import open_store
+from sweep.tracking.location import open_store
 
 LRS = [0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0]
 EPOCHS_TARGET, LR_TARGET = 0.40, 0.2   # share of the full grid's network-epochs; points of test error

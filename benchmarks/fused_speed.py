@@ -27,9 +27,9 @@ from torchvision import transforms
 from mnist_core import MLP, load_mnist
 from mnist_core.data import open_datasets, resolve_data_dir
 from sweep import tracking
-from sweep.runner import Settings, run_sweep
+from sweep.execute import Settings, run_sweep
 from sweep.spec import parse_spec
-from sweep.store import open_store
+from sweep.tracking.location import open_store
 
 ACTIVATIONS = ["relu", "tanh", "sigmoid", "leaky_relu"]
 LRS = [0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0]

@@ -130,25 +130,25 @@ sys.meta_path.insert(0, _Finder())
 '''
 
 # The modules whose import time is shown (inclusive of what they import), and the calls timed.
-IMPORTS = ("click", "yaml", "sweep.cli", "sweep.spec", "sweep.runner", "joblib", "mlflow", "sqlalchemy",
+IMPORTS = ("click", "yaml", "sweep.cli", "sweep.spec", "sweep.execute.runner", "joblib", "mlflow", "sqlalchemy",
            "alembic", "pandas", "numpy", "torch", "torchvision", "mnist_core.trainer", "scipy",
-           "matplotlib", "sweep.results", "sweep.best", "sweep.worker", "cloudpickle")
-CALLS = {
+           "matplotlib", "sweep.results.fetch", "sweep.results.best", "sweep.execute.worker", "cloudpickle")
+CALLS = {  # public names only: what the breakdown times
     "click.core": ["Command.invoke"],
-    "sweep.spec": ["load_spec", "expand"],
-    "sweep.store": ["open_store"],
+    "sweep.spec.file": ["load_spec"],
+    "sweep.spec.runs": ["expand"],
+    "sweep.tracking.location": ["open_store"],
     "sweep.tracking": ["client", "ensure_experiment", "find_experiment", "create_run", "log_batch", "set_status",
                        "log_artifact", "search"],
     "sweep.queue.index": ["Index.sync", "Index.changes", "Index.rows"],
     "sweep.queue.view": ["read_states", "QueueView.refresh"],
     "sweep.queue.claims": ["claim", "parent_run", "find_parent", "end_parent", "session_attempts"],
-    "sweep.runner": ["run_sweep", "Sweep.run", "Sweep._dispatch", "Sweep._settle_orphans", "Sweep._left_over",
-                     "Sweep._end_parent"],
-    "sweep.worker": ["execute", "train_runs", "_finish"],
+    "sweep.execute.runner": ["run_sweep", "Sweep.run"],
+    "sweep.execute.accounting": ["settle"],
+    "sweep.execute.worker": ["execute", "train_runs"],
     "sweep.queue.lease": ["Lease.log_params", "Lease.finish", "KeepAlive.__exit__"],
-    "sweep.results": ["fetch_results"],
-    "sweep.best": ["best_by"],
-    "sweep.cli.run": ["_checked_locally"],
+    "sweep.results.fetch": ["fetch_results"],
+    "sweep.results.best": ["best_by"],
     "mnist_core.data": ["load_mnist"],
     "mnist_core.trainer": ["train"],
     "mnist_core.agent": ["save_agent"],
@@ -193,10 +193,11 @@ def known_store(spec_path: Path, uri: str) -> str:
     from mnist_core.model import MLP
     from sweep import queue
     from sweep.spec import expand, load_spec
-    from sweep.store import open_store
+    from sweep.tracking.location import open_store
+    from sweep.tracking.mlflow_store import MlflowStore
 
     spec = load_spec(str(spec_path))
-    store = queue.MlflowStore(open_store(uri))
+    store = MlflowStore(open_store(uri))
     experiment_id = store.ensure_experiment(spec.experiment)
     parent = queue.parent_run(store, experiment_id, spec.name, {"spec": str(spec_path)})
     with tempfile.TemporaryDirectory() as tmp:

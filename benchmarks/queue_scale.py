@@ -121,8 +121,8 @@ def log_synthetic(store, experiment_id, parent, planned, sweep_name, session, ag
 
 
 def _fill_part(uri, experiment_id, parent, spec_path, keys, part) -> int:
-    from sweep.queue import MlflowStore
     from sweep.spec import expand, load_spec
+    from sweep.tracking.mlflow_store import MlflowStore
 
     spec = load_spec(spec_path)
     wanted = set(keys)
@@ -155,7 +155,8 @@ def fill(folder: Path, n: int, uri: str, processes: int) -> dict:
     """Fill the store with the sweep's runs (only those not finished yet); how long it took."""
     from sweep import queue, tracking
     from sweep.spec import expand, load_spec
-    from sweep.store import open_store
+    from sweep.tracking.location import open_store
+    from sweep.tracking.mlflow_store import MlflowStore
 
     spec_path = write_spec(folder, n)
     marker = folder / "filled.json"
@@ -164,7 +165,7 @@ def fill(folder: Path, n: int, uri: str, processes: int) -> dict:
     spec = load_spec(spec_path)
     uri = open_store(uri)
     experiment_id = tracking.ensure_experiment(uri, spec.experiment)
-    store = queue.MlflowStore(uri)
+    store = MlflowStore(uri)
     parent = queue.parent_run(store, experiment_id, spec.name, {"runs": n})
     done = finished_keys(uri, experiment_id)
     todo = [r.key for r in expand(spec) if r.key not in done]
@@ -269,8 +270,9 @@ def log_old_way(uri, experiment_id, parent, planned, sweep_name, session, agent)
 
 def log_lease_way(uri, experiment_id, parent, planned, sweep_name, session, agent) -> str:
     from sweep import queue
+    from sweep.tracking.mlflow_store import MlflowStore
 
-    lease = queue.claim(queue.MlflowStore(uri), experiment_id, parent, planned, sweep_name, session)
+    lease = queue.claim(MlflowStore(uri), experiment_id, parent, planned, sweep_name, session)
     lease.log_params({**planned.config.as_params(), "device": "cpu"})
     rng = random.Random(planned.key)
     for epoch in range(1, EPOCHS + 1):
@@ -285,9 +287,10 @@ def in_process(folder: Path, uri: str, repeats: int) -> dict:
     """Claim, dispatch round and logging, timed in this process; the runs made here are removed after."""
     from sweep import queue, tracking
     from sweep.spec import expand, load_spec
+    from sweep.tracking.mlflow_store import MlflowStore
 
     spec = load_spec(folder / "sweeps.yaml")
-    store = queue.MlflowStore(uri)
+    store = MlflowStore(uri)
     experiment_id = store.find_experiment(spec.experiment)
     parent = queue.find_parent(store, experiment_id, spec.name).run_id
     tag = f"{os.getpid():x}"[-4:]

@@ -38,11 +38,11 @@ import yaml
 from mnist_core.config import ACTIVATIONS
 from mnist_core.files import MnistDataError, MnistDataMissing, check_mnist
 from sweep import tracking
+from sweep.adaptive.search import best_so_far
+from sweep.execute import Settings, run_sweep
 from sweep.results import fetch_results
-from sweep.runner import Settings, run_sweep
-from sweep.search import best_so_far
 from sweep.spec import parse_spec
-from sweep.store import open_store
+from sweep.tracking.location import open_store
 
 METHODS = ("grid", "random", "tpe")
 LR, WIDTH, DEPTH = (0.001, 1.0), (16, 256), (1, 4)

@@ -17,9 +17,9 @@ import torch
 
 from mnist_core import RunConfig, load_mnist, train
 from sweep import tracking
-from sweep.runner import Settings, run_sweep
+from sweep.execute import Settings, run_sweep
 from sweep.spec import parse_spec
-from sweep.store import open_store
+from sweep.tracking.location import open_store
 
 
 def main():

@@ -96,9 +96,9 @@ def check_setting(name: str, value):
 # Settings that must be equal inside a fused group: the shape, and what fixes the steps.
 GROUP_SETTINGS = ("activation", "depth", "width", "batch_size", "test_batch_size", "epochs", "validation")
 
-# Networks per fused model in a sweep. On 2 CPU cores (1 thread per worker) the time per
-# network-epoch of the reference network fell from 0.25 s at 7 networks to 0.215 s at 14 and 0.20 s
-# at 28; 16 keeps most of that gain while leaving several jobs to share out among the workers.
+# Networks per fused model in a sweep: a larger batched model costs less per network-epoch, with
+# returns that fall off (docs/benchmarks.md); 16 keeps most of the gain while leaving several jobs
+# to share out among the workers.
 DEFAULT_CHUNK_SIZE = 16
 
 

@@ -15,8 +15,20 @@ from typing import Optional
 
 import torch
 
-from .files import (ENV_VAR, FILES, IMAGE_MAGIC, LABEL_MAGIC, MnistDataError, MnistDataMissing,  # noqa: F401
-                    check_files, check_idx, check_mnist, find_mnist, read_idx, resolve_data_dir)
+from .files import (  # noqa: F401
+    ENV_VAR,
+    FILES,
+    IMAGE_MAGIC,
+    LABEL_MAGIC,
+    MnistDataError,
+    MnistDataMissing,
+    check_files,
+    check_idx,
+    check_mnist,
+    find_mnist,
+    read_idx,
+    resolve_data_dir,
+)
 
 MEAN, STD = 0.1307, 0.3081
 # The validation images are the first `validation` of this fixed permutation of the training set,

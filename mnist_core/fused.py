@@ -18,15 +18,14 @@ import time
 from typing import Callable, Iterable, Iterator, Optional, Sequence
 
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
 from .config import DEFAULT_CHUNK_SIZE, GROUP_SETTINGS, RunConfig, group_key  # noqa: F401
 from .data import MnistTensors, holdout
 from .model import MLP
 from .schedule import lr_at
 from .trainer import DIVERGENCE_CHECK_EVERY, EpochResult, TrainResult, epoch_order, evaluate, init_model, measure
-
 
 # Called after every epoch of member i; returning False takes member i out (None or True: go on).
 MemberCallback = Callable[[int, EpochResult], Optional[bool]]

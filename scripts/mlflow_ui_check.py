@@ -34,11 +34,11 @@ import urllib.request
 from pathlib import Path
 
 from sweep import tracking
-from sweep.store import store_uri
-from sweep.best import best_by
-from sweep.results import fetch_results
-from sweep.spec import load_spec
 from sweep.queue import schema
+from sweep.results import fetch_results
+from sweep.results.best import best_by
+from sweep.spec import load_spec
+from sweep.tracking.location import store_uri
 
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]

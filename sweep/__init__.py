@@ -1,1 +1,15 @@
-"""sweep: expand sweeps.yaml into runs, dispatch them through joblib, track them in MLflow."""
+"""sweep: expand sweeps.yaml into runs, train them through joblib, track them in MLflow, and answer
+which settings are best and how sure that is.
+
+The packages, each of which may import only those before it (tests/sweep/test_layout.py checks it):
+
+- errors.py, interrupts.py  the errors a user can cause; Ctrl-C and signals
+- spec/       the sweep file -> a validated spec -> its planned runs
+- queue/      a run's life in the store: the stored run's schema, claims, leases, the change feed
+- tracking/   MLflow: where the store is, the calls, the queue's store on it, the model registry
+- adaptive/   Optuna: searches' samplers and early stopping
+- execute/    running a sweep: settings, jobs, the loop, the workers
+- results/    the read side: fetch once -> numbers -> words -> figures -> the report
+- handin/     the student's zip and its standalone mnist.py
+- cli/        the `sweep` command, one module per subcommand
+"""

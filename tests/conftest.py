@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import struct
 import subprocess
 import sys
@@ -14,9 +15,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sweep.queue import schema
-
 REAL_DATA = os.environ.get("MNIST_DATA")
+ROOT = Path(__file__).resolve().parent.parent  # the repository
+if str(ROOT) not in sys.path:  # before tests/ (where pytest puts this folder): tests/sweep is no package
+    sys.path.insert(0, str(ROOT))
+
+
+def schema():
+    """sweep.queue.schema, the stored run's vocabulary (imported once ROOT is on the path)."""
+    from sweep.queue import schema
+
+    return schema
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:
@@ -107,7 +116,7 @@ def env(tmp_path, tiny_dir, monkeypatch):
 @pytest.fixture(scope="session")
 def template_store(tmp_path_factory) -> Path:
     """One empty store, made once: making a store runs MLflow's migrations (about a second)."""
-    from sweep.store import open_store
+    from sweep.tracking.location import open_store
 
     folder = tmp_path_factory.mktemp("template")
     open_store(f"sqlite:///{folder}/mlflow.db")
@@ -141,15 +150,31 @@ def training_runs(experiment="tiny"):
 
     uri = os.environ["MLFLOW_TRACKING_URI"]
     experiment_id = tracking.find_experiment(uri, experiment)
-    return MlflowClient(uri).search_runs([experiment_id], schema.TRAINING_RUNS, max_results=1000)
+    return MlflowClient(uri).search_runs([experiment_id], schema().TRAINING_RUNS, max_results=1000)
 
 
 def finished_per_key(runs):
-    return Counter(r.data.tags[schema.KEY] for r in runs if r.info.status == "FINISHED")
+    return Counter(r.data.tags[schema().KEY] for r in runs if r.info.status == "FINISHED")
 
 
 
 FAULTS = Path(__file__).parent / "faults"
+_STARTED: list = []  # the sweep_process groups of the running test
+
+
+@pytest.fixture(autouse=True)
+def _no_sweep_left_behind():
+    """A test that fails half way may leave a sweep it started stopped or running: end its group."""
+    yield
+    while _STARTED:
+        proc = _STARTED.pop()
+        if proc.poll() is None:
+            for signum in (signal.SIGCONT, signal.SIGKILL):
+                try:
+                    os.killpg(proc.pid, signum)
+                except ProcessLookupError:
+                    break
+            proc.wait()
 
 
 def sweep_process(*args, faults=None, stdout=subprocess.PIPE, started=True) -> subprocess.Popen:
@@ -163,6 +188,7 @@ def sweep_process(*args, faults=None, stdout=subprocess.PIPE, started=True) -> s
         env["SWEEP_TEST_FAULTS"] = json.dumps(faults)
     proc = subprocess.Popen([sys.executable, "-m", "sweep.cli", *map(str, args)], stdout=stdout,
                             stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True)
+    _STARTED.append(proc)
     proc.first_line = ""
     while started and stdout == subprocess.PIPE:  # up to the line saying what it will train
         line = proc.stdout.readline()
@@ -183,7 +209,7 @@ def store_runs(experiment="tiny"):
         return []
 
 
-def wait_until(predicate, timeout=60.0, every=0.05):
+def wait_until(predicate, timeout=60.0, every=0.1):
     deadline = time.time() + timeout
     while time.time() < deadline:
         value = predicate()
@@ -194,14 +220,14 @@ def wait_until(predicate, timeout=60.0, every=0.05):
 
 
 def holder_pid(run) -> int:
-    return int(run.data.tags[schema.HOLDER].split(":")[1])
+    return int(run.data.tags[schema().HOLDER].split(":")[1])
 
 
 def assert_each_key_finished_once(runs, keys):
     """Every key FINISHED exactly once, nothing left RUNNING, no finished run carrying an error."""
     assert finished_per_key(runs) == Counter({k: 1 for k in keys}), finished_per_key(runs)
     assert not [r for r in runs if r.info.status == "RUNNING"]
-    assert not [r for r in runs if r.info.status == "FINISHED" and r.data.tags.get(schema.ERROR)]
+    assert not [r for r in runs if r.info.status == "FINISHED" and r.data.tags.get(schema().ERROR)]
 
 
 def finish(proc, timeout=300) -> str:
@@ -213,14 +239,15 @@ def finish(proc, timeout=300) -> str:
 def new_store(folder, spec_text, name="s.yaml"):
     from sweep import queue, tracking
     from sweep.spec import parse_spec
-    from sweep.store import open_store
+    from sweep.tracking.location import open_store
+    from sweep.tracking.mlflow_store import MlflowStore
 
     path = folder / name
     path.write_text(spec_text)
     spec = parse_spec(spec_text, str(path))
     uri = open_store(f"sqlite:///{folder}/mlruns/mlflow.db")
     experiment_id = tracking.ensure_experiment(uri, spec.experiment)
-    parent = queue.parent_run(queue.MlflowStore(uri), experiment_id, spec.name, {})
+    parent = queue.parent_run(MlflowStore(uri), experiment_id, spec.name, {})
     return spec, uri, experiment_id, parent
 
 
@@ -232,8 +259,9 @@ def log_run(uri, experiment_id, parent, run, sweep_name, test_error, *, train_er
     import tempfile
 
     from sweep import queue
+    from sweep.tracking.mlflow_store import MlflowStore
 
-    lease = queue.claim(queue.MlflowStore(uri), experiment_id, parent, run, sweep_name, "test-session")
+    lease = queue.claim(MlflowStore(uri), experiment_id, parent, run, sweep_name, "test-session")
     lease.log_params(run.config.as_params())
     epochs = run.config.epochs if epochs_completed is None else epochs_completed
     for epoch in range(1, epochs + 1):

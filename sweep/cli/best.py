@@ -33,10 +33,11 @@ def command(spec, by, metric, include_stopped, experiment, grids, fmt, register,
     SPEC (default ./sweeps.yaml when present) or --experiment picks the runs; --grid narrows to
     that grid's runs, e.g. `sweep best --by activation --grid lr_by_activation`."""
     short_lived()
-    from .. import store, tracking
-    from ..best import best_by, for_people, overall_winner, words
     from ..results import fetch_results
+    from ..results.best import best_by, overall_winner
+    from ..results.words import best_words, for_people
     from ..spec import load_spec
+    from ..tracking import location as store
 
     if not spec and not experiment and Path("sweeps.yaml").exists():
         spec = "sweeps.yaml"
@@ -57,12 +58,14 @@ def command(spec, by, metric, include_stopped, experiment, grids, fmt, register,
         click.echo(best.table.to_json(orient="records", indent=2))
     else:
         click.echo(for_people(best).to_string(index=False))
-        click.echo("\n".join(["", *words(best)]))
+        click.echo("\n".join(["", *best_words(best)]))
     if fmt != "table" and best.stopped:
-        click.echo(words(best)[-1], err=True)
+        click.echo(best_words(best)[-1], err=True)
     if register:
+        from ..tracking.registry import register_agent
+
         winner = overall_winner(best)
-        version = tracking.register_agent(store.open_store(uri), winner["run_id"], register, _example_pixels(data_dir))
+        version = register_agent(store.open_store(uri), winner["run_id"], register, _example_pixels(data_dir))
         click.echo(f"registered run {winner['run_id']} as model '{register}' version {version}: "
                    f"mlflow models predict -m models:/{register}/{version} -i INPUT.json --env-manager local",
                    err=fmt != "table")

@@ -19,7 +19,7 @@ def command(spec, student_id, course, homework, out_dir, tracking_uri):
     COURSE_ID_HWnn.pdf and, as mnist_agent.pt, the agent of the best run ranked as `sweep best`
     ranks (lowest mean validation error, else test error, over seeds; its best seed's run). The
     zip's comment names that run."""
-    from ..bundle import bundle_names, bundle_sweep
+    from ..handin.bundle import bundle_names, bundle_sweep
     from ..spec import load_spec
 
     path, winner = bundle_sweep(load_spec(spec), tracking_uri, student_id, course=course, homework=homework,

@@ -11,7 +11,7 @@ import sys
 import click
 
 from ..errors import SweepError
-from . import INTERRUPTED, exit_interrupted, interrupt_command
+from ..interrupts import INTERRUPTED, exit_interrupted, interrupt_command
 
 
 class OptionError(click.ClickException):
@@ -29,7 +29,7 @@ def _checked_store(ctx, param, uri):
     """The store every command reads: the URI given, else $MLFLOW_TRACKING_URI, else ./mlruns;
     its form checked, a server asked once (briefly) whether it answers, a local file whether it is
     a store. Creating and writing are left to the commands that write (`store.open_store`)."""
-    from ..store import store_exists, store_uri
+    from ..tracking.location import store_exists, store_uri
 
     try:
         uri = store_uri(uri)
@@ -45,6 +45,8 @@ tracking_option = click.option(
 grid_option = click.option("--grid", "grids", multiple=True, metavar="NAME",
                            help="Only this grid or search of the spec (repeatable). [default: all of them]")
 spec_argument = click.argument("spec", type=click.Path(dir_okay=False))
+max_runs_option = click.option("--max-runs", type=click.IntRange(min=1), default=None, metavar="N",
+                               help="Allow a sweep of up to N runs. [default: 100,000]")
 
 
 def short_lived() -> None:

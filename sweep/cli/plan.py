@@ -2,15 +2,14 @@ import time
 
 import click
 
-from .common import grid_option, reports_errors, short_lived, spec_argument, tracking_option
+from .common import grid_option, max_runs_option, reports_errors, short_lived, spec_argument, tracking_option
 
 
 @click.command("plan")
 @spec_argument
 @grid_option
 @tracking_option
-@click.option("--max-runs", type=click.IntRange(min=1), default=None, metavar="N",
-              help="Allow a sweep of up to N runs. [default: 100,000]")
+@max_runs_option
 @reports_errors
 def command(spec, grids, tracking_uri, max_runs):
     """List the runs and searches SPEC expands to, with their grids and their state as the store last
@@ -18,7 +17,7 @@ def command(spec, grids, tracking_uri, max_runs):
     short_lived()
     from .. import queue
     from ..spec import MAX_RUNS, describe_search, expand, load_spec, select
-    from ..store import store_uri
+    from ..tracking.location import store_uri
 
     sweep = load_spec(spec, max_runs=max_runs or MAX_RUNS)
     grid_names, search_names = select(sweep, grids)

@@ -8,7 +8,7 @@ import time
 
 import click
 
-from ..runner import Progress
+from ..execute import Progress
 
 PLAIN_EVERY = 60.0  # seconds between progress lines when the output is not a terminal
 

@@ -14,11 +14,12 @@ from .common import reports_errors, spec_argument, tracking_option
 def command(spec, out_dir, tracking_uri):
     """Figures, report.md, report.html (self-contained) and report.pdf from the runs of SPEC in the
     store; also logged as artifacts of the sweep's parent run."""
-    from .. import store, tracking
-    from ..analysis import analyse, drawn_runs
-    from ..report import write_report
+    from .. import tracking
     from ..results import fetch_results
+    from ..results.analysis import analyse, drawn_runs
+    from ..results.report import write_report
     from ..spec import load_spec
+    from ..tracking import location as store
 
     sweep = load_spec(spec)
     uri = store.existing_store(tracking_uri, f"run `sweep run {spec}` first")

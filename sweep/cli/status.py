@@ -13,15 +13,16 @@ def command(spec, grids, tracking_uri):
     with their error."""
     short_lived()
     from .. import queue
+    from ..adaptive.search import slot_key
     from ..queue import schema
-    from ..search import slot_key
     from ..spec import expand, load_spec, select
-    from ..store import existing_store
+    from ..tracking.location import existing_store
+    from ..tracking.mlflow_store import MlflowStore
 
     sweep = load_spec(spec)
     runs = expand(sweep, grids)
     grid_names, search_names = select(sweep, grids)
-    store = queue.MlflowStore(existing_store(tracking_uri, f"run `sweep run {spec}` first"))
+    store = MlflowStore(existing_store(tracking_uri, f"run `sweep run {spec}` first"))
     slots = {name: [slot_key(sweep, sweep.searches[name], n) for n in range(sweep.searches[name].trials)]
              for name in search_names}
     read = queue.read_states(store, sweep.experiment, [r.key for r in runs] + [k for ks in slots.values() for k in ks])

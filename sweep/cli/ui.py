@@ -26,8 +26,9 @@ def command(spec, experiment, tracking_uri, port, host, no_browser):
     SPEC (default ./sweeps.yaml when present) or --experiment names the experiment. A browser is
     opened when one can show the page (a desktop session, or $BROWSER); else only the address is
     printed. With a tracking server as the store, its own UI's address is printed and nothing is started."""
-    from .. import store, tracking
+    from .. import tracking
     from ..spec import load_spec
+    from ..tracking import location as store
 
     uri = store.existing_store(tracking_uri, "run `sweep run` first")
     if not spec and not experiment and Path("sweeps.yaml").exists():

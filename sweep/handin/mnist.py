@@ -191,7 +191,8 @@ def final_metrics(history, seconds):
     metrics = {"training_seconds": seconds, "epochs_completed": float(len(history))}
     if history:
         last = history[-1]
-        metrics.update({f"final_{name}": last[name] for name in ("train_loss", "train_error", "test_loss", "test_error")})
+        finals = ("train_loss", "train_error", "test_loss", "test_error")
+        metrics.update({f"final_{name}": last[name] for name in finals})
         metrics["best_test_error"] = min(h["test_error"] for h in history)
     return metrics
 

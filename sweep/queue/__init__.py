@@ -3,20 +3,34 @@
 What it owns, one module each:
 - schema.py: the stored run: tag names, their encodings, the outcome vocabulary, the ranking metric
 - base.py: what it stands on: a `Store` of runs and the `Host` (clock, threads, processes)
-- mlflow_store.py, memory.py: the store on MLflow, and MLflow's semantics in memory
+- memory.py: MLflow's semantics in memory (the store on MLflow is sweep.tracking.mlflow_store)
 - index.py: the change feed, a mirror of the store that each reader reads from its own cursor
 - claims.py: a key's state, its claim, the sweep's parent run
 - lease.py: the claim held: heartbeats, the outcome written by its holder alone
 - view.py: a process's view of every key's state, derived from the change feed
 
-It may import the standard library, `sweep.errors` and, in mlflow_store.py only, `sweep.tracking`;
-nothing of torch, mnist_core or the rest of the sweep. The consistency model, what the simulation
-in tests/queue explores and the guarantees that follow are in docs/queue.md.
+It may import the standard library, `sweep.errors` and `mnist_core.config` (schema.py, for the
+settings' types); nothing of MLflow, torch or the rest of the sweep. The consistency model, what the simulation
+in tests/sweep/queue explores and the guarantees that follow are in docs/queue.md.
 """
 from . import schema
 from .base import LOCAL, Host, Query, RunRow, Store, TrackingError
-from .claims import (by_key, claim, count, end_attempt, end_orphaned_parent, end_parent, find_parent, is_live,
-                     key_attempts, key_state, last_errors, parent_run, session_attempts, states)
+from .claims import (
+           by_key,
+           claim,
+           count,
+           end_attempt,
+           end_orphaned_parent,
+           end_parent,
+           find_parent,
+           is_live,
+           key_attempts,
+           key_state,
+           last_errors,
+           parent_run,
+           session_attempts,
+           states,
+)
 from .index import Changes, Cursor, Index, index_path
 from .lease import KeepAlive, Lease
 from .memory import MemoryStore
@@ -27,12 +41,5 @@ __all__ = ["schema", "LOCAL", "Host", "Query", "RunRow", "Store", "TrackingError
            "end_attempt", "end_orphaned_parent", "end_parent", "find_parent", "is_live", "key_attempts",
            "key_state", "last_errors", "parent_run", "session_attempts", "states", "Changes", "Cursor", "Index",
            "index_path", "KeepAlive", "Lease", "MemoryStore", "Attempt", "QueueRead", "QueueView",
-           "last_read_states", "read_states", "MlflowStore"]
+           "last_read_states", "read_states"]
 
-
-def __getattr__(name):
-    if name == "MlflowStore":  # loads sweep.tracking: only where a real store is opened
-        from .mlflow_store import MlflowStore
-
-        return MlflowStore
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,8 +1,8 @@
 """What the queue stands on: a store of runs (`Store`) and the machine it runs on (`Host`).
 
 `Store` is the part of an MLflow tracking store the queue uses: experiments, runs created, written,
-ended and deleted, and searched by a structured `Query`. `MlflowStore` (mlflow_store.py) is the real
-one; `MemoryStore` (memory.py) keeps MLflow's semantics in memory. `Host` is this process's clock,
+ended and deleted, and searched by a structured `Query`. `MlflowStore` (sweep.tracking.mlflow_store) is
+the real one; `MemoryStore` (memory.py) keeps MLflow's semantics in memory. `Host` is this process's clock,
 threads and view of other processes: `LocalHost` is the real machine. Everything that decides a
 run's life (claims, leases, the change feed, the sweep's loop) reaches the world through these two,
 so that a simulation can run that code over a simulated store, clock and processes.

@@ -100,7 +100,8 @@ def claim(store: Store, experiment_id: str, parent_id: str, planned, sweep_name:
         run_id = store.create_run(experiment_id, planned.name, tags)
         after = key_attempts(store, experiment_id, planned.key)
         mine = next((a for a in after if a.run_id == run_id), None)
-        rivals = [a for a in after if a.run_id != run_id and (a.status == "FINISHED" or is_live(a, host.now(), host.alive))]
+        rivals = [a for a in after
+                  if a.run_id != run_id and (a.status == "FINISHED" or is_live(a, host.now(), host.alive))]
         lease = Lease(store, experiment_id, run_id, planned.key, planned.name, lease_seconds, confirmed=now)
         if mine is not None and mine.status == "RUNNING" and not rivals and lease.held_in_time():
             return lease

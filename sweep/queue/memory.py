@@ -4,7 +4,7 @@ What the queue relies on behaves as in MLflow's SQL store: a run is created RUNN
 time; ending it stamps its end time (by the writer's clock); a deleted run can no longer be written
 or ended, and is found only in the deleted view; a param, once logged, keeps its value; a metric's
 value is its latest step's. Writes are atomic. Each process opens its own handle (`on(host)`) over
-the same runs, with its own clock. The simulation of the queue runs on it (tests/queue).
+the same runs, with its own clock. The simulation of the queue runs on it (tests/sweep/queue).
 """
 from __future__ import annotations
 

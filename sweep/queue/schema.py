@@ -130,6 +130,18 @@ def setting(name: str, text: str):
     return int(float(text)) if kind == "int" else float(text) if kind == "float" else text
 
 
+def setting_column(name: str, texts) -> list:
+    """A setting's values from the logged params of many runs (None where a run has none, or one that
+    is not a value of the setting)."""
+    decoded = []
+    for text in texts:
+        try:
+            decoded.append(None if text is None else setting(name, text))
+        except ValueError:
+            decoded.append(None)
+    return decoded
+
+
 def settings(params: dict) -> dict:
     """The run's settings among its logged params, typed."""
     return {name: setting(name, params[name]) for name in SETTING_NAMES if name in params}

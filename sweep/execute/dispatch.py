@@ -1,0 +1,170 @@
+"""A thin layer over joblib: run jobs in parallel on loky, dask or ray, hand back each outcome.
+
+No cluster code of our own: dask goes through joblib's dask backend on a `dask.distributed`
+client, ray through `ray.util.joblib`.
+"""
+from __future__ import annotations
+
+import contextlib
+import signal
+import socket
+import threading
+from typing import Iterator, Optional
+from urllib.parse import urlsplit
+
+from joblib import Parallel, delayed, parallel_config
+from joblib.parallel import get_active_backend
+
+from ..errors import SweepError
+from .settings import BACKENDS
+from .worker import Job, Outcome, execute
+
+KNOCK_SECONDS = 5      # is anything listening at the address at all
+CONNECT_SECONDS = 10   # for a dask scheduler that listens to answer
+
+
+class BackendError(SweepError):
+    """The backend cannot be started or reached."""
+
+
+def is_remote_backend(backend: str) -> bool:
+    return backend != "loky"
+
+
+@contextlib.contextmanager
+def backend_session(backend: str, address: Optional[str] = None) -> Iterator[None]:
+    """Connect to the engine for the time of a sweep: a dask scheduler or a ray cluster.
+
+    Enter it before writing anything to the tracking store: a cluster that cannot be reached is a
+    BackendError within seconds, and the store is left as it was."""
+    if backend not in BACKENDS:
+        raise BackendError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if backend == "loky":
+        yield
+        return
+    if address:
+        _check_listening(backend, address)
+    if backend == "dask":
+        try:
+            from dask.distributed import Client
+        except ImportError:
+            raise BackendError("the dask backend needs dask.distributed: pip install 'mnist-sweep[dask]'") from None
+        try:
+            client = Client(address, timeout=f"{CONNECT_SECONDS}s") if address else Client()
+        except Exception as exc:  # OSError/TimeoutError from distributed
+            raise BackendError(f"cannot reach the dask scheduler at {address}: {exc}") from None
+        try:
+            yield
+        finally:
+            client.close()
+        return
+    try:
+        import ray
+        from ray.util.joblib import register_ray
+    except ImportError:
+        raise BackendError("the ray backend needs ray: pip install 'mnist-sweep[ray]'") from None
+    try:
+        ray.init(address=address, ignore_reinit_error=True, include_dashboard=False, log_to_driver=False)
+    except Exception as exc:
+        where = address or "a new local one"
+        raise BackendError(f"cannot start or reach the ray cluster at {where}: {exc}") from None
+    register_ray()
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def _check_listening(backend: str, address: str) -> None:
+    """Knock on HOST:PORT once, briefly: ray would wait minutes for a cluster that is not there."""
+    where = f"the {'dask scheduler' if backend == 'dask' else 'ray cluster'} at {address}"
+    split = urlsplit(address if "://" in address else f"tcp://{address}")
+    try:
+        host, port = split.hostname, split.port
+    except ValueError:
+        raise BackendError(f"cannot reach {where}: not HOST:PORT") from None
+    if split.scheme not in ("tcp", "tls", "ray") or not host or port is None:
+        return  # auto, local, inproc://, ucx://...: the engine's own checks apply
+    try:
+        socket.create_connection((host, port), timeout=KNOCK_SECONDS).close()
+    except OSError as exc:
+        reason = f"no answer within {KNOCK_SECONDS} s" if isinstance(exc, TimeoutError) else exc.strerror or exc
+        hint = "dask scheduler" if backend == "dask" else "ray start --head"
+        raise BackendError(f"cannot reach {where} ({reason}); start it ({hint}) or check --address") from None
+
+
+class JoblibPool:
+    """The sweep's workers through joblib: loky on this machine, or a dask or ray cluster."""
+
+    def __init__(self, backend: str = "loky"):
+        self.backend, self.used = backend, False
+
+    def round(self, jobs: list[Job], n_jobs: int) -> "Round":
+        if self.backend == "loky":
+            _start_resource_tracker_deaf_to_hangups()
+        self.used = True
+        return Round(jobs, n_jobs, self.backend)
+
+    def close(self) -> None:
+        """Stop the local worker processes that joblib keeps for reuse, so that a finished sweep
+        leaves no process behind (holding its output open, or cleaning up after it at exit)."""
+        if self.backend == "loky" and self.used:
+            from joblib.externals.loky import get_reusable_executor
+
+            executor = get_reusable_executor(reuse=True)  # the pool the rounds ran on
+            if hasattr(executor, "terminate"):
+                executor.terminate(kill_workers=True)  # joblib's: also removes its temporary folder
+            else:
+                executor.shutdown(kill_workers=True)
+
+
+def _start_resource_tracker_deaf_to_hangups() -> None:
+    """loky's resource tracker (one process beside the workers) ignores Ctrl-C and SIGTERM but not
+    SIGHUP: a terminal that hangs up signals the whole process group, the tracker dies with it, and
+    the one loky starts next prints a traceback for every file it never registered. Started while
+    SIGHUP is blocked, the tracker inherits the block; here a SIGHUP meanwhile waits, then acts."""
+    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
+        return
+    from joblib.externals.loky.backend import resource_tracker
+
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
+    try:
+        resource_tracker.ensure_running()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+class Round:
+    """One round of jobs through joblib: iterate it for each run's outcome as it arrives.
+
+    Runs never train in the sweep's own process (joblib runs `n_jobs=1` in-process, where a run that
+    kills its process would end the sweep): one worker at a time is one job at a time on a pool.
+    `execute` catches every error of a run itself, so an exception from joblib is the engine's: a
+    worker process that died (loky's TerminatedWorkerError, dask's KilledWorker, ray's worker errors).
+    The round then ends early and `crash` says what the engine said. An exception raised by the
+    consumer of the outcomes (Ctrl-C, a closed stdout) is not a crash: it propagates, and joblib
+    stops the round's workers.
+    """
+
+    def __init__(self, jobs: list[Job], n_jobs: int, backend: str = "loky"):
+        self.jobs, self.n_jobs, self.backend = jobs, n_jobs, backend
+        self.crash: Optional[str] = None
+
+    def __iter__(self) -> Iterator[Outcome]:
+        batches = [[job] for job in self.jobs] if self.n_jobs == 1 else [self.jobs]
+        with parallel_config(backend=self.backend, n_jobs=max(2, self.n_jobs) if self.n_jobs > 0 else self.n_jobs):
+            # ray's joblib backend cannot stream results: its outcomes all arrive at the end
+            streams = getattr(get_active_backend()[0], "supports_return_generator", False)
+            for batch in batches:
+                results = None
+                try:
+                    results = Parallel(return_as="generator_unordered" if streams else "list", max_nbytes=None)(
+                        delayed(execute)(job) for job in batch)
+                    for job_outcomes in results:
+                        yield from job_outcomes
+                except Exception as exc:
+                    self.crash = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                    return
+                finally:
+                    if hasattr(results, "close"):
+                        results.close()  # the consumer stopped early: joblib stops the round's workers

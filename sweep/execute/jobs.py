@@ -1,0 +1,37 @@
+"""Which runs train together: one job per run, or same-shape runs fused into one batched model, the
+most expensive jobs first."""
+from __future__ import annotations
+
+from mnist_core.config import DEFAULT_CHUNK_SIZE, group_key
+
+from ..spec import PlannedRun
+from .settings import ENGINES
+
+
+def expected_cost(run: PlannedRun) -> float:
+    """Relative cost of a run: epochs x weights (the arithmetic of a pass scales with them)."""
+    c = run.config
+    return c.epochs * (784 * c.width + (c.depth - 1) * c.width * c.width + 10 * c.width)
+
+
+def plan_jobs(runs: list[PlannedRun], engine: str = "auto", chunk_size: int = DEFAULT_CHUNK_SIZE) -> list[tuple]:
+    """Runs per job, the most expensive jobs first so that the slowest does not start last:
+    each run alone (solo), or same-shape groups in chunks of at most `chunk_size` (fused)."""
+    if engine not in ENGINES:
+        raise ValueError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
+    if engine == "solo" or chunk_size < 2:
+        jobs = [(r,) for r in runs]
+    else:
+        groups: dict[tuple, list[PlannedRun]] = {}
+        for run in runs:
+            groups.setdefault(group_key(run.config), []).append(run)
+        jobs = []
+        for members in groups.values():
+            n_chunks = -(-len(members) // chunk_size)
+            base, extra = divmod(len(members), n_chunks)  # near-equal chunks, none over chunk_size
+            start = 0
+            for i in range(n_chunks):
+                size = base + (i < extra)
+                jobs.append(tuple(members[start:start + size]))
+                start += size
+    return sorted(jobs, key=lambda job: sum(expected_cost(r) for r in job), reverse=True)

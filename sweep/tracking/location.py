@@ -1,0 +1,250 @@
+"""The tracking store: which one, whether it is there, and making a local one safely.
+
+A local store is one SQLite file, `sqlite:///PATH/mlflow.db`. MLflow creates its tables in many
+migration steps, so a file that MLflow starts filling in place is broken for good if the command
+is interrupted half way or a second command migrates it at the same time. `open_store` therefore
+builds a new store under a lock, in a temporary file beside PATH, and moves it into place in one
+step: PATH holds either no store or a complete one, and a second command waits for the first.
+
+Only stdlib at import: `sweep plan` uses this module before anything heavy is loaded.
+"""
+from __future__ import annotations
+
+import contextlib
+import glob
+import logging
+import os
+import re
+import sqlite3
+from pathlib import Path
+from typing import Iterator, Optional
+from urllib.parse import urlsplit
+from urllib.request import pathname2url
+
+from ..errors import SweepError
+
+DEFAULT_STORE_DIR = "mlruns"
+DB_NAME = "mlflow.db"
+PROBE_SECONDS = 5            # a tracking server answers /health at once; silence is an error
+SQLITE = "sqlite:///"
+SQLITE_HEADER = b"SQLite format 3\x00"
+SERVER_SCHEMES = ("http", "https")
+
+
+class StoreError(SweepError):
+    """The tracking store cannot be found, created, reached or written; the message says what to do."""
+
+
+def default_store_uri(base: str | os.PathLike = ".") -> str:
+    return f"{SQLITE}{(Path(base).resolve() / DEFAULT_STORE_DIR / DB_NAME).as_posix()}"
+
+
+def store_uri(uri: Optional[str] = None) -> str:
+    """The URI given, else $MLFLOW_TRACKING_URI, else SQLite under ./mlruns; checked, creates nothing."""
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or default_store_uri()
+    scheme = urlsplit(uri).scheme
+    if uri == "databricks" or "://" in uri and scheme not in ("file", "sqlite"):
+        return uri  # a server, a database or a plugin's store: MLflow reports its own errors
+    if scheme == "sqlite":
+        if not uri.startswith(SQLITE) or local_path(uri) in (Path(), Path(":memory:")):
+            raise StoreError(f"tracking URI {uri!r}: a local store is a file, sqlite:///PATH/{DB_NAME} "
+                             f"(four slashes before an absolute PATH)")
+        return uri
+    if "://" not in uri and re.fullmatch(r"[\w.-]+:\d+", uri):
+        raise StoreError(f"tracking URI {uri!r} has no scheme; for a tracking server use http://{uri}")
+    path = Path(urlsplit(uri).path if scheme == "file" else uri).resolve()
+    database = path if path.suffix == ".db" else path / DB_NAME
+    raise StoreError(f"tracking URI {uri!r} is a path, not a store (MLflow 3 no longer writes folder "
+                     f"stores); use sqlite:///{database.as_posix()} or a tracking server, http://HOST:PORT")
+
+
+def local_path(uri: str) -> Optional[Path]:
+    """The SQLite file of a local store; None for a server or a database server."""
+    return Path(uri[len(SQLITE):].split("?")[0]) if uri.startswith(SQLITE) else None
+
+
+def is_local(uri: str) -> bool:
+    """A file on this machine: workers elsewhere cannot write it."""
+    return local_path(uri) is not None
+
+
+def is_server(uri: str) -> bool:
+    return urlsplit(uri).scheme in (*SERVER_SCHEMES, "databricks") or uri == "databricks"
+
+
+def store_exists(uri: str) -> bool:
+    """Whether there is a store to read: False for a local store never created; a server is probed.
+
+    Raises StoreError when something is there that no command can use (a folder, a file that is
+    not SQLite, a store left half-built by an interrupted migration, a server that does not answer).
+    """
+    path = local_path(uri)
+    if path is None:
+        if urlsplit(uri).scheme in SERVER_SCHEMES:
+            _probe_server(uri)
+        return True
+    if not path.exists():
+        return False
+    return _check_file(uri, path)
+
+
+def existing_store(uri: Optional[str], hint: str) -> str:
+    """The store to read from; a local store that does not exist yet is an error saying what to do."""
+    uri = store_uri(uri)
+    if not store_exists(uri):
+        raise StoreError(f"no tracking store at {uri}; {hint}")
+    return uri
+
+
+def open_store(uri: Optional[str] = None) -> str:
+    """The store to write to: a local one is created safely when absent and must be writable; a
+    server must answer. Call it after connecting to a cluster and before the first write."""
+    uri = store_uri(uri)
+    path = local_path(uri)
+    if path is None:
+        store_exists(uri)  # probes a server
+        return uri
+    if not store_exists(uri):
+        _create(uri, path)
+    _check_writable(uri, path)
+    return uri
+
+
+def _check_file(uri: str, path: Path) -> bool:
+    """True for an SQLite file MLflow can open, False for an empty file (nothing was stored)."""
+    if path.is_dir():
+        raise StoreError(f"tracking store {uri}: {path} is a folder, not an SQLite file; "
+                         f"use sqlite:///{(path / DB_NAME).as_posix()}")
+    try:
+        with open(path, "rb") as file:
+            header = file.read(len(SQLITE_HEADER))
+    except OSError as exc:
+        raise StoreError(f"tracking store {uri} cannot be read: {exc.strerror}") from None
+    if not header:
+        return False
+    if header != SQLITE_HEADER:
+        raise StoreError(f"tracking store {uri}: {path} is not an SQLite database; "
+                         f"move it away or point --tracking-uri at an MLflow store")
+    try:
+        with contextlib.closing(_connect(path, "ro")) as con:
+            unfinished = [name for (name,) in con.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table' AND name LIKE '\\_alembic\\_tmp\\_%' ESCAPE '\\'")]
+    except sqlite3.Error as exc:
+        raise StoreError(f"tracking store {uri} cannot be read: {exc}") from None
+    if unfinished:
+        raise StoreError(f"tracking store {uri} holds an unfinished schema migration (table {unfinished[0]}): "
+                         f"its creation or upgrade was interrupted. If it holds no runs you need, delete "
+                         f"{path}; else restore it from a backup")
+    return True
+
+
+def _connect(path: Path, mode: str) -> sqlite3.Connection:
+    """Open an existing SQLite file without ever creating one (mode ro or rw)."""
+    return sqlite3.connect(f"file:{pathname2url(str(path.absolute()))}?mode={mode}", uri=True,
+                           timeout=10, isolation_level=None)
+
+
+def _check_writable(uri: str, path: Path) -> None:
+    """Write for real and roll back: the file and its folder (SQLite's journal) must be writable."""
+    try:
+        with contextlib.closing(_connect(path, "rw")) as con:
+            con.execute("BEGIN IMMEDIATE")
+            con.execute("CREATE TABLE _sweep_write_check (x)")
+            con.execute("ROLLBACK")
+    except sqlite3.OperationalError as exc:
+        if "locked" in str(exc) or "busy" in str(exc):
+            return  # another command is writing to it right now: it is writable
+        raise StoreError(f"tracking store {uri} cannot be written ({exc}): make {path} and its folder "
+                         f"writable, or choose another store with --tracking-uri") from None
+
+
+def _create(uri: str, path: Path) -> None:
+    folder = path.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        blocker = next(p for p in (folder, *folder.parents) if p.exists() and not p.is_dir())
+        raise StoreError(f"cannot create tracking store {uri}: {blocker} is a file, not a folder") from None
+    except OSError as exc:
+        raise StoreError(f"cannot create tracking store {uri}: cannot make folder {folder}: {exc.strerror}") from None
+    with _locked(uri, folder / f"{path.name}.lock"):
+        if path.exists() and _check_file(uri, path):
+            return  # another command created it while we waited
+        for leftover in glob.glob(f"{glob.escape(str(path))}.tmp-*"):  # of a creation that was killed
+            os.unlink(leftover)
+        temporary = folder / f"{path.name}.tmp-{os.getpid()}"
+        try:
+            _build(uri, temporary, folder / "artifacts")
+            os.replace(temporary, path)
+        finally:
+            for leftover in (temporary, Path(f"{temporary}-journal")):
+                leftover.unlink(missing_ok=True)
+        _sync(folder)
+
+
+@contextlib.contextmanager
+def _locked(uri: str, lock_path: Path) -> Iterator[None]:
+    """Hold an exclusive lock beside the store; it lapses when its holder dies, however it dies."""
+    from filelock import FileLock
+
+    lock = FileLock(lock_path)
+    try:
+        lock.acquire()
+    except OSError as exc:
+        raise StoreError(f"cannot create tracking store {uri}: folder {lock_path.parent} is not writable "
+                         f"({exc.strerror}); choose another store with --tracking-uri") from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _build(uri: str, temporary: Path, artifacts: Path) -> None:
+    """Let MLflow create and migrate a complete store in `temporary`."""
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    migration_log = logging.getLogger("mlflow.store.db.utils")
+    level = migration_log.level
+    migration_log.setLevel(logging.WARNING)  # "Creating initial MLflow database tables..."
+    try:
+        store = SqlAlchemyStore(f"{SQLITE}{temporary.absolute().as_posix()}", str(artifacts.absolute()))
+        store.engine.dispose()  # no pooled connection keeps using the temporary name
+    except Exception as exc:
+        raise StoreError(f"cannot create tracking store {uri}: {type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
+    finally:
+        migration_log.setLevel(level)
+    _sync(temporary)
+
+
+def _sync(path: Path) -> None:
+    """Flush a file, or a folder's entries, to disk: the store survives a power cut too."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _probe_server(uri: str) -> None:
+    """Ask the server's /health once, briefly; MLflow itself would retry for minutes."""
+    from mlflow.utils.credentials import get_default_host_creds
+    from mlflow.utils.rest_utils import http_request
+
+    try:
+        response = http_request(get_default_host_creds(uri), "/health", "GET", max_retries=0,
+                                timeout=PROBE_SECONDS, raise_on_status=False)
+    except Exception as exc:
+        raise StoreError(f"tracking server {uri} cannot be reached ({_reason(exc)}); start it, or "
+                         f"check --tracking-uri / MLFLOW_TRACKING_URI") from None
+    if response.status_code >= 500:
+        raise StoreError(f"tracking server {uri} is not working: GET /health answered "
+                         f"{response.status_code}; check the server's log")
+
+
+def _reason(exc: Exception) -> str:
+    text = str(exc)
+    if "timed out" in text.lower() or "timeout" in text.lower():
+        return f"no answer within {PROBE_SECONDS} s"
+    found = re.search(r"\[Errno -?\d+\] ([^'\")]+)", text)
+    return found.group(1).strip() if found else text.splitlines()[0][:200]

@@ -1,0 +1,215 @@
+"""The fused engine: same-shape runs trained as one batched model are their solo runs.
+
+The proofs run in float64, where one large matrix product and K small ones round alike to ~1e-15:
+a member's weights must be within 1e-10 (relative) of its solo run's and its per-epoch errors equal.
+"""
+import os
+
+import pytest
+import torch
+from click.testing import CliRunner
+from mlflow import MlflowClient
+
+from mnist_core import ACTIVATIONS, RunConfig, load_agent, lr_at, train
+from mnist_core.fused import GROUP_SETTINGS, FusedMLP, group_key, train_fused
+from mnist_core.trainer import init_model
+from sweep.cli import main
+from sweep.execute import plan_jobs
+from sweep.queue import schema
+from sweep.spec import PlannedRun, run_key, run_name
+
+from conftest import finished_per_key, relative_gap, training_runs, write_spec
+
+TOLERANCE = 1e-10
+
+
+def planned(**settings):
+    c = RunConfig(**settings)
+    return PlannedRun(c, run_key(c), run_name(c), ("g",))
+
+
+def assert_same_run(fused, solo):
+    """A fused member's result is its solo run's: same epochs, lrs and errors, losses and weights
+    within TOLERANCE, same ending."""
+    assert [r.lr for r in fused.history] == [r.lr for r in solo.history]
+    for name in ("train_error", "test_error", "val_error"):
+        assert [getattr(r, name) for r in fused.history] == [getattr(r, name) for r in solo.history], name
+    for name in ("train_loss", "test_loss", "val_loss"):
+        got, want = [getattr(r, name) for r in fused.history], [getattr(r, name) for r in solo.history]
+        assert got == (want if None in want else pytest.approx(want, rel=TOLERANCE)), name
+    assert (fused.diverged, fused.stopped) == (solo.diverged, solo.stopped)
+    if not solo.diverged:
+        assert relative_gap(fused.model.state_dict(), solo.model.state_dict()) < TOLERANCE
+
+
+def mixed_group(activation, seeds, epochs=3, **common):
+    """Four members of one shape: lrs, momentum, cosine and exponential schedules, and `seeds`."""
+    settings = [dict(lr=0.05), dict(lr=0.2, momentum=0.5), dict(lr=0.1, schedule="cosine"),
+                dict(lr=0.1, schedule="exponential", gamma=0.5)]
+    return [RunConfig(activation=activation, epochs=epochs, seed=seed, **s, **common)
+            for s, seed in zip(settings, seeds)]
+
+
+def test_jobs_group_same_shape_runs_and_split_big_groups():
+    runs = [planned(lr=lr / 100, activation=a) for a in ("relu", "tanh") for lr in range(1, 11)]
+    runs.append(planned(width=7))
+    jobs = plan_jobs(runs, "auto", chunk_size=4)
+    assert sorted(len(j) for j in jobs) == [1, 3, 3, 3, 3, 4, 4]  # 10 -> 4+3+3 per activation, the odd one alone
+    assert all(len({group_key(r.config) for r in job}) == 1 for job in jobs)
+    assert sorted(r.key for job in jobs for r in job) == sorted(r.key for r in runs)
+    assert [len(j) for j in plan_jobs(runs, "solo")] == [1] * len(runs)
+    with pytest.raises(ValueError, match="unknown engine"):
+        plan_jobs(runs, "turbo")
+
+
+def test_seeds_fuse_but_shapes_and_validation_split_groups():
+    assert "seed" not in GROUP_SETTINGS and "validation" in GROUP_SETTINGS
+    assert group_key(RunConfig(seed=1, lr=0.1)) == group_key(RunConfig(seed=2, lr=0.3, momentum=0.9))
+    assert group_key(RunConfig(validation=100)) != group_key(RunConfig())
+
+
+@pytest.mark.parametrize("batched", [False, True], ids=["shared-batch", "batch-per-member"])
+def test_fused_forward_equals_each_member(batched, pinned_threads):
+    members = [init_model(RunConfig(depth=3, width=9, activation="tanh", seed=s), "cpu", torch.float64)
+               for s in (1, 2, 3)]
+    fused = FusedMLP.stack(members)
+    x = torch.randn(3, 5, 784, dtype=torch.float64) if batched else torch.randn(5, 784, dtype=torch.float64)
+    out = fused(x)
+    assert out.shape == (3, 5, 10)
+    for k, member in enumerate(members):
+        assert torch.allclose(out[k], member(x[k] if batched else x), rtol=TOLERANCE, atol=0)
+        assert all(torch.equal(v, member.state_dict()[n]) for n, v in fused.member_state_dict(k).items())
+
+
+def test_select_keeps_the_chosen_members_and_drops_their_cost():
+    members = [init_model(RunConfig(width=6, seed=s), "cpu") for s in (1, 2, 3, 4)]
+    fused = FusedMLP.stack(members)
+    kept = fused.select(torch.tensor([0, 2, 3]))
+    assert kept.k == 3 and sum(p.numel() for p in kept.parameters()) == 3 * sum(p.numel() for p in members[0].parameters())
+    for k, original in zip(range(3), (0, 2, 3)):
+        assert all(torch.equal(v, members[original].state_dict()[n]) for n, v in kept.member_state_dict(k).items())
+
+
+@pytest.mark.parametrize("seeds", [(1, 1, 1, 1), (1, 2, 3, 2)], ids=["one-seed", "mixed-seeds"])
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_members_are_their_solo_runs_in_float64(activation, seeds, tiny_data64, pinned_threads):
+    configs = mixed_group(activation, seeds)
+    seen = []
+    fused = train_fused(configs, tiny_data64, on_epoch=lambda i, r: seen.append((i, r.epoch)))
+    assert sorted(seen) == [(i, e) for i in range(4) for e in (1, 2, 3)]
+    for config, result in zip(configs, fused):
+        assert result.model.layers[0].weight.dtype == torch.float64
+        assert_same_run(result, train(config, tiny_data64))
+
+
+def test_member_lr_is_the_schedules_python_float(tiny_data):
+    configs = [RunConfig(epochs=2, lr=0.03), RunConfig(epochs=2, lr=0.1, schedule="cosine")]
+    for config, result in zip(configs, train_fused(configs, tiny_data)):
+        assert [r.lr for r in result.history] == [lr_at(config, e) for e in (1, 2)]
+        assert all(type(r.lr) is float for r in result.history)
+    assert train_fused(configs, tiny_data)[0].history[0].lr == 0.03  # not 0.029999999329447746
+
+
+def test_members_with_validation_are_their_solo_runs(tiny_data64, pinned_threads):
+    configs = mixed_group("relu", (1, 2, 1, 3), epochs=2, validation=64)
+    for config, result in zip(configs, train_fused(configs, tiny_data64)):
+        assert all(r.val_error is not None for r in result.history)
+        assert_same_run(result, train(config, tiny_data64))
+
+
+def test_a_stopped_member_leaves_and_the_others_are_unchanged(tiny_data64, pinned_threads):
+    configs = mixed_group("tanh", (1, 2, 1, 3))
+    seen = []
+
+    def stop_member_1_after_epoch_1(i, record):
+        seen.append((i, record.epoch))
+        return not (i == 1 and record.epoch == 1)
+
+    fused = train_fused(configs, tiny_data64, on_epoch=stop_member_1_after_epoch_1)
+    assert (1, 2) not in seen and (0, 3) in seen
+    assert [r.stopped for r in fused] == [False, True, False, False]
+    stopped_solo = train(configs[1], tiny_data64, on_epoch=lambda r: r.epoch < 1)
+    assert stopped_solo.stopped and len(stopped_solo.history) == len(fused[1].history) == 1
+    assert_same_run(fused[1], stopped_solo)
+    for i in (0, 2, 3):
+        assert_same_run(fused[i], train(configs[i], tiny_data64))
+
+
+@pytest.mark.parametrize("seeds", [(1, 2, 3), (1, 2, 1)], ids=["seeds-stay-mixed", "one-seed-left"])
+def test_a_diverging_member_leaves_and_the_others_are_unchanged(seeds, tiny_data64, pinned_threads):
+    # batch 4: 80 steps an epoch, so the divergence check at step 50 takes the member out mid-epoch
+    configs = [RunConfig(epochs=3, batch_size=4, lr=lr, seed=s) for lr, s in zip((0.01, 1e20, 0.02), seeds)]
+    fused = train_fused(configs, tiny_data64)
+    assert [r.diverged for r in fused] == [False, True, False]
+    solo = train(configs[1], tiny_data64)
+    assert solo.diverged and len(fused[1].history) == len(solo.history) == 1
+    for i in (0, 2):
+        assert_same_run(fused[i], train(configs[i], tiny_data64))
+
+
+def test_training_ends_when_every_member_is_gone(tiny_data):
+    fused = train_fused([RunConfig(epochs=5), RunConfig(epochs=5, seed=2)], tiny_data,
+                        on_epoch=lambda i, r: r.epoch < 2 + i)
+    assert [len(r.history) for r in fused] == [2, 3] and all(r.stopped for r in fused)
+    assert all(r.model is not None and not r.model.training for r in fused)
+
+
+def test_float32_smoke(tiny_data, pinned_threads):
+    """float32 rounds differently in the two engines; only a bound no rounding can reach is checked."""
+    configs = mixed_group("relu", (1, 1, 2, 2))
+    for config, result in zip(configs, train_fused(configs, tiny_data)):
+        solo = train(config, tiny_data)
+        assert result.model.layers[0].weight.dtype == torch.float32
+        assert abs(result.history[-1].test_error - solo.history[-1].test_error) <= 0.1
+        assert relative_gap(result.model.state_dict(), solo.model.state_dict()) < 0.1
+
+
+def test_mixed_shapes_are_refused(tiny_data):
+    with pytest.raises(ValueError, match="must share"):
+        train_fused([RunConfig(width=10), RunConfig(width=20)], tiny_data)
+    with pytest.raises(ValueError, match="must share"):
+        train_fused([RunConfig(validation=10), RunConfig()], tiny_data)
+
+
+@pytest.mark.system
+@pytest.mark.integration
+def test_members_are_their_solo_runs_on_real_mnist_for_one_epoch(real_data_dir, pinned_threads):
+    from mnist_core import load_mnist
+
+    data = load_mnist(real_data_dir, "cpu", download=False, dtype=torch.float64)
+    # Learning rates where SGD is stable: at tanh lr 0.3 the dynamics are chaotic, and any rounding
+    # difference (1e-16) grows about 10x every 50 steps, to ~1e-6 of the weights in one epoch.
+    groups = [[RunConfig(epochs=1, lr=0.03, seed=1), RunConfig(epochs=1, lr=0.1, momentum=0.5, seed=2),
+               RunConfig(epochs=1, lr=0.05, seed=3)],                                # a batch per member
+              [RunConfig(activation="tanh", epochs=1, lr=lr) for lr in (0.03, 0.1)]]  # one shared batch
+    for configs in groups:
+        for config, result in zip(configs, train_fused(configs, data)):
+            assert_same_run(result, train(config, data))
+
+
+@pytest.mark.system
+def test_sweep_run_fuses_groups_and_tracks_every_member(env):
+    spec = write_spec(env, """
+experiment: tiny
+defaults: {epochs: 2}
+grids:
+  lrs: {activation: [relu, sigmoid], lr: [0.05, 0.1, 100000000.0]}
+  wide: {width: [8]}
+""")
+    result = CliRunner().invoke(main, ["run", spec, "--jobs", "2"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "6 done, 1 diverged, 0 failed" in result.output  # sigmoid saturates instead of diverging
+    runs = training_runs()
+    assert len(runs) == 7 and set(finished_per_key(runs).values()) == {1}
+    client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+    for run in runs:
+        diverged = schema.is_set(run.data.tags[schema.DIVERGED])
+        assert diverged == (run.data.params["lr"] == "100000000.0" and run.data.params["activation"] == "relu")
+        if not diverged:
+            assert [m.step for m in client.get_metric_history(run.info.run_id, "test_error")] == [1, 2]
+        agent = load_agent(client.download_artifacts(run.info.run_id, "mnist_agent.pt", str(env)))
+        assert agent.config.lr == float(run.data.params["lr"])
+    again = CliRunner().invoke(main, ["run", spec])
+    assert "nothing to train: 7 of 7 runs already done" in again.output
+    best = CliRunner().invoke(main, ["best", spec, "--by", "activation", "--format", "csv"])
+    assert len(best.output.splitlines()) == 3

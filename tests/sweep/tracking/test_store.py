@@ -1,0 +1,254 @@
+"""sweep.store and local stores: which store, whether it is there, and a store created safely:
+interrupted at any moment it leaves no store or a complete one; several processes creating it at
+once all succeed; what cannot be used is one line, at once. (Servers: test_edges.py.)"""
+import multiprocessing
+import os
+import signal
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from sweep.tracking import location as store
+from sweep.tracking.location import StoreError
+
+
+def uri_of(path: Path) -> str:
+    return f"sqlite:///{path}"
+
+
+def assert_one_line(error: StoreError, *words):
+    message = str(error)
+    assert "\n" not in message and error.exit_code == 2
+    for word in words:
+        assert word in message, message
+
+
+def assert_complete(db: Path):
+    """MLflow opens the store as it is (its schema checked against MLflow's) and nothing is left over."""
+    assert [e.name for e in MlflowClient(uri_of(db)).search_experiments()] == ["Default"]
+    assert not list(db.parent.glob(f"{db.name}.tmp-*"))
+
+
+# --- which store ---------------------------------------------------------------------------------
+
+def test_store_uri_is_the_given_uri_else_the_environment_else_mlruns(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert store.store_uri() == f"sqlite:///{tmp_path}/mlruns/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+    assert store.store_uri() == "http://127.0.0.1:5000"
+    assert store.store_uri("sqlite:///x/mlflow.db") == "sqlite:///x/mlflow.db"
+    assert not (tmp_path / "mlruns").exists()
+
+
+@pytest.mark.parametrize("uri, words", [
+    ("mlruns", ["is a path", "sqlite:///"]),                     # a folder store, as MLflow 2 wrote them
+    ("file:///tmp/mlruns", ["is a path", "sqlite:////tmp/mlruns/mlflow.db"]),
+    ("/tmp/somewhere/mlflow.db", ["is a path", "sqlite:////tmp/somewhere/mlflow.db"]),
+    ("localhost:5000", ["no scheme", "http://localhost:5000"]),
+    ("127.0.0.1:5000", ["no scheme", "http://127.0.0.1:5000"]),
+    ("sqlite://", ["sqlite:///PATH/mlflow.db"]),                  # in memory: keeps nothing
+    ("sqlite:///:memory:", ["sqlite:///PATH/mlflow.db"]),
+])
+def test_a_uri_that_names_no_usable_store_is_one_line(uri, words):
+    with pytest.raises(StoreError) as caught:
+        store.store_uri(uri)
+    assert_one_line(caught.value, repr(uri), *words)
+
+
+@pytest.mark.parametrize("uri", ["http://host:5000", "https://host/mlflow", "databricks",
+                                 "postgresql+psycopg2://user@db/mlflow", "sqlite:///relative/mlflow.db"])
+def test_server_and_database_uris_pass_as_they_are(uri):
+    assert store.store_uri(uri) == uri
+
+
+# --- whether it is there ---------------------------------------------------------------------------
+
+def test_store_exists_reads_without_creating(tmp_path):
+    db = tmp_path / "mlruns" / "mlflow.db"
+    assert not store.store_exists(uri_of(db))
+    assert not (tmp_path / "mlruns").exists()
+    db.parent.mkdir()
+    db.touch()
+    assert not store.store_exists(uri_of(db))  # an empty file holds nothing
+    with pytest.raises(StoreError) as caught:
+        store.existing_store(uri_of(db), "run `sweep run` first")
+    assert_one_line(caught.value, "no tracking store at", "run `sweep run` first")
+
+
+def half_built(db: Path) -> None:
+    """What an interrupted MLflow migration leaves: some tables, and alembic's scratch table."""
+    with sqlite3.connect(db) as con:
+        con.execute("CREATE TABLE experiments (experiment_id INTEGER)")
+        con.execute("CREATE TABLE _alembic_tmp_metrics (key TEXT)")
+
+
+@pytest.mark.parametrize("make, words", [
+    (lambda db: db.mkdir(parents=True), ["is a folder", "mlflow.db/mlflow.db"]),
+    (lambda db: db.write_bytes(b"not a database" * 50), ["is not an SQLite database"]),
+    (half_built, ["unfinished schema migration", "_alembic_tmp_metrics", "delete"]),
+])
+def test_something_there_that_is_no_store_is_one_line(tmp_path, make, words):
+    db = tmp_path / "mlflow.db"
+    if make is not half_built:
+        make(db)
+    else:
+        half_built(db)
+    before = db.read_bytes() if db.is_file() else None
+    for use in (store.store_exists, store.open_store):
+        with pytest.raises(StoreError) as caught:
+            use(uri_of(db))
+        assert_one_line(caught.value, str(db), *words)
+    assert (db.read_bytes() if db.is_file() else None) == before  # left untouched
+
+
+# --- making it safely ------------------------------------------------------------------------------
+
+def test_open_store_creates_a_complete_store_and_its_folders(tmp_path, capfd):
+    db = tmp_path / "a" / "b" / "mlflow.db"
+    assert store.open_store(uri_of(db)) == uri_of(db)
+    assert_complete(db)
+    assert "Creating initial MLflow database tables" not in capfd.readouterr().err
+    before = db.stat().st_mtime_ns
+    assert store.open_store(uri_of(db)) == uri_of(db)  # an existing store is opened as it is
+    assert db.stat().st_mtime_ns == before
+
+
+def test_open_store_replaces_an_empty_file_and_clears_leftovers_of_a_killed_creation(tmp_path):
+    db = tmp_path / "mlflow.db"
+    db.touch()
+    leftovers = [tmp_path / "mlflow.db.tmp-99999", tmp_path / "mlflow.db.tmp-99999-journal"]
+    for leftover in leftovers:
+        leftover.write_bytes(b"half")
+    store.open_store(uri_of(db))
+    assert_complete(db)
+    assert not any(p.exists() for p in leftovers)
+
+
+def create_when(uri: str, go: Path) -> None:
+    while not go.exists():
+        time.sleep(0.002)
+    store.open_store(uri)
+
+
+def start_creating(db: Path, go: Path):
+    """A process that creates the store once `go` exists: forked, so MLflow is loaded already and
+    the creations race each other from the same moment."""
+    proc = multiprocessing.get_context("fork").Process(target=create_when, args=(uri_of(db), go))
+    proc.start()
+    return proc
+
+
+@pytest.mark.system
+def test_commands_creating_one_store_at_once_all_succeed(tmp_path):
+    """Two processes on one store and four on another, all at once."""
+    go = tmp_path / "go"
+    dbs = {n: tmp_path / f"by{n}" / "mlflow.db" for n in (2, 4)}
+    procs = [start_creating(db, go) for n, db in dbs.items() for _ in range(n)]
+    go.touch()
+    for proc in procs:
+        proc.join(120)
+    assert [p.exitcode for p in procs] == [0] * 6
+    for db in dbs.values():
+        assert_complete(db)
+
+
+@pytest.mark.system
+def test_creation_interrupted_at_any_moment_leaves_no_store_or_a_complete_one(tmp_path):
+    """SIGINT (Ctrl-C) and SIGKILL at moments spread over the creation (measured from the moment its
+    temporary file appears), all at once; then every folder holds nothing or a complete store, and
+    the next open_store makes or opens a complete one."""
+    moments = [(signal.SIGINT, 0.0), (signal.SIGINT, 0.2), (signal.SIGINT, 0.6), (signal.SIGINT, 3.0),
+               (signal.SIGKILL, 0.1), (signal.SIGKILL, 0.4), (signal.SIGKILL, 1.2)]
+    go = tmp_path / "go"
+    dbs = [tmp_path / f"{sig.name}-{delay}" / "mlflow.db" for sig, delay in moments]
+    procs = [start_creating(db, go) for db in dbs]
+    go.touch()
+    started, signalled = {}, set()
+    deadline = time.time() + 60
+    while len(signalled) < len(procs) and time.time() < deadline:
+        for i, (db, (sig, delay)) in enumerate(zip(dbs, moments)):
+            if i not in started and (db.exists() or list(db.parent.glob("mlflow.db.tmp-*"))):
+                started[i] = time.time()
+            if i in started and i not in signalled and time.time() >= started[i] + delay:
+                if procs[i].exitcode is None:
+                    os.kill(procs[i].pid, sig)
+                signalled.add(i)
+        time.sleep(0.002)
+    outcomes = []
+    for (sig, delay), proc, db in zip(moments, procs, dbs):
+        proc.join(60)
+        outcomes.append((sig.name, delay, proc.exitcode, "complete" if db.exists() else "none"))
+        if db.exists():
+            store.store_exists(uri_of(db))  # raises if it is anything but a store
+            assert_complete(db)
+    assert len(signalled) == len(procs), outcomes
+    assert any(state == "none" for *_, state in outcomes), outcomes  # some were cut half way
+    again = [start_creating(db, go) for db in dbs]  # all at once, as above
+    for proc in again:
+        proc.join(120)
+    assert [p.exitcode for p in again] == [0] * len(dbs)
+    for db in dbs:
+        assert_complete(db)
+
+
+# --- stores that cannot be used: one line, at once ---------------------------------------------------
+
+def test_a_file_where_the_store_folder_should_be(tmp_path):
+    blocker = tmp_path / "FILE"
+    blocker.write_text("a file")
+    for db in (blocker / "mlflow.db", blocker / "deeper" / "mlflow.db"):
+        with pytest.raises(StoreError) as caught:
+            store.open_store(uri_of(db))
+        assert_one_line(caught.value, f"{blocker} is a file, not a folder")
+
+
+def test_a_read_only_folder_is_refused_at_once(tmp_path, immutable):
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    immutable(folder)
+    for db in (folder / "mlflow.db", folder / "sub" / "mlflow.db"):
+        start = time.time()
+        with pytest.raises(StoreError) as caught:
+            store.open_store(uri_of(db))
+        assert time.time() - start < 10
+        assert_one_line(caught.value, str(folder), "Operation not permitted")
+
+
+@pytest.mark.parametrize("frozen", ["file", "folder"])
+def test_a_store_that_cannot_be_written_is_refused_at_once_and_still_read(tmp_path, immutable, frozen):
+    db = tmp_path / "s" / "mlflow.db"
+    store.open_store(uri_of(db))
+    immutable(db if frozen == "file" else db.parent)
+    start = time.time()
+    with pytest.raises(StoreError) as caught:
+        store.open_store(uri_of(db))
+    assert time.time() - start < 10
+    assert_one_line(caught.value, "cannot be written", str(db), "--tracking-uri")
+    assert store.existing_store(uri_of(db), "") == uri_of(db)  # reading it is fine
+
+
+def test_status_and_best_read_a_store_they_cannot_write(tmp_path, immutable):
+    from click.testing import CliRunner
+
+    from sweep.cli import main
+    from sweep.spec import expand
+
+    from conftest import log_run, new_store
+
+    spec, uri, experiment_id, parent = new_store(tmp_path, "experiment: ro\ndefaults: {epochs: 1}\nseeds: [1, 2]\n"
+                                                           "grids:\n  g: {lr: [0.1, 0.2]}\n")
+    for run in expand(spec)[:3]:
+        log_run(uri, experiment_id, parent, run, spec.name, 0.1)
+    folder = tmp_path / "mlruns"
+    before = sorted(p.name for p in folder.iterdir())
+    immutable(folder / "mlflow.db")
+    immutable(folder)                      # no file can be made beside the store: its mirror goes in memory
+    status = CliRunner().invoke(main, ["status", str(tmp_path / "s.yaml"), "--tracking-uri", uri])
+    assert status.exit_code == 0 and "4 runs: 1 pending, 0 running, 0 failed, 3 done" in status.output, status.output
+    best = CliRunner().invoke(main, ["best", str(tmp_path / "s.yaml"), "--by", "lr", "--tracking-uri", uri])
+    assert best.exit_code == 0 and "Traceback" not in best.output, best.output
+    assert sorted(p.name for p in folder.iterdir()) == before
