@@ -169,8 +169,9 @@ def find_experiment(uri: str, name: str) -> Optional[str]:
 
 
 @store_errors
-def create_run(uri: str, experiment_id: str, name: str, tags: dict) -> str:
-    return client(uri).create_run(experiment_id, run_name=name, tags=tags).info.run_id
+def create_run(uri: str, experiment_id: str, name: str, tags: dict, start_ms: Optional[int] = None) -> str:
+    """A new RUNNING run; it starts at `start_ms` (ms since the epoch, the writer's clock), else now."""
+    return client(uri).create_run(experiment_id, start_time=start_ms, run_name=name, tags=tags).info.run_id
 
 
 @store_errors
@@ -180,11 +181,12 @@ def delete_run(uri: str, run_id: str) -> None:
 
 @store_errors
 def log_batch(uri: str, run_id: str, metrics: Iterable[tuple] = (), params: Optional[dict] = None,
-              tags: Optional[dict] = None) -> None:
-    """One request: metrics as (key, value, step) triples, params and tags as mappings."""
+              tags: Optional[dict] = None, now_ms: Optional[int] = None) -> None:
+    """One request: metrics as (key, value, step) triples, stamped `now_ms` (else now), params and
+    tags as mappings."""
     from mlflow.entities import Metric, Param, RunTag
 
-    now = int(time.time() * 1000)
+    now = int(time.time() * 1000) if now_ms is None else now_ms
     client(uri).log_batch(run_id,
                           metrics=[Metric(k, float(v), now, int(step)) for k, v, step in metrics],
                           params=[Param(k, str(v)) for k, v in (params or {}).items()],
@@ -192,12 +194,12 @@ def log_batch(uri: str, run_id: str, metrics: Iterable[tuple] = (), params: Opti
 
 
 @store_errors
-def set_status(uri: str, run_id: str, status: str) -> None:
-    """End a run (FINISHED, FAILED, KILLED: the end time is set now) or set it RUNNING again."""
+def set_status(uri: str, run_id: str, status: str, end_ms: Optional[int] = None) -> None:
+    """End a run (FINISHED, FAILED, KILLED) at `end_ms` (else now), or set it RUNNING again."""
     if status == "RUNNING":
         client(uri).update_run(run_id, status="RUNNING")
     else:
-        client(uri).set_terminated(run_id, status)
+        client(uri).set_terminated(run_id, status, end_time=end_ms)
 
 
 @store_errors

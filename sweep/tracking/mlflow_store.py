@@ -33,17 +33,17 @@ class MlflowStore(Store):
         return tracking.find_experiment(self.uri, name)
 
     def create_run(self, experiment_id: str, name: str, tags: dict) -> str:
-        return tracking.create_run(self.uri, experiment_id, name, tags)
+        return tracking.create_run(self.uri, experiment_id, name, tags, self._ms())
 
     def delete_run(self, run_id: str) -> None:
         tracking.delete_run(self.uri, run_id)
 
     def write(self, run_id: str, metrics: Iterable[tuple] = (), params: Optional[dict] = None,
               tags: Optional[dict] = None) -> None:
-        tracking.log_batch(self.uri, run_id, metrics, params, tags)
+        tracking.log_batch(self.uri, run_id, metrics, params, tags, self._ms())
 
     def set_status(self, run_id: str, status: str) -> None:
-        tracking.set_status(self.uri, run_id, status)
+        tracking.set_status(self.uri, run_id, status, self._ms())
 
     def log_artifact(self, run_id: str, path: Path) -> None:
         tracking.log_artifact(self.uri, run_id, path)
@@ -63,9 +63,12 @@ class MlflowStore(Store):
             rows += tracking.search(self.uri, experiment_id, filter_string(chunk), query.view, query.limit, order)
         return rows
 
-
     def after_interrupt(self, interrupt: BaseException) -> None:
         interrupts.release(interrupt)  # an SQLite read cut short keeps its lock until it is collected
+
+    def _ms(self) -> int:
+        """Now by this host's clock: a run's times are its writer's, as MLflow's client sets them."""
+        return int(self.host.now() * 1000)
 
 
 def filter_string(query: Query) -> str:

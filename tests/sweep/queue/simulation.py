@@ -7,10 +7,12 @@ suspensions past the lease, store errors, training that fails.
 
 Every simulated thread is a real thread, but only the one holding the baton runs; it hands the baton
 on at each store call, sleep, lock or wait, to a thread the seeded generator picks. So a seed replays
-exactly, and a failing schedule prints its seed and its events.
+exactly, and a failing schedule prints its seed and its events. With `--store mlflow` the same
+schedules run on MLflow's own SQLite store instead of the in-memory one (slower: a handful of them).
 
     python tests/sweep/queue/simulation.py --schedules 2000       # explore; exit 1 on the first failure
     python tests/sweep/queue/simulation.py --seed 1234 --verbose  # replay one schedule, printing its events
+    python tests/sweep/queue/simulation.py --schedules 5 --store mlflow
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ import argparse
 import dataclasses
 import os
 import random
+import shutil
 import signal
 import sys
 import tempfile
@@ -28,8 +31,10 @@ from typing import Callable, Optional
 
 from sweep.execute import Progress, Settings, Sweep, exit_status
 from sweep.execute.worker import Outcome, Trained, execute
-from sweep.queue import Host, MemoryStore, Query, Store, TrackingError, read_states, schema
+from sweep.queue import Host, MemoryStore, Query, RunRow, Store, TrackingError, read_states, schema
 from sweep.spec import expand, parse_spec
+from sweep.tracking.location import open_store
+from sweep.tracking.mlflow_store import MlflowStore
 
 STEPS: list = []
 EXPERIMENT_ID = "1"       # the in-memory store's first experiment: the sweep's
@@ -92,7 +97,7 @@ class World:
 
     _current: Optional["World"] = None
 
-    def __init__(self, seed: int, folder: Path, verbose: bool = False):
+    def __init__(self, seed: int, folder: Path, verbose: bool = False, store: str = "memory"):
         self.seed, self.rng, self.verbose = seed, random.Random(seed), verbose
         self.now, self.steps = START, 0
         self.actors: list[Actor] = []
@@ -102,7 +107,7 @@ class World:
         self.current: Optional[Actor] = None
         self.finished = threading.Semaphore(0)
         self.failure: Optional[str] = None
-        self.memory = MemoryStore(folder / "index.sqlite")
+        self.memory = MemoryStore(folder / "index.sqlite") if store == "memory" else MlflowRuns(folder)
         self.pids = iter(range(100, 100_000))
 
     @classmethod
@@ -352,10 +357,10 @@ class SimEvent:
 
 
 class SimStore(Store):
-    """A process's handle on the in-memory store: every call is a point where another thread may run,
-    a dead process cannot call, a call may fail as the schedule says, and each write is checked."""
+    """A process's handle on the store: every call is a point where another thread may run, a dead
+    process cannot call, a call may fail as the schedule says, and each write is checked."""
 
-    def __init__(self, world: World, process: Process, memory: MemoryStore):
+    def __init__(self, world: World, process: Process, memory: Store):
         self.world, self.process, self.memory, self.host = world, process, memory, memory.host
 
     @property
@@ -371,11 +376,11 @@ class SimStore(Store):
         before = self._run(args[0]) if name in ("set_status", "delete_run") else None
         result = getattr(self.memory, name)(*args)
         if before is not None:
-            check_change(self.world, self.process, self.memory, before, self._run(args[0]), name)
+            check_change(self.world, self.process, self.world.memory, before, self._run(args[0]), name)
         return result
 
     def _run(self, run_id):
-        return self.memory.run(run_id)
+        return self.world.memory.run(run_id)
 
     def ensure_experiment(self, name):
         return self._call("ensure_experiment", name)
@@ -405,9 +410,42 @@ class SimStore(Store):
         return self._call("find", experiment_id, query)
 
 
+class MlflowRuns:
+    """MLflow's own store (a local SQLite file) in place of the in-memory one: each simulated process
+    opens an MlflowStore on it with its own host, as a real one opens the URI."""
+
+    _template: Optional[Path] = None  # one migrated store per process, copied for each schedule
+
+    def __init__(self, folder: Path):
+        if MlflowRuns._template is None:
+            MlflowRuns._template = Path(tempfile.mkdtemp()) / "mlflow.db"
+            open_store(f"sqlite:///{MlflowRuns._template}")
+        (folder / "mlruns").mkdir()
+        shutil.copyfile(MlflowRuns._template, folder / "mlruns" / "mlflow.db")
+        self.uri = f"sqlite:///{folder}/mlruns/mlflow.db"
+        self.reader = MlflowStore(self.uri)
+
+    @property
+    def index_path(self) -> Path:
+        return self.reader.index_path
+
+    def on(self, host: Host) -> MlflowStore:
+        return MlflowStore(self.uri, host)
+
+    def runs(self) -> list[RunRow]:
+        return self.reader.find(EXPERIMENT_ID, Query(view="all"))
+
+    def run(self, run_id: str) -> Optional[RunRow]:
+        found = self.reader.find(EXPERIMENT_ID, Query(run_ids=(run_id,), view="all"))
+        return found[0] if found else None
+
+    def find(self, experiment_id: str, query: Query) -> list[RunRow]:
+        return self.reader.find(experiment_id, query)
+
+
 # --- invariants --------------------------------------------------------------------------------------
 
-def check_change(world: World, process: Process, memory: MemoryStore, before, after, call: str) -> None:
+def check_change(world: World, process: Process, memory, before, after, call: str) -> None:
     """After every change of a run's status or lifecycle: a training run ends FINISHED only from
     RUNNING and only by its holder (a lost holder never finishes a run), is never set RUNNING again,
     is never deleted once FINISHED (only withdrawn claims are), and no key is FINISHED twice."""
@@ -593,10 +631,10 @@ def all_done(world: World, spec) -> bool:
 
 # --- one schedule --------------------------------------------------------------------------------------
 
-def schedule(seed: int, folder: Path, verbose: bool = False) -> World:
+def schedule(seed: int, folder: Path, verbose: bool = False, store: str = "memory") -> World:
     """Draw a schedule from `seed`, run it, run a resume after it, and check every invariant."""
     random.seed(seed)  # what the code under test draws (claims' back-off) follows the seed too
-    world = World(seed, folder, verbose)
+    world = World(seed, folder, verbose, store)
     rng = world.rng
     epochs = rng.randint(1, 3)
     lrs = [0.01 * (i + 1) for i in range(rng.randint(2, 5))]
@@ -702,7 +740,8 @@ def _failed_or_crashed(s: SweepProcess) -> bool:
     return bool(s.summary and (s.summary.failed or s.summary.crashes or s.summary.not_done))
 
 
-def explore(schedules: int, first_seed: int = 0, verbose: bool = False) -> tuple[int, Optional[str]]:
+def explore(schedules: int, first_seed: int = 0, verbose: bool = False,
+            store: str = "memory") -> tuple[int, Optional[str]]:
     """Run `schedules` schedules from `first_seed`; (how many ran, the first failure with its replay)."""
     shm = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
     tempfile.tempdir = shm or tempfile.gettempdir()  # the agents' temporary folders too: no disk flush there
@@ -711,10 +750,12 @@ def explore(schedules: int, first_seed: int = 0, verbose: bool = False) -> tuple
             folder = Path(tmp) / str(seed)
             folder.mkdir()
             try:
-                world = schedule(seed, folder, verbose)
+                world = schedule(seed, folder, verbose, store)
                 STEPS.append(world.steps)
             except Failure as exc:
-                return n, f"seed {seed}: {exc}\nreplay: python tests/sweep/queue/simulation.py --seed {seed} --verbose"
+                where = "" if store == "memory" else f" --store {store}"
+                return n, (f"seed {seed}: {exc}\n"
+                           f"replay: python tests/sweep/queue/simulation.py --seed {seed}{where} --verbose")
             del world
     return schedules, None
 
@@ -725,11 +766,13 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=None, help="run this one schedule")
     parser.add_argument("--first-seed", type=int, default=0)
     parser.add_argument("--verbose", action="store_true", help="print every event")
+    parser.add_argument("--store", choices=("memory", "mlflow"), default="memory",
+                        help="the in-memory store, or MLflow's own on a local SQLite file")
     args = parser.parse_args(argv)
     if args.seed is not None:
-        ran, failure = explore(1, args.seed, args.verbose)
+        ran, failure = explore(1, args.seed, args.verbose, args.store)
     else:
-        ran, failure = explore(args.schedules, args.first_seed, args.verbose)
+        ran, failure = explore(args.schedules, args.first_seed, args.verbose, args.store)
     print(failure or f"{ran} schedules, every invariant held")
     return 1 if failure else 0
 
