@@ -27,7 +27,9 @@ from .common import fail, grid_option, reports_errors, short_lived, tracking_opt
 @reports_errors
 def command(spec, by, metric, include_stopped, experiment, grids, fmt, register, data_dir, tracking_uri):
     """Per group of --by, the setting with the lowest mean --metric over its seeds, with its 95%
-    interval and whether it is ahead of the group's runner-up by more than the noise (Welch's t-test).
+    interval, and whether the group is decided: its winner ahead of every other setting by more than
+    the noise (Welch's t-test, Holm-corrected over the group), with P(a seed of the winner beats one
+    of its closest rival) and, where undecided, the seeds a power estimate says would decide it.
     Failed and diverged runs are ignored.
 
     SPEC (default ./sweeps.yaml when present) or --experiment picks the runs; --grid narrows to

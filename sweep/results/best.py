@@ -29,8 +29,8 @@ class Best:
     metric: str              # the metric that ranked
     stopped: int             # runs stopped early among the candidates
     include_stopped: bool
-    within: dict = field(default_factory=dict)   # group label -> stats.Comparison of winner and runner-up
-    across: Optional[stats.Comparison] = None    # the best group's winner against the next group's
+    within: dict = field(default_factory=dict)   # group label -> the winner against its closest rival
+    across: Optional[stats.Comparison] = None    # the best group's winner against the closest other group's
     notes: tuple = ()        # why the metric was chosen, when that needs saying
 
 
@@ -116,7 +116,8 @@ def candidates(runs: pd.DataFrame, include_stopped: bool = False) -> pd.DataFram
 
 def best_by(runs: pd.DataFrame, by: list, metric: str = "auto", include_stopped: bool = False) -> Best:
     """Per group of `by`, the setting with the lowest mean `metric` over its seeds, its interval,
-    and Welch's test against the group's runner-up (its next-best setting)."""
+    and Welch's test against each other setting of the group, Holm-corrected over them; the
+    closest rival (the largest corrected p) is the one the table names."""
     by = list(by)
     unknown = [b for b in by if b not in SETTING_NAMES]
     if unknown:
@@ -130,31 +131,55 @@ def best_by(runs: pd.DataFrame, by: list, metric: str = "auto", include_stopped:
     others = [s for s in dict.fromkeys(["lr", *varied(ok)]) if s not in by]
     columns = list(dict.fromkeys([*by, *others, metric, f"{metric}_std", f"{metric}_ci_low", f"{metric}_ci_high", "n",
                *[c for c in ("test_error", "train_error") if c != metric], "epochs", "ranked_by",
-               "runner_up", "p_value", "distinguishable", "run_id", "agent_uri"]))
+               *COMPARISON_COLUMNS, "run_id", "agent_uri"]))
     if ok.empty:
         return Best(pd.DataFrame(columns=columns), tuple(by), metric, stopped, include_stopped, notes=notes)
     settings = setting_table(ok, metric).sort_values([metric, *SETTINGS], kind="stable")
     rows, within, winners = [], {}, []
     for _, group in (settings.groupby(by, dropna=False, sort=True) if by else [((), settings)]):
         winner = group.iloc[0]
-        row = {**winner.drop(["values", "summary"]), "ranked_by": metric,
-               "runner_up": None, "p_value": float("nan"), "distinguishable": None}
+        row = {**winner.drop(["values", "summary"]), "ranked_by": metric, **_NO_COMPARISON}
         if len(group) > 1:
-            second = group.iloc[1]
-            comparison = stats.compare(label(winner, others), winner["values"], label(second, others),
-                                       second["values"])
+            comparison, closest = _closest(winner, others, group.iloc[1:], metric)
             within[label(winner, by)] = comparison
-            row.update(runner_up=", ".join(f"{s}={_fmt(second[s])}" for s in others), p_value=comparison.p,
-                       distinguishable=comparison.distinguishable)
+            row.update(closest_rival=", ".join(f"{s}={_fmt(closest[s])}" for s in others),
+                       **comparison_columns(comparison))
         rows.append(row)
         winners.append(winner)
     table = pd.DataFrame(rows)[columns]
     table["n"] = table["n"].astype(int)
     across = None
     if by and len(winners) > 1:
-        first, second = sorted(winners, key=lambda w: w[metric])[:2]
-        across = stats.compare(label(first, by), first["values"], label(second, by), second["values"])
+        ranked = pd.DataFrame(winners).sort_values(metric, kind="stable")
+        across, _ = _closest(ranked.iloc[0], by, ranked.iloc[1:], metric)
     return Best(table.reset_index(drop=True), tuple(by), metric, stopped, include_stopped, within, across, notes)
+
+
+COMPARISON_COLUMNS = ("closest_rival", "p_value", "p_holm", "rivals", "distinguishable", "p_ahead", "p_ahead_ci_low",
+                      "p_ahead_ci_high", "seeds_needed")
+_NO_COMPARISON = {"closest_rival": None, "p_value": float("nan"), "p_holm": float("nan"), "rivals": 0,
+                  "distinguishable": None, "p_ahead": float("nan"), "p_ahead_ci_low": float("nan"),
+                  "p_ahead_ci_high": float("nan"), "seeds_needed": float("nan")}
+
+
+def _closest(winner, settings: list, rivals: pd.DataFrame, metric: str) -> tuple:
+    """The winner against each rival (rows of a setting table), Welch's p from their summaries,
+    Holm-corrected over them: the comparison with the rival it is least told apart from, and that
+    rival's row."""
+    p = stats.welch_ps_of(winner[metric], winner[f"{metric}_std"] ** 2, winner["n"], rivals[metric],
+                          rivals[f"{metric}_std"].to_numpy() ** 2, rivals["n"])
+    at, corrected, tested = stats.closest_rival(p)
+    rival = rivals.iloc[at]
+    return stats.compare(label(winner, settings), winner["values"], label(rival, settings), rival["values"], p=p[at],
+                         holm_p=corrected, family=tested), rival
+
+
+def comparison_columns(comparison: stats.Comparison) -> dict:
+    """A comparison as the table's script columns."""
+    return {"p_value": comparison.p, "p_holm": comparison.holm_p, "rivals": comparison.family,
+            "distinguishable": comparison.distinguishable, "p_ahead": comparison.prob,
+            "p_ahead_ci_low": comparison.prob_low, "p_ahead_ci_high": comparison.prob_high,
+            "seeds_needed": comparison.seeds_needed}
 
 
 def overall_winner(best: Best) -> pd.Series:

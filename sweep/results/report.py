@@ -52,7 +52,7 @@ class Block:
 
 def _interval_table(table: pd.DataFrame, settings: list, metric: str) -> pd.DataFrame:
     """A best_by table for people: settings, the ranking error with its interval, n, test and
-    train error, and the test against the runner-up."""
+    train error."""
     out = table[[*settings, metric]].copy()
     out["95% CI"] = [format_interval(summary_of(r, metric)) for _, r in table.iterrows()]
     out["n"] = table["n"]
@@ -62,11 +62,14 @@ def _interval_table(table: pd.DataFrame, settings: list, metric: str) -> pd.Data
     return as_percent(out)
 
 
-def _runner_up_columns(out: pd.DataFrame, table: pd.DataFrame, heading: str) -> pd.DataFrame:
-    out[heading] = table["runner_up"].fillna("").str.replace("lr=", "")
-    out["p"] = [("" if not r else "no test (n = 1)") if pd.isna(p) else
-                format_p(p).removeprefix("p = ").removeprefix("p ")
-                for p, r in zip(table["p_value"], table["runner_up"].fillna(""))]
+def _rival_columns(out: pd.DataFrame, table: pd.DataFrame, heading: str) -> pd.DataFrame:
+    """Each winner's closest rival, Welch's p against it after Holm's correction, and P(ahead)."""
+    out[heading] = table["closest_rival"].fillna("").str.replace("lr=", "")
+    out["p (Holm)"] = [("" if not r else "no test (n = 1)") if pd.isna(p) else
+                       format_p(p).removeprefix("p = ").removeprefix("p ")
+                       for p, r in zip(table["p_holm"], table["closest_rival"].fillna(""))]
+    out["P(ahead)"] = ["" if pd.isna(p) else f"{p:.2f} ({low:.2f}-{high:.2f})"
+                       for p, low, high in zip(table["p_ahead"], table["p_ahead_ci_low"], table["p_ahead_ci_high"])]
     return out
 
 
@@ -97,7 +100,13 @@ def build_report(analysis: Analysis, folder: Path):
                              f"Each setting is run with up to {seeds} seed(s); points are means over its "
                              f"finished seeds, bars their 95% confidence interval (Student t), and no bar "
                              f"where a setting has one seed. Two settings are called distinguishable when "
-                             f"Welch's t-test gives p < {stats.ALPHA}."))
+                             f"Welch's t-test gives p < {stats.ALPHA}; where a question compares its leader "
+                             f"with more than one rival, each p is corrected over those comparisons by "
+                             f"Holm's step-down method, and the question is decided when its leader is told "
+                             f"apart from every rival (wrong, in simulation, at most {stats.ALPHA:.0%} of the "
+                             f"time). P(A ahead of B) is the probability that a seed "
+                             f"of A has the lower error than a seed of B (ties half), with a 95% interval "
+                             f"from a stratified bootstrap (each setting's seeds resampled on their own)."))
     if metric != "test_error":
         blocks.append(Block("p", f"Settings are ranked by {NAMES.get(metric, metric)} ({metric}); the test "
                                  f"error is reported for them but did not choose them."))
@@ -147,9 +156,12 @@ def _grid_figures(view: GridView, metric: str, results, figure, blocks: list) ->
                f"Final error against learning rate, one line per {view.by}; a star marks each "
                f"{view.by}'s best learning rate." + bars)
         best = best_per(view, metric).table.sort_values(metric, kind="stable")
-        blocks.append(Block("p", f"Each {view.by} at its best learning rate; p: Welch's t-test against "
-                                 f"its next-best learning rate."))
-        shown = _runner_up_columns(_interval_table(best, [view.by, "lr"], metric), best, "next-best lr")
+        blocks.append(Block("p", f"Each {view.by} at its best learning rate; closest lr: the other learning "
+                                 f"rate it is least told apart from; p: Welch's t-test against it, Holm-corrected "
+                                 f"over the {view.by}'s other learning rates; P(ahead): the probability that a "
+                                 f"seed of the best lr beats a seed of the closest, with its 95% bootstrap "
+                                 f"interval."))
+        shown = _rival_columns(_interval_table(best, [view.by, "lr"], metric), best, "closest lr")
         blocks.append(Block("table", shown))
         curves = curve_runs(view, metric)
         if curves:

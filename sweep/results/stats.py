@@ -1,22 +1,35 @@
-"""How sure an answer is: the mean of a setting's seeds with its 95% interval, and whether two
-settings are told apart by more than the seed-to-seed noise. Pure: numbers in, numbers out (the
-sentences that say them are words.py's).
+"""How sure an answer is: the mean of a setting's seeds with its 95% interval, whether two
+settings are told apart by more than the seed-to-seed noise, and how often a seed of one beats a
+seed of the other. Pure: numbers in, numbers out (the sentences that say them are words.py's).
 
 A group is the runs of one setting that differ only in seed. With n = 1 there is no spread to
 measure, so no standard deviation, no interval and no test: those come back as NaN, never as a
 made-up number.
+
+A question that compares its leader with several rivals makes several tests, corrected by Holm's
+step-down method over them; the question is decided when its leader is told apart from every rival.
+Although the leader is chosen by the same data, such a decision is wrong at most ALPHA of the time
+(tests/sweep/results/test_stats.py simulates it); a single corrected comparison is not guaranteed
+that under the choice, so the words speak of the decision.
+Next to Welch's p, P(A ahead of B), the probability that a seed of A has the lower value than a
+seed of B (ties half), with a stratified bootstrap interval (each setting's seeds resampled on
+their own), as Bouthillier et al. (2021) and Agarwal et al. (2021, rliable) ask.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
-import warnings
 from dataclasses import dataclass
 from typing import Iterable
 
 import numpy as np
 
 CONFIDENCE = 0.95
-ALPHA = 0.05          # two settings are told apart when Welch's p < ALPHA
+ALPHA = 0.05          # two settings are told apart when Welch's p < ALPHA (after Holm's correction)
+POWER = 0.8           # the power at which seeds_needed plans
+BOOTSTRAP_RESAMPLES = 2000
+BOOTSTRAP_SEED = 0    # a fixed seed: the same runs give the same interval on every machine
+MAX_SEEDS = 1000      # seeds_needed says "more than this" rather than search further
 
 
 @dataclass(frozen=True)
@@ -61,26 +74,125 @@ def welch_p(a: Iterable[float], b: Iterable[float]) -> float:
     NaN when either side has fewer than 2 values. When both sides have no spread at all, the
     t statistic is 0/0 or infinite: p is 1.0 for equal means (nothing tells them apart) and 0.0
     for different ones (as scipy gives for an infinite t)."""
+    return float(welch_ps(a, [b])[0])
+
+
+def welch_ps(a: Iterable[float], others: Iterable[Iterable[float]]) -> np.ndarray:
+    """welch_p of `a` against each of `others`, as one array."""
+    x = _clean(a)
+    ys = [_clean(b) for b in others]
+    moments = [(y.mean(), y.var(ddof=1), len(y)) if len(y) >= 2 else (math.nan, math.nan, len(y)) for y in ys]
+    mean, var, n = (np.array(column, dtype=float) for column in zip(*moments)) if ys else ([],) * 3
+    if len(x) < 2:
+        return np.full(len(ys), math.nan)
+    return welch_ps_of(x.mean(), x.var(ddof=1), len(x), mean, var, n)
+
+
+def welch_ps_of(mean: float, var: float, n: int, means, variances, ns) -> np.ndarray:
+    """Welch's two-sided p of one setting (its mean, variance (ddof=1) and n) against many, given as
+    arrays of theirs: the t distribution evaluated once for all of them (a question may have
+    thousands of rivals). NaN where a side has n < 2; two sides without spread: 1.0 for equal
+    means, else 0.0."""
+    means, variances, ns = (np.asarray(v, dtype=float) for v in (means, variances, ns))
+    p = np.full(len(ns), math.nan)
+    ok = ns >= 2
+    if n < 2 or not ok.any():
+        return p
+    vx = var / n
+    with np.errstate(invalid="ignore", divide="ignore"):
+        vy = variances / ns
+        t = (mean - means) / np.sqrt(vx + vy)
+        df = (vx + vy) ** 2 / (vx ** 2 / (n - 1) + vy ** 2 / (ns - 1))
+    from scipy import stats
+
+    p[ok] = 2 * stats.t.sf(np.abs(t[ok]), df[ok])
+    flat = ok & (vx == 0) & (vy == 0)
+    p[flat] = np.where(means[flat] == mean, 1.0, 0.0)
+    return p
+
+
+def holm(pvalues: Iterable[float]) -> np.ndarray:
+    """Holm's step-down adjustment of a family of p-values: the smallest times m, the next times
+    m - 1, ..., never below an earlier one, at most 1. A NaN (no test) is left out of the family."""
+    p = np.asarray(list(pvalues), dtype=float)
+    out = np.full(len(p), math.nan)
+    tested = np.flatnonzero(~np.isnan(p))
+    order = tested[np.argsort(p[tested], kind="stable")]
+    m = len(order)
+    out[order] = np.minimum(1.0, np.maximum.accumulate((m - np.arange(m)) * p[order]))
+    return out
+
+
+def _ahead(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """P(a value of x is below a value of y, ties half) over the last axis of each (leading axes alike)."""
+    below = (x[..., :, None] < y[..., None, :]).mean(axis=(-2, -1))
+    ties = (x[..., :, None] == y[..., None, :]).mean(axis=(-2, -1))
+    return below + ties / 2
+
+
+def prob_ahead(a: Iterable[float], b: Iterable[float]) -> float:
+    """P(A ahead of B) for values where lower is better (errors): the share of the pairs (a seed of A,
+    a seed of B) in which A's value is lower, ties counting half (the Mann-Whitney U statistic over
+    nA x nB). NaN when a side has no value."""
+    x, y = _clean(a), _clean(b)
+    return float(_ahead(x, y)) if len(x) and len(y) else math.nan
+
+
+def prob_ahead_interval(a: Iterable[float], b: Iterable[float], confidence: float = CONFIDENCE) -> tuple:
+    """The percentile interval of P(A ahead of B) over a stratified bootstrap (A's seeds and B's
+    resampled each on their own, BOOTSTRAP_RESAMPLES times, from a fixed seed); NaNs when a side
+    has fewer than 2 values."""
+    x, y = _clean(a), _clean(b)
+    if len(x) < 2 or len(y) < 2:
+        return math.nan, math.nan
+    from scipy import stats
+
+    found = stats.bootstrap((x, y), lambda xs, ys, axis: _ahead(np.moveaxis(xs, axis, -1), np.moveaxis(ys, axis, -1)),
+                            n_resamples=BOOTSTRAP_RESAMPLES, confidence_level=confidence, method="percentile",
+                            vectorized=True, rng=np.random.default_rng(BOOTSTRAP_SEED))
+    return float(found.confidence_interval.low), float(found.confidence_interval.high)
+
+
+def seeds_needed(a: Iterable[float], b: Iterable[float], alpha: float = ALPHA, power: float = POWER) -> float:
+    """Seeds per setting with which a two-sided t-test at `alpha` would tell A from B with
+    probability `power`, were the true gap and spread those seen (the pooled standard deviation):
+    a planning estimate, not a promise. math.inf when the gap is 0 or more than MAX_SEEDS would be
+    needed; NaN when a side has fewer than 2 values."""
     x, y = _clean(a), _clean(b)
     if len(x) < 2 or len(y) < 2:
         return math.nan
-    if x.var() == 0 and y.var() == 0:
-        return 1.0 if x.mean() == y.mean() else 0.0
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # nearly equal values: scipy warns, the answer stands
-        from scipy import stats
+    gap = abs(x.mean() - y.mean())
+    spread = math.sqrt(((len(x) - 1) * x.var(ddof=1) + (len(y) - 1) * y.var(ddof=1)) / (len(x) + len(y) - 2))
+    if gap == 0:
+        return math.inf
+    if spread == 0:
+        return 2.0
+    from scipy import stats
 
-        return float(stats.ttest_ind(x, y, equal_var=False).pvalue)
+    n = np.arange(2, MAX_SEEDS + 1, dtype=float)
+    df = 2 * n - 2
+    critical = stats.t.ppf(1 - alpha / 2, df)
+    shift = gap / spread * np.sqrt(n / 2)
+    reached = stats.nct.sf(critical, df, shift) + stats.nct.cdf(-critical, df, shift) >= power
+    return float(n[np.argmax(reached)]) if reached.any() else math.inf
 
 
 @dataclass(frozen=True)
 class Comparison:
-    """`ahead` (the lower mean) against `behind`."""
+    """`ahead` (the lower mean) against `behind`: Welch's p, P(ahead ahead of behind) with its
+    bootstrap interval, and Welch's p after Holm's correction over the `family` tests it was made
+    with (p itself when it was made alone)."""
     ahead: str
     behind: str
     ahead_summary: Summary
     behind_summary: Summary
     p: float                       # NaN when no test can be made
+    prob: float = math.nan         # P(a seed of ahead has the lower value than a seed of behind)
+    prob_low: float = math.nan     # its 95% stratified bootstrap interval
+    prob_high: float = math.nan
+    holm_p: float = math.nan       # p after Holm's correction over the family (p when family is 1)
+    family: int = 1                # the tests the comparison was corrected with
+    seeds_needed: float = math.nan  # when not told apart: seeds_needed of the two (NaN otherwise)
 
     @property
     def gap(self) -> float:
@@ -88,15 +200,33 @@ class Comparison:
 
     @property
     def distinguishable(self):
-        """True or False by Welch's test at ALPHA; None when a side has a single value."""
-        return None if math.isnan(self.p) else bool(self.p < ALPHA)
+        """True or False by Welch's test at ALPHA, after Holm's correction; None when a side has a
+        single value."""
+        return None if math.isnan(self.holm_p) else bool(self.holm_p < ALPHA)
 
 
-def compare(name_a: str, a: Iterable[float], name_b: str, b: Iterable[float]) -> Comparison:
-    """Put the setting with the lower mean first and test the two with Welch's t-test."""
+def compare(name_a: str, a: Iterable[float], name_b: str, b: Iterable[float], p: float | None = None,
+            holm_p: float | None = None, family: int = 1) -> Comparison:
+    """Put the setting with the lower mean first, test the two with Welch's t-test (or take `p`,
+    and `holm_p` from a family of tests, computed already), say how often a seed of the first beats
+    a seed of the second, and, when they are not told apart, how many seeds would tell them."""
     a, b = list(a), list(b)
     sa, sb = summarize(a), summarize(b)
-    p = welch_p(a, b)
+    p = welch_p(a, b) if p is None else p
     if sb.mean < sa.mean:
-        return Comparison(name_b, name_a, sb, sa, p)
-    return Comparison(name_a, name_b, sa, sb, p)
+        (name_a, a, sa), (name_b, b, sb) = (name_b, b, sb), (name_a, a, sa)
+    found = Comparison(name_a, name_b, sa, sb, p, prob_ahead(a, b), *prob_ahead_interval(a, b),
+                       holm_p=p if holm_p is None else holm_p, family=family)
+    if found.distinguishable is False:
+        found = dataclasses.replace(found, seeds_needed=seeds_needed(a, b))
+    return found
+
+
+def closest_rival(p: Iterable[float]) -> tuple:
+    """From Welch's p of a leader against each rival: the position of the rival it is least told
+    apart from (the largest p after Holm's correction over the tested rivals; an untested one, NaN,
+    first; the first of equals), that corrected p, and the number of rivals tested (at least 1).
+    Told apart from that rival, the leader is told apart from every rival: the question is decided."""
+    corrected = holm(p)
+    at = max(range(len(corrected)), key=lambda i: (math.isnan(corrected[i]), corrected[i], -i))
+    return at, float(corrected[at]), max(int((~np.isnan(corrected)).sum()), 1)

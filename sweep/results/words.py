@@ -12,7 +12,7 @@ import pandas as pd
 from ..spec.space import describe_early_stop
 from . import stats
 from .analysis import GridView, SearchView, Stopping, best_per, best_so_far_table, best_trial, points, seed_values, ties
-from .best import ERROR_COLUMNS, Best, best_by, label, summary_of
+from .best import COMPARISON_COLUMNS, ERROR_COLUMNS, Best, best_by, label, summary_of
 
 NAMES = {"test_error": "test error", "train_error": "train error", "val_error": "validation error",
          "best_test_error": "best test error", "best_val_error": "best validation error",
@@ -37,9 +37,12 @@ def in_points(fraction: float) -> str:
 def describe(c: stats.Comparison) -> str:
     """One sentence on a comparison of error rates (fractions), never without its test.
 
-    "relu and leaky_relu are not distinguishable at n = 3 (p = 0.40)"
-    "relu is ahead of leaky_relu by 0.09 points (p = 0.01, n = 3 and 3)"
+    "relu and leaky_relu are not distinguishable at n = 3 (p = 0.40); a seed of relu beats one of
+     leaky_relu with probability 0.56 (95% CI 0.11 to 1.00)"
+    "relu is ahead of leaky_relu by 0.09 points (p = 0.01, n = 3 and 3); ..."
     "n = 1 per setting: no interval can be given"
+    With several rivals the p after Holm's correction follows the p: "(p = 0.02, 0.06 after Holm
+    over 3 tests)".
     """
     na, nb = c.ahead_summary.n, c.behind_summary.n
     if na == 1 and nb == 1:
@@ -48,9 +51,27 @@ def describe(c: stats.Comparison) -> str:
         single = c.ahead if na < 2 else c.behind
         return (f"{c.ahead} is {in_points(c.gap)} below {c.behind}, but {single} has n = 1: "
                 f"no test can be made ({format_n(na, nb)})")
+    p = format_p(c.p) + (f", {_p_value(c.holm_p)} after Holm over {c.family} tests" if c.family > 1 else "")
+    beats = (f"; a seed of {c.ahead} beats one of {c.behind} with probability {c.prob:.2f} "
+             f"(95% CI {c.prob_low:.2f} to {c.prob_high:.2f})")
     if c.distinguishable:
-        return f"{c.ahead} is ahead of {c.behind} by {in_points(c.gap)} ({format_p(c.p)}, n = {na} and {nb})"
-    return f"{c.ahead} and {c.behind} are not distinguishable at {format_n(na, nb)} ({format_p(c.p)})"
+        return f"{c.ahead} is ahead of {c.behind} by {in_points(c.gap)} ({p}, n = {na} and {nb})" + beats
+    return f"{c.ahead} and {c.behind} are not distinguishable at {format_n(na, nb)} ({p})" + beats + _needed(c)
+
+
+def _p_value(p: float) -> str:
+    """A p-value without its "p = ": "0.06", "< 0.001"."""
+    return format_p(p).removeprefix("p = ").removeprefix("p ")
+
+
+def _needed(c: stats.Comparison) -> str:
+    """How many seeds a power estimate says would tell an undecided pair apart."""
+    if c.seeds_needed != c.seeds_needed:  # NaN: decided, or too few seeds to estimate
+        return ""
+    if c.seeds_needed == float("inf"):
+        return f"; at the gap and spread seen, not even {stats.MAX_SEEDS} seeds each would tell them apart"
+    return (f"; at the gap and spread seen, about {c.seeds_needed:.0f} seeds each would tell them apart "
+            f"({100 * stats.POWER:.0f}% power)")
 
 
 def format_interval(s: stats.Summary, scale: float = 100, unit: str = "%") -> str:
@@ -75,14 +96,21 @@ def best_words(best: Best) -> list[str]:
                      "(give the sweep file several seeds, e.g. seeds: [1, 2, 3]).")
     else:
         for group, comparison in best.within.items():
-            lines.append(f"{group}: {describe(comparison)}." if group else f"{describe(comparison)}.")
+            verdict = f"{_decided(comparison)}: {describe(comparison)}."
+            lines.append(f"{group}: {verdict}" if group else verdict[0].upper() + verdict[1:])
         if best.across is not None:
-            lines.append(f"Across {', '.join(best.by)}: {describe(best.across)}.")
+            lines.append(f"Across {', '.join(best.by)}: {_decided(best.across)}: {describe(best.across)}.")
     if best.stopped:
         lines.append(f"{best.stopped} run(s) stopped early (pruned) "
                      + ("are included (--include-stopped)." if best.include_stopped
                         else "were left out; --include-stopped ranks them too."))
     return lines
+
+
+def _decided(c: stats.Comparison) -> str:
+    """Whether the question a comparison answers is settled: its leader told apart from every rival."""
+    n = min(c.ahead_summary.n, c.behind_summary.n)
+    return {True: f"decided at n = {n}", False: f"not decided at n = {n}", None: "no test"}[c.distinguishable]
 
 
 def as_percent(frame: pd.DataFrame) -> pd.DataFrame:
@@ -105,7 +133,7 @@ def for_people(best: Best) -> pd.DataFrame:
     out[f"{m}_std"] = [("" if s.n < 2 else f"{100 * s.std:.2f}" if m in ERROR_COLUMNS else f"{s.std:.3g}")
                        for s in summaries]
     out = out.rename(columns={f"{m}_std": "std (points)" if m in ERROR_COLUMNS else "std"})
-    out = out.drop(columns=[f"{m}_ci_low", f"{m}_ci_high", "ranked_by", "runner_up", "p_value", "distinguishable"])
+    out = out.drop(columns=[f"{m}_ci_low", f"{m}_ci_high", "ranked_by", *COMPARISON_COLUMNS])
     return as_percent(out)
 
 
@@ -225,11 +253,12 @@ def conclusions(view: GridView, metric: str) -> list[str]:
         lines.append(f"Lowest {name}: {label(top, [view.by])} at lr {top['lr']:g}, {_pct(top[metric])} "
                      f"({_spread(summary_of(top, metric))}).")
         if best.across is not None:
-            second = table.iloc[1]
-            lines.append(f"Against the runner-up, {label(second, [view.by])} at its best lr {second['lr']:g} "
-                         f"({_pct(second[metric])}): {describe(best.across)}.")
+            rival = table[[label(r, [view.by]) == best.across.behind for _, r in table.iterrows()]].iloc[0]
+            lines.append(f"Against the closest rival, {label(rival, [view.by])} at its best lr {rival['lr']:g} "
+                         f"({_pct(rival[metric])}), {_decided(best.across)}: {describe(best.across)}.")
         lines.append(f"Best learning rate per {view.by}: " + "; ".join(
             f"{label(r, [view.by])} {r['lr']:g} ({_pct(r[metric])}, n = {r['n']})" for _, r in table.iterrows()) + ".")
+        lines += _lr_decisions(best, view.by)
         if len(table) >= 3:
             worst = table.iloc[-1]
             values = {label(r, [view.by]): seed_values(view, r, metric) for _, r in table.iloc[[0, -1]].iterrows()}
@@ -245,7 +274,7 @@ def conclusions(view: GridView, metric: str) -> list[str]:
                      + (f"; highest at {label(worst, [view.x])}: {_pct(worst[metric])} (n = {worst['n']}), "
                         f"{100 * (worst[metric] - top[metric]):.2f} points apart." if len(table) > 1 else "."))
         if best.across is not None:
-            lines.append(f"Against the runner-up: {describe(best.across)}.")
+            lines.append(f"Against the closest rival, {_decided(best.across)}: {describe(best.across)}.")
         ordered = table.sort_values(view.x).reset_index(drop=True)
         if view.kind == "numeric" and len(ordered) >= 3:
             steps = ordered[metric].diff().dropna()
@@ -268,10 +297,27 @@ def conclusions(view: GridView, metric: str) -> list[str]:
             top = best.table.iloc[0]
             lines.append(f"Lowest {name}: {label(top, view.varied)}, {_pct(top[metric])} "
                          f"({_spread(summary_of(top, metric))}).")
-            if top["runner_up"]:
-                lines.append(f"Against the runner-up ({top['runner_up']}): {describe(best.within[''])}.")
+            if top["closest_rival"]:
+                lines.append(f"Against the closest rival ({top['closest_rival']}): {describe(best.within[''])}.")
     lines += _leftovers(view)
     return lines
+
+
+def _lr_decisions(best: Best, by: str) -> list:
+    """Which values of `by` have their best learning rate told apart from every other, and how
+    many seeds the open ones would need."""
+    decided = [group for group, c in best.within.items() if c.distinguishable]
+    open_ = {group: c for group, c in best.within.items() if c.distinguishable is False}
+    if not decided and not open_:
+        return []
+    line = (f"Best learning rate decided (told apart from every other lr, Holm-corrected) for "
+            f"{len(decided)} of {len(best.within)} values of {by}" + (f": {', '.join(decided)}" if decided else ""))
+    if open_:
+        line += "; open: " + "; ".join(
+            f"{group} (lr {c.ahead.removeprefix('lr ')} against {c.behind}"
+            + (f", about {c.seeds_needed:.0f} seeds each would decide it" if c.seeds_needed < float("inf") else "")
+            + ")" for group, c in open_.items())
+    return [line + "."]
 
 
 def _leftovers(view: GridView) -> list:

@@ -71,20 +71,23 @@ def test_settings_are_ranked_by_the_mean_over_seeds_with_interval_and_welch(stor
     out = best(uri, folder / "s.yaml", "--format", "csv").stdout
     table = pd.read_csv(io.StringIO(out))
     assert out.splitlines()[0] == ("activation,lr,test_error,test_error_std,test_error_ci_low,test_error_ci_high,n,"
-                                   "train_error,epochs,ranked_by,runner_up,p_value,distinguishable,run_id,agent_uri")
+                                   "train_error,epochs,ranked_by,closest_rival,p_value,p_holm,rivals,distinguishable,p_ahead,"
+                                   "p_ahead_ci_low,p_ahead_ci_high,seeds_needed,run_id,agent_uri")
     relu, tanh = table.iloc[0], table.iloc[1]
     assert (relu["activation"], relu["lr"], relu["n"]) == ("relu", 0.1, 3)
     assert relu["test_error"] == pytest.approx(0.031) and relu["test_error_std"] == pytest.approx(0.001)
     half = T_975_2 * 0.001 / math.sqrt(3)
     assert (relu["test_error_ci_low"], relu["test_error_ci_high"]) == pytest.approx((0.031 - half, 0.031 + half))
     assert relu["train_error"] == pytest.approx(0.0155) and relu["epochs"] == 3 and relu["ranked_by"] == "test_error"
-    assert relu["runner_up"] == "lr=0.01"
+    assert relu["closest_rival"] == "lr=0.01"
     expected = scipy_stats.ttest_ind([0.030, 0.031, 0.032], [0.040, 0.045, 0.050], equal_var=False).pvalue
     assert relu["p_value"] == pytest.approx(expected) and bool(relu["distinguishable"]) is True
+    assert relu["p_holm"] == relu["p_value"] and relu["rivals"] == 1  # one rival: nothing to correct
+    assert relu["p_ahead"] == 1.0 and math.isnan(relu["seeds_needed"])  # every seed of lr 0.1 beats every one of 0.01
     assert relu["run_id"] == ids[("relu", 0.1, 1)]  # the best seed's run represents the setting
     assert relu["agent_uri"].endswith(f"{ids[('relu', 0.1, 1)]}/artifacts/mnist_agent.pt")
     # tanh 0.01 has one usable seed (one diverged, one stopped): no test against it
-    assert (tanh["lr"], tanh["n"], tanh["runner_up"]) == (0.1, 3, "lr=0.01")
+    assert (tanh["lr"], tanh["n"], tanh["closest_rival"]) == (0.1, 3, "lr=0.01")
     assert tanh["test_error"] == pytest.approx(0.033) and tanh["test_error_std"] == pytest.approx(0.002)
     assert math.isnan(tanh["p_value"]) and pd.isna(tanh["distinguishable"])
 
@@ -104,9 +107,12 @@ def test_the_table_says_in_words_how_sure_each_answer_is(store):
     assert "3.10%" in out and f"{100 * (0.031 - T_975_2 * 0.001 / math.sqrt(3)):.2f} to" in out
     p_relu = scipy_stats.ttest_ind([0.030, 0.031, 0.032], [0.040, 0.045, 0.050], equal_var=False).pvalue
     p_across = scipy_stats.ttest_ind([0.030, 0.031, 0.032], [0.031, 0.035, 0.033], equal_var=False).pvalue
-    assert f"relu: lr 0.1 is ahead of lr 0.01 by 1.40 points (p = {p_relu:.2f}, n = 3 and 3)." in out
-    assert "tanh: lr 0.1 is 0.30 points below lr 0.01, but lr 0.01 has n = 1: no test can be made (n = 3 and 1)." in out
-    assert f"Across activation: relu and tanh are not distinguishable at n = 3 (p = {p_across:.2f})." in out
+    assert (f"relu: decided at n = 3: lr 0.1 is ahead of lr 0.01 by 1.40 points (p = {p_relu:.2f}, n = 3 and 3); "
+            f"a seed of lr 0.1 beats one of lr 0.01 with probability 1.00 (95% CI 1.00 to 1.00).") in out
+    assert ("tanh: no test: lr 0.1 is 0.30 points below lr 0.01, but lr 0.01 has n = 1: no test can be made "
+            "(n = 3 and 1).") in out
+    assert (f"Across activation: not decided at n = 3: relu and tanh are not distinguishable at n = 3 "
+            f"(p = {p_across:.2f}); a seed of relu beats one of tanh with probability 0.83") in out  # 7.5 of 9 pairs
     assert "1 run(s) stopped early (pruned) were left out; --include-stopped ranks them too." in out
 
 
@@ -129,14 +135,14 @@ def test_validation_error_ranks_when_the_runs_have_it_and_test_error_is_still_sh
     assert out.splitlines()[0].startswith("activation,lr,val_error,val_error_std,val_error_ci_low,val_error_ci_high,"
                                           "n,test_error,train_error,")
     row = pd.read_csv(io.StringIO(out)).iloc[0]
-    assert (row["lr"], row["ranked_by"], row["runner_up"]) == (0.01, "val_error", "lr=0.1")
+    assert (row["lr"], row["ranked_by"], row["closest_rival"]) == (0.01, "val_error", "lr=0.1")
     assert row["val_error"] == pytest.approx(0.021) and row["test_error"] == pytest.approx(0.031)
     expected = scipy_stats.ttest_ind([0.020, 0.022], [0.025, 0.027], equal_var=False).pvalue
     assert row["p_value"] == pytest.approx(expected) and bool(row["distinguishable"]) is False
     assert row["run_id"] == ids[("val", 0.01, 1)]
     words_out = best(uri, folder / "val.yaml").stdout
     assert "Ranked by val_error" in words_out and "test error shown was not used to choose" in words_out
-    assert "relu: lr 0.01 and lr 0.1 are not distinguishable at n = 2 (p = 0.07)." in words_out
+    assert "relu: not decided at n = 2: lr 0.01 and lr 0.1 are not distinguishable at n = 2 (p = 0.07)" in words_out
     by_test = pd.read_csv(io.StringIO(best(uri, folder / "val.yaml", "--metric", "test_error", "--format", "csv").stdout))
     assert by_test.iloc[0]["lr"] == 0.1 and by_test.iloc[0]["test_error"] == pytest.approx(0.0255)
 
@@ -188,6 +194,31 @@ def test_failed_diverged_missing_and_stopped_runs_are_not_candidates():
                        ("relu", 1.0, 1, "failed", NAN), ("relu", 0.01, 1, "missing", NAN),
                        ("relu", 0.03, 1, "stopped", 0.01)])
     result = best_by(runs, ["activation"])
-    assert result.table.iloc[0]["lr"] == 0.1 and result.stopped == 1 and result.table.iloc[0]["runner_up"] is None
+    assert result.table.iloc[0]["lr"] == 0.1 and result.stopped == 1 and result.table.iloc[0]["closest_rival"] is None
     assert best_by(runs, ["activation"], include_stopped=True).table.iloc[0]["lr"] == 0.03
     assert best_by(runs_frame([("relu", 0.1, 1, "missing", NAN)]), ["activation"]).table.empty
+
+
+def test_a_group_is_decided_only_when_its_winner_beats_every_other_setting_after_holm():
+    leader, near = [0.020, 0.021, 0.022, 0.021], [0.0215, 0.0235, 0.0225, 0.0230]
+    closer = [v + 0.0001 for v in near]
+    rows = [("relu", 0.1, seed + 1, "done", v) for seed, v in enumerate(leader)]
+    for lr, values in ((0.03, near), (0.01, near[::-1]), (0.3, closer)):
+        rows += [("relu", lr, seed + 1, "done", v) for seed, v in enumerate(values)]
+    # tanh's winner has a runner-up close in mean but tight, and a rival further off but spread wide:
+    # the wide one is the rival it is least told apart from
+    rows += [("tanh", 0.1, s, "done", v) for s, v in enumerate([0.030, 0.0302, 0.0301], 1)]
+    rows += [("tanh", 0.03, s, "done", v) for s, v in enumerate([0.0320, 0.0322, 0.0321], 1)]
+    rows += [("tanh", 1.0, s, "done", v) for s, v in enumerate([0.02, 0.09, 0.05], 1)]
+    table = best_by(runs_frame(rows), ["activation"]).table.set_index("activation")
+
+    relu = table.loc["relu"]
+    p = [scipy_stats.ttest_ind(leader, other, equal_var=False).pvalue for other in (near, near[::-1], closer)]
+    assert max(p) < 0.05 and 3 * min(p) > 0.05  # each alone told apart; not after Holm over the three
+    assert relu["rivals"] == 3 and relu["p_value"] == pytest.approx(max(p)) and relu["p_holm"] > 0.05
+    assert relu["distinguishable"] is not None and not relu["distinguishable"] and relu["seeds_needed"] > 4
+
+    tanh = table.loc["tanh"]
+    assert tanh["closest_rival"] == "lr=1" and tanh["rivals"] == 2 and not tanh["distinguishable"]
+    wide = scipy_stats.ttest_ind([0.030, 0.0302, 0.0301], [0.02, 0.09, 0.05], equal_var=False).pvalue
+    assert tanh["p_holm"] == pytest.approx(wide)  # the largest p: Holm leaves it as it is

@@ -63,7 +63,8 @@ def test_report_outputs_numbers_missing_and_diverged(known):
     assert not [n for n in os.listdir(folder) if n.startswith(".out-")]  # the temporary folder is gone
     md = (out / "report.md").read_text()
     assert "Lowest test error: relu at lr 0.1, 3.00% (n = 1)." in md
-    assert "Against the runner-up, tanh at its best lr 0.1 (3.50%): n = 1 per setting: no interval can be given." in md
+    assert ("Against the closest rival, tanh at its best lr 0.1 (3.50%), no test: n = 1 per setting: no interval "
+            "can be given.") in md
     assert "Best learning rate per activation: relu 0.1 (3.00%, n = 1); tanh 0.1 (3.50%, n = 1)." in md
     assert "Lowest test error at depth 2: 4.00% (n = 1); highest at depth 1: 4.50% (n = 1), 0.50 points apart." in md
     assert "Lowest test error at cosine: 3.80% (n = 1); highest at fixed: 4.00% (n = 1), 0.20 points apart." in md
@@ -112,8 +113,9 @@ def test_report_over_seeds_ranks_by_validation_with_intervals_and_tests(seeded):
     low, high = scipy_stats.t.interval(0.95, 1, loc=0.021, scale=scipy_stats.sem([0.020, 0.022]))
     assert f"Lowest validation error: depth 1 at lr 0.01, 2.10% (95% CI {100 * low:.2f} to {100 * high:.2f}%, n = 2)." in md
     p = scipy_stats.ttest_ind([0.020, 0.022], [0.024, 0.025], equal_var=False).pvalue
-    assert (f"Against the runner-up, depth 2 at its best lr 0.1 (2.45%): depth 1 and depth 2 are not "
-            f"distinguishable at n = 2 (p = {p:.2f}).") in md
+    assert (f"Against the closest rival, depth 2 at its best lr 0.1 (2.45%), not decided at n = 2: depth 1 and "
+            f"depth 2 are not distinguishable at n = 2 (p = {p:.2f}); a seed of depth 1 beats one of depth 2 with "
+            f"probability 1.00 (95% CI 1.00 to 1.00); at the gap and spread seen, about ") in md
     assert "Best learning rate per depth: depth 1 0.01 (2.10%, n = 2); depth 2 0.1 (2.45%, n = 2)." in md
     table = md.split("Each depth at its best learning rate")[1].split("![")[0]
     assert "| 3.05% " in table  # the test error of depth 1 at lr 0.01 is shown, though it did not choose
@@ -168,7 +170,8 @@ def test_best_skips_the_diverged_run_and_registers_a_servable_model(known, tiny_
     assert result.exit_code == 0, result.output
     rows = result.stdout.splitlines()
     assert rows[0].startswith("activation,lr,test_error") and rows[1].startswith("relu,0.1") and rows[2].startswith("tanh,0.1")
-    assert ",1,"  in rows[1] and rows[1].split(",")[-4:-2] == ["", ""]  # n = 1: no p, not distinguishable
+    row = dict(zip(rows[0].split(","), rows[1].split(",")))
+    assert (row["n"], row["p_value"], row["distinguishable"]) == ("1", "", "")  # n = 1: no p, no verdict
     table = CliRunner().invoke(main, ["best", str(spec_path), "--grid", "lr_by_activation", "--tracking-uri", uri])
     assert "n = 1 per setting: no interval can be given" in table.stdout
     versions = MlflowClient(uri).search_model_versions("name = 'mnist-known'")

@@ -1,6 +1,7 @@
 """Means, intervals and Welch's test of seed groups, against hand-computed values and scipy."""
 import math
 
+import numpy as np
 import pytest
 from scipy import stats as scipy_stats
 
@@ -68,16 +69,20 @@ def test_compare_puts_the_lower_mean_first_and_words_it():
     assert ahead.ahead == "relu" and ahead.behind == "leaky_relu"
     assert ahead.gap == pytest.approx(0.014) and ahead.distinguishable is True
     p = scipy_stats.ttest_ind([0.030, 0.031, 0.032], [0.040, 0.045, 0.050], equal_var=False).pvalue
-    assert words.describe(ahead) == f"relu is ahead of leaky_relu by 1.40 points (p = {p:.2f}, n = 3 and 3)"
+    assert words.describe(ahead) == (f"relu is ahead of leaky_relu by 1.40 points (p = {p:.2f}, n = 3 and 3); a seed "
+                                     f"of relu beats one of leaky_relu with probability 1.00 (95% CI 1.00 to 1.00)")
 
     level = stats.compare("relu", [0.030, 0.034, 0.032], "leaky_relu", [0.031, 0.035, 0.033])
     p = scipy_stats.ttest_ind([0.030, 0.034, 0.032], [0.031, 0.035, 0.033], equal_var=False).pvalue
     assert level.distinguishable is False and f"{p:.2f}" == "0.57"
-    assert words.describe(level) == "relu and leaky_relu are not distinguishable at n = 3 (p = 0.57)"
+    assert words.describe(level).startswith("relu and leaky_relu are not distinguishable at n = 3 (p = 0.57); a seed "
+                                            "of relu beats one of leaky_relu with probability 0.67 (95% CI ")
+    assert words.describe(level).endswith(f"about {level.seeds_needed:.0f} seeds each would tell them apart "
+                                          f"(80% power)")
 
     uneven = stats.compare("relu", [0.030, 0.034], "tanh", [0.05, 0.06, 0.055])
     assert words.describe(uneven).startswith("relu is ahead of tanh by 2.30 points (p = ")
-    assert words.describe(uneven).endswith(", n = 2 and 3)")
+    assert ", n = 2 and 3); a seed of relu beats one of tanh with probability 1.00" in words.describe(uneven)
 
     one = stats.compare("relu", [0.030], "tanh", [0.05, 0.06])
     assert one.distinguishable is None
@@ -88,3 +93,88 @@ def test_p_values_are_written_at_a_sensible_precision():
     assert words.format_p(0.4012) == "p = 0.40"
     assert words.format_p(0.0123) == "p = 0.01" and words.format_p(0.00456) == "p = 0.005"
     assert words.format_p(0.0004) == "p < 0.001"
+
+
+def test_holm_by_hand():
+    # sorted 0.01, 0.03, 0.04: x3, x2, x1 -> 0.03, 0.06, 0.04 -> never below an earlier one: 0.03, 0.06, 0.06
+    assert stats.holm([0.04, 0.01, 0.03]).tolist() == pytest.approx([0.06, 0.03, 0.06])
+    adjusted = stats.holm([0.5, float("nan"), 0.2])  # an untested rival is not in the family (m = 2)
+    assert adjusted[0] == pytest.approx(0.5) and math.isnan(adjusted[1]) and adjusted[2] == pytest.approx(0.4)
+    assert stats.holm([0.6, 0.7]).tolist() == [1.0, 1.0] and stats.holm([]).size == 0
+
+
+def test_each_rival_gets_scipys_welch_p():
+    rivals = [[0.040, 0.045, 0.050], [0.031, 0.036, 0.029, 0.033], [0.03], [0.03, 0.03], []]
+    p = stats.welch_ps([0.030, 0.031, 0.032], rivals)
+    for got, rival in zip(p[:2], rivals):
+        assert got == pytest.approx(scipy_stats.ttest_ind([0.030, 0.031, 0.032], rival, equal_var=False).pvalue,
+                                    rel=1e-12)
+    assert math.isnan(p[2]) and math.isnan(p[4])  # one value, or none: no test
+    assert p[3] == pytest.approx(scipy_stats.ttest_ind([0.030, 0.031, 0.032], [0.03, 0.03], equal_var=False).pvalue)
+
+
+def decided(leader, rivals) -> tuple:
+    """The leader against each rival, Holm-corrected: the comparison with the rival it is least told
+    apart from (its verdict is the question's), the p-values and the corrected ones."""
+    p = stats.welch_ps(leader, rivals)
+    at, corrected, tested = stats.closest_rival(p)
+    comparison = stats.compare("leader", leader, f"rival {at}", rivals[at], p=p[at], holm_p=corrected, family=tested)
+    return comparison, p, stats.holm(p)
+
+
+def test_a_leader_is_decided_only_when_every_rival_survives_holms_correction():
+    leader, near, far = [0.020, 0.021, 0.022, 0.021], [0.0215, 0.0235, 0.0225, 0.0230], [0.05, 0.06, 0.055, 0.052]
+    p_near, p_far = stats.welch_p(leader, near), stats.welch_p(leader, far)
+    assert p_far < p_near < 0.05  # each rival alone is told apart
+
+    two, p, corrected = decided(leader, [far, near])
+    assert corrected.tolist() == pytest.approx([2 * p_far, p_near])
+    assert (two.behind, two.family, two.holm_p, two.distinguishable) == ("rival 1", 2, p_near, True)
+
+    # three rivals each below 0.05 alone, but the smallest p times 3 is not: nothing is decided
+    closer = [v + 0.0001 for v in near]
+    three, p, corrected = decided(leader, [near, near[::-1], closer])
+    assert max(p) < 0.05 and 3 * min(p) > 0.05 and three.family == 3
+    assert three.ahead == "leader" and three.p < 0.05 < three.holm_p and three.distinguishable is False
+    assert three.seeds_needed > len(leader)  # undecided: a power estimate says how many seeds would decide it
+
+    lone, _, _ = decided(leader, [far, [0.03]])  # a rival with one seed cannot be told apart: no verdict
+    assert lone.behind == "rival 1" and lone.distinguishable is None
+
+
+def test_p_ahead_is_the_mann_whitney_share_of_pairs_and_its_bootstrap_interval_is_fixed():
+    a, b = [0.030, 0.031, 0.035], [0.031, 0.033, 0.036, 0.040]
+    u = scipy_stats.mannwhitneyu(b, a).statistic  # pairs in which b's value is above a's, ties half
+    assert stats.prob_ahead(a, b) == pytest.approx(u / 12) and stats.prob_ahead(b, a) == pytest.approx(1 - u / 12)
+    low, high = stats.prob_ahead_interval(a, b)
+    assert 0 <= low <= stats.prob_ahead(a, b) <= high <= 1 and high - low > 0.2  # three seeds: a wide interval
+    assert stats.prob_ahead_interval(a, b) == (low, high)          # a fixed seed: the same on every call
+    assert stats.prob_ahead_interval([0.01, 0.02], [0.03, 0.04]) == (1.0, 1.0)  # no resample crosses over
+    assert all(math.isnan(v) for v in stats.prob_ahead_interval([0.01], [0.03, 0.04]))
+    assert math.isnan(stats.prob_ahead([], [0.03]))
+
+
+@pytest.mark.parametrize("effect, seeds", [(1.0, 17), (0.5, 64), (0.8, 26)])
+def test_seeds_needed_matches_the_textbook_table(effect, seeds):
+    # Cohen's table for a two-sided two-sample t-test at alpha 0.05 and 80% power: d 0.5 -> 64, 0.8 -> 26, 1.0 -> 17
+    spread = 0.01
+    a = [0.03 - spread, 0.03, 0.03 + spread]
+    b = [v + effect * spread for v in a]
+    assert stats.seeds_needed(a, b) == seeds
+    assert stats.seeds_needed(a, a) == math.inf and math.isnan(stats.seeds_needed([0.03], b))
+
+
+@pytest.mark.parametrize("true_means, seeds", [((0, 0, 0, 0), 3), ((0, 0, 0, 0), 10), ((0, 0, 3, 3), 3),
+                                                ((0, 0, 3, 3), 10), ((0, 0, 0, 2, 2), 10)])
+def test_a_question_is_called_decided_falsely_at_most_alpha_of_the_time(true_means, seeds):
+    # 1,000 simulated questions (unit noise): the leader (the lowest sample mean) is called decided only when
+    # Welch's test tells it apart from every rival after Holm's correction; here another setting is as good
+    # as any leader, so every decision is false. (Calling a leader apart as soon as any one rival is told
+    # apart would be wrong about one time in five with four equal settings and ten seeds.)
+    rng = np.random.default_rng(sum(true_means) * 100 + seeds)
+    false = 0
+    for _ in range(1000):
+        values = [rng.normal(mean, 1.0, seeds) for mean in true_means]
+        order = np.argsort([v.mean() for v in values])
+        false += decided(values[order[0]], [values[i] for i in order[1:]])[0].distinguishable is True
+    assert false / 1000 <= stats.ALPHA
