@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
 import torch
 
 from .files import (  # noqa: F401
@@ -54,6 +55,8 @@ class MnistTensors:
 def normalise(images, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Grey values 0-255 (uint8 or float, numpy or torch, any leading shape) -> (N, 784) normalised
     as ToTensor() + Normalize((0.1307,), (0.3081,)) would, for all images at once."""
+    if isinstance(images, np.ndarray) and not images.flags.writeable:
+        images = images.copy()  # torch warns about a read-only array, and MLflow hands pyfunc inputs over read-only
     pixels = torch.as_tensor(images).reshape(-1, 28 * 28).to(dtype)
     return (pixels / 255.0 - MEAN) / STD
 

@@ -154,27 +154,30 @@ def prob_ahead_interval(a: Iterable[float], b: Iterable[float], confidence: floa
 
 
 def seeds_needed(a: Iterable[float], b: Iterable[float], alpha: float = ALPHA, power: float = POWER) -> float:
-    """Seeds per setting with which a two-sided t-test at `alpha` would tell A from B with
-    probability `power`, were the true gap and spread those seen (the pooled standard deviation):
-    a planning estimate, not a promise. math.inf when the gap is 0 or more than MAX_SEEDS would be
-    needed; NaN when a side has fewer than 2 values."""
+    """Seeds per setting with which Welch's two-sided test at `alpha` would tell A from B with
+    probability `power`, were the true gap and spreads those seen (the noncentral t with Welch's
+    degrees of freedom): a planning estimate, not a promise. Asked of two settings that the seeds
+    they have did not tell apart, it is at least one more seed than the larger has. math.inf when
+    the gap is 0 or more than MAX_SEEDS would be needed; NaN when a side has fewer than 2 values."""
     x, y = _clean(a), _clean(b)
     if len(x) < 2 or len(y) < 2:
         return math.nan
     gap = abs(x.mean() - y.mean())
-    spread = math.sqrt(((len(x) - 1) * x.var(ddof=1) + (len(y) - 1) * y.var(ddof=1)) / (len(x) + len(y) - 2))
     if gap == 0:
         return math.inf
-    if spread == 0:
-        return 2.0
+    if x.var() == 0 and y.var() == 0:
+        return 2.0  # no spread: Welch's test tells them apart (p = 0) with two seeds each
     from scipy import stats
 
     n = np.arange(2, MAX_SEEDS + 1, dtype=float)
-    df = 2 * n - 2
+    va, vb = x.var(ddof=1) / n, y.var(ddof=1) / n
+    df = (va + vb) ** 2 / ((va ** 2 + vb ** 2) / (n - 1))
+    shift = gap / np.sqrt(va + vb)
     critical = stats.t.ppf(1 - alpha / 2, df)
-    shift = gap / spread * np.sqrt(n / 2)
     reached = stats.nct.sf(critical, df, shift) + stats.nct.cdf(-critical, df, shift) >= power
-    return float(n[np.argmax(reached)]) if reached.any() else math.inf
+    if not reached.any():
+        return math.inf
+    return float(max(n[np.argmax(reached)], max(len(x), len(y)) + 1))
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,6 @@
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -41,6 +42,15 @@ def test_normalise_takes_any_leading_shape_of_0_255_values():
     assert normalise(images.astype(np.uint8), torch.float64).dtype == torch.float64
     assert flat[0, 0].item() == pytest.approx((0 / 255 - 0.1307) / 0.3081)
     assert flat[0, 255].item() == pytest.approx((1 - 0.1307) / 0.3081)
+
+
+def test_a_read_only_array_is_normalised_without_a_warning():
+    images = (np.arange(784) % 256).astype(np.uint8)
+    images.flags.writeable = False  # as MLflow hands a pyfunc model its input
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert torch.equal(normalise(images), normalise(images.copy()))
+    assert not images.flags.writeable  # the caller's array is left as it was
 
 
 def test_loaded_once_per_process_device_and_dtype(tiny_dir):

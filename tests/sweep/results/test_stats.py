@@ -157,11 +157,27 @@ def test_p_ahead_is_the_mann_whitney_share_of_pairs_and_its_bootstrap_interval_i
 @pytest.mark.parametrize("effect, seeds", [(1.0, 17), (0.5, 64), (0.8, 26)])
 def test_seeds_needed_matches_the_textbook_table(effect, seeds):
     # Cohen's table for a two-sided two-sample t-test at alpha 0.05 and 80% power: d 0.5 -> 64, 0.8 -> 26, 1.0 -> 17
+    # (equal spreads: Welch's degrees of freedom are the pooled test's)
     spread = 0.01
     a = [0.03 - spread, 0.03, 0.03 + spread]
     b = [v + effect * spread for v in a]
     assert stats.seeds_needed(a, b) == seeds
     assert stats.seeds_needed(a, a) == math.inf and math.isnan(stats.seeds_needed([0.03], b))
+
+
+def test_seeds_needed_follows_welchs_test_and_asks_for_more_than_were_not_enough():
+    # unequal spreads: Welch's degrees of freedom, fewer than the pooled test's, ask for more seeds
+    tight, wide = [0.030, 0.0301, 0.0302], [0.031, 0.034, 0.037]
+    needed = int(stats.seeds_needed(tight, wide))
+    assert stats.welch_p(tight, wide) > 0.05 and needed >= 4
+
+    def simulated_power(n):  # samples with the means and spreads seen
+        rng = np.random.default_rng(n)
+        return np.mean([stats.welch_p(rng.normal(0.0301, 0.0001, n), rng.normal(0.034, 0.003, n)) < 0.05
+                        for _ in range(400)])
+
+    assert simulated_power(needed - 1) < stats.POWER <= simulated_power(needed) + 0.03
+    assert stats.seeds_needed([0.02, 0.02], [0.03, 0.03]) == 2  # no spread: p = 0 already
 
 
 @pytest.mark.parametrize("true_means, seeds", [((0, 0, 0, 0), 3), ((0, 0, 0, 0), 10), ((0, 0, 3, 3), 3),
@@ -176,5 +192,6 @@ def test_a_question_is_called_decided_falsely_at_most_alpha_of_the_time(true_mea
     for _ in range(1000):
         values = [rng.normal(mean, 1.0, seeds) for mean in true_means]
         order = np.argsort([v.mean() for v in values])
-        false += decided(values[order[0]], [values[i] for i in order[1:]])[0].distinguishable is True
+        _, corrected, _ = stats.closest_rival(stats.welch_ps(values[order[0]], [values[i] for i in order[1:]]))
+        false += corrected < stats.ALPHA  # told apart from the rival it is least told apart from: decided
     assert false / 1000 <= stats.ALPHA
