@@ -23,7 +23,8 @@ def outcome_line(outcome) -> str:
     if outcome.status == "duplicate":
         return f"  dup   {outcome.name}: {outcome.error}"
     mark = {"done": "done", "diverged": "DIVG", "stopped": "STOP"}[outcome.status]
-    return f"  {mark}  {outcome.name}: test error {100 * outcome.test_error:.2f}% ({outcome.seconds:.1f}s)"
+    group = f" for {outcome.together} fused" if outcome.together > 1 else ""  # one model's time, shared
+    return f"  {mark}  {outcome.name}: test error {100 * outcome.test_error:.2f}% ({outcome.seconds:.1f}s{group})"
 
 
 def _clock(when: float) -> str:
@@ -84,7 +85,8 @@ class Printer(Progress):
             self.bar.close()
             self.bar = None
 
-    def summary(self, summary, spec: str) -> None:
+    def summary(self, summary, spec: str, answer: str = "") -> None:
+        """The sweep's summary; `answer` is the command that answers its first question."""
         self.close()
         if summary.to_train == 0 and not summary.not_done:
             return
@@ -107,4 +109,4 @@ class Printer(Progress):
                        + "; ".join(f"{name} ({why})" for name, why in summary.not_done[:5])
                        + (" ..." if len(summary.not_done) > 5 else "")
                        + f". `sweep run {spec}` again trains them once they are free.", err=True)
-        click.echo(f"next: sweep best {spec} --by activation   |   sweep ui")
+        click.echo(f"next: {answer or f'sweep best {spec}'}   |   sweep report {spec}   |   sweep ui")

@@ -66,8 +66,16 @@ def command(spec, grids, tracking_uri, max_runs, **chosen):
         sys.exit(exit_status(exc))
     finally:
         printer.close()
-    printer.summary(summary, spec)
+    printer.summary(summary, spec, answer_command(sweep, spec, grids))
     sys.exit(exit_status(None, summary))
+
+
+def answer_command(sweep, path: str, grids=()) -> str:
+    """The `sweep best` that answers the first selected grid's question: grouped by what the grid
+    varies besides lr (each value at its own best lr), or the search's best trial."""
+    name = next(iter(grids), None) or next(iter([*sweep.grids, *sweep.searches]))
+    varied = [s for s, values in sweep.grids.get(name, {}).items() if len(values) > 1 and s not in ("lr", "seed")]
+    return f"sweep best {path} --grid {name}" + "".join(f" --by {s}" for s in varied)
 
 
 def _checked_locally(settings):

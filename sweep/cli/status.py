@@ -1,3 +1,5 @@
+import collections
+
 import click
 
 from .common import grid_option, reports_errors, short_lived, spec_argument, tracking_option
@@ -9,8 +11,8 @@ from .common import grid_option, reports_errors, short_lived, spec_argument, tra
 @tracking_option
 @reports_errors
 def command(spec, grids, tracking_uri):
-    """Counts of runs per state (runs stopped early apart), each search's trials, and the failed runs
-    with their error."""
+    """Counts of runs per state (of the done ones: how many stopped early, diverged or were
+    duplicates), each search's trials, and the failed runs with their error."""
     short_lived()
     from .. import queue
     from ..adaptive.search import slot_key
@@ -29,8 +31,11 @@ def command(spec, grids, tracking_uri):
     finished = _finished(read.attempts)
     if runs or not search_names:
         counts = queue.count({r.key: read.states[r.key] for r in runs})
-        stopped = sum(finished.get(r.key) == "stopped" for r in runs)
-        apart = f" ({stopped} stopped early)" if stopped or any(sweep.early_stop_for(g) for g in grid_names) else ""
+        ended = collections.Counter(finished.get(r.key) for r in runs if read.states[r.key] == schema.DONE)
+        parts = ([f"{ended['stopped']} stopped early"]
+                 if ended["stopped"] or any(sweep.early_stop_for(g) for g in grid_names) else [])
+        parts += [f"{ended[how]} {how}" for how in ("diverged", "duplicate") if ended[how]]
+        apart = f" ({', '.join(parts)})" if parts else ""
         click.echo(f"experiment '{sweep.experiment}': {len(runs)} runs: "
                    + ", ".join(f"{n} {s}" + (apart if s == schema.DONE else "") for s, n in counts.items()))
     for name, keys in slots.items():

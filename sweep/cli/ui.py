@@ -51,7 +51,8 @@ def command(spec, experiment, tracking_uri, port, host, no_browser):
         return
     mlflow_bin = shutil.which("mlflow") or os.path.join(os.path.dirname(sys.executable), "mlflow")
     click.echo(f"MLflow UI for {uri}:\n  {url}\n(Ctrl-C to stop)")
-    proc = subprocess.Popen([mlflow_bin, "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)])
+    proc = subprocess.Popen([mlflow_bin, "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port),
+                             "--uvicorn-opts", "--no-access-log"])  # not a line per HTTP request
     try:
         if browse and _wait_until_up(server, proc):
             _open(url)

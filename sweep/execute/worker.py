@@ -46,6 +46,7 @@ class Outcome:
     test_error: float = float("nan")
     seconds: float = 0.0
     error: str = ""
+    together: int = 1        # runs trained as one fused model with it (then `seconds` is the group's)
 
 
 @dataclass(frozen=True)
@@ -93,8 +94,8 @@ def execute(job: Job, train: Optional[Train] = None) -> list[Outcome]:
     try:
         with KeepAlive(store, leases, job.owner, job.parent_run_id):  # beating the leases still to finish too
             results = (train or train_runs)(job, leases, planned_of, judge)
-            return outcomes + [_finish(lease, planned_of[lease.run_id], result, lease.run_id in judge.stopped)
-                               for lease, result in zip(leases, results)]
+            return outcomes + [_finish(lease, planned_of[lease.run_id], result, lease.run_id in judge.stopped,
+                                       len(results)) for lease, result in zip(leases, results)]
     except KeyboardInterrupt as exc:
         store.after_interrupt(exc)
         for lease in leases:
@@ -169,9 +170,9 @@ def _failed(lease: Lease, planned, exc: BaseException) -> Outcome:
     return Outcome(planned.key, planned.name, "failed", lease.run_id, error=f"{type(exc).__name__}: {exc}")
 
 
-def _finish(lease: Lease, planned, result: Trained, stopped: bool) -> Outcome:
+def _finish(lease: Lease, planned, result: Trained, stopped: bool, together: int = 1) -> Outcome:
     """Log a trained run's summary and agent and mark it FINISHED (stopped early when `stopped`); a
-    failure here fails this run only."""
+    failure here fails this run only. `together`: the runs trained with it as one model."""
     if not lease.held:
         return Outcome(planned.key, planned.name, "lost", lease.run_id, error=lease.lost)
     try:
@@ -183,4 +184,5 @@ def _finish(lease: Lease, planned, result: Trained, stopped: bool) -> Outcome:
     if not finished:
         return Outcome(planned.key, planned.name, "lost", lease.run_id, error=lease.lost)
     status = "diverged" if result.diverged else "stopped" if stopped else "done"
-    return Outcome(planned.key, planned.name, status, lease.run_id, result.test_error, result.seconds)
+    return Outcome(planned.key, planned.name, status, lease.run_id, result.test_error, result.seconds,
+                   together=together)

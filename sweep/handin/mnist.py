@@ -2,6 +2,7 @@
 
     python mnist.py --lr 0.001                  # train, print every epoch, save mnist_agent.pt
     python mnist.py --load mnist_agent.pt       # test a saved agent instead
+    python mnist.py --lr 0.001 --force          # train although mnist_agent.pt exists, and replace it
 
 The network is 784 -> depth x width -> 10 with log-softmax outputs, trained by SGD on the negative
 log-likelihood; `python mnist.py --help` lists the settings. Only torch and torchvision are needed.
@@ -245,6 +246,9 @@ def build_parser():
     p.add_argument("--load", metavar="AGENT", default=None,
                    help="instead of training, test this saved agent (an mnist_agent.pt of this "
                         "script or of a sweep) on the test set")
+    p.add_argument("--force", action="store_true",
+                   help=f"replace an existing {AGENT_FILE} (without it, training refuses to start: the "
+                        f"agent there may be the one handed in)")
     return p
 
 
@@ -275,6 +279,9 @@ def main(argv=None):
     args = parser.parse_args(argv)
     device = check_args(parser, args)
     model = None
+    if not args.load and Path(AGENT_FILE).exists() and not args.force:
+        fail(f"{AGENT_FILE} exists already (the agent handed in?): train in another folder, or pass --force "
+             f"to replace it")
     if args.load:
         try:
             model = load_agent(args.load, device)

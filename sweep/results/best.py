@@ -146,8 +146,9 @@ def best_by(runs: pd.DataFrame, by: list, metric: str = "auto", include_stopped:
                        **comparison_columns(comparison))
         rows.append(row)
         winners.append(winner)
-    table = pd.DataFrame(rows)[columns]
+    table = pd.DataFrame(rows)[columns].sort_values(metric, kind="stable")  # ranked, as the header says
     table["n"] = table["n"].astype(int)
+    within = {group: within[group] for group in (label(row, by) for _, row in table.iterrows()) if group in within}
     across = None
     if by and len(winners) > 1:
         ranked = pd.DataFrame(winners).sort_values(metric, kind="stable")

@@ -9,6 +9,8 @@ from typing import Optional
 
 import pandas as pd
 
+from mnist_core.config import SETTING_NAMES, SETTING_TYPES
+
 from ..spec.space import describe_early_stop
 from . import stats
 from .analysis import GridView, SearchView, Stopping, best_per, best_so_far_table, best_trial, points, seed_values, ties
@@ -90,7 +92,9 @@ def best_words(best: Best) -> list[str]:
     ranked = (f"Ranked by {best.metric}, the mean over each setting's seeds (validation error: the test "
               f"error shown was not used to choose)." if best.metric.startswith(("val_", "final_val", "best_val"))
               else f"Ranked by {best.metric}, the mean over each setting's seeds.")
-    lines.append(ranked + " run_id is the setting's best seed.")
+    lines.append(ranked + " run_id is the setting's best seed."
+                 + (" std (points): the standard deviation over seeds, in percentage points." if
+                    best.metric in ERROR_COLUMNS else ""))
     if len(best.table) and (best.table["n"] == 1).all():
         lines.append("n = 1 per setting: no interval can be given and no test made "
                      "(give the sweep file several seeds, e.g. seeds: [1, 2, 3]).")
@@ -134,6 +138,9 @@ def for_people(best: Best) -> pd.DataFrame:
                        for s in summaries]
     out = out.rename(columns={f"{m}_std": "std (points)" if m in ERROR_COLUMNS else "std"})
     out = out.drop(columns=[f"{m}_ci_low", f"{m}_ci_high", "ranked_by", *COMPARISON_COLUMNS])
+    for setting in SETTING_NAMES:  # a number the way the sentences write it: 0.1, not 0.10 beside 0.03
+        if setting in out and SETTING_TYPES[setting] == "float":
+            out[setting] = out[setting].map(lambda v: f"{v:g}")
     return as_percent(out)
 
 

@@ -101,7 +101,7 @@ def test_unzipped_hand_in_trains_and_tests_alone(parts, tiny_dir, tmp_path):
     printed = re.search(r"err +([\d.]+)% on 160 images", tested.stdout)
     assert printed and float(printed[1]) == pytest.approx(100 * error, abs=100 / 160), tested.stdout  # within one image
 
-    trained = subprocess.run([sys.executable, "mnist.py", "--epochs", "1", "--data-dir", tiny_dir],
+    trained = subprocess.run([sys.executable, "mnist.py", "--epochs", "1", "--data-dir", tiny_dir, "--force"],
                              cwd=grader, env=env, capture_output=True, text=True, timeout=300)
     assert trained.returncode == 0, trained.stderr
     model = load_agent(grader / "mnist_agent.pt")
@@ -216,8 +216,9 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 
 @pytest.mark.system
 def test_the_commands_hand_in_trains_and_tests_alone(known_sweep, tiny_dir, tmp_path):
-    """The issue's acceptance test on the command's zip: unzipped into an empty folder, mnist.py trains
-    one epoch and writes an agent, and tests the agent handed in, with torch and torchvision only."""
+    """The issue's acceptance test on the command's zip: unzipped into an empty folder, mnist.py tests
+    the agent handed in, refuses to train over it, and with --force trains one epoch and writes an
+    agent, with torch and torchvision only."""
     spec_path, uri, runs = known_sweep
     result = invoke(spec_path, "--student-id", "42", "--out", tmp_path / "out", "--tracking-uri", uri)
     assert result.exit_code == 0, result.output
@@ -234,7 +235,11 @@ def test_the_commands_hand_in_trains_and_tests_alone(known_sweep, tiny_dir, tmp_
     tested = grade("--load", "mnist_agent.pt", "--data-dir", tiny_dir, "--no-download")
     assert tested.returncode == 0, tested.stderr
     assert re.search(r"err +[\d.]+% on 160 images", tested.stdout), tested.stdout
-    trained = grade("--epochs", 1, "--data-dir", tiny_dir, "--no-download")
+    handed_in = (grader / "mnist_agent.pt").read_bytes()
+    refused = grade("--epochs", 1, "--data-dir", tiny_dir, "--no-download")  # would replace the agent handed in
+    assert refused.returncode == 2 and "pass --force" in refused.stderr
+    assert (grader / "mnist_agent.pt").read_bytes() == handed_in
+    trained = grade("--epochs", 1, "--data-dir", tiny_dir, "--no-download", "--force")
     assert trained.returncode == 0, trained.stderr
     assert "agent saved to mnist_agent.pt" in trained.stdout
     assert load_agent(grader / "mnist_agent.pt").config == RunConfig(epochs=1)

@@ -104,6 +104,13 @@ def test_bad_input_is_one_message_and_exit_2(tmp_path):
     assert junk.returncode == 2 and "cannot load agent junk.pt" in junk.stderr and "Traceback" not in junk.stderr
     assert not (tmp_path / "mnist_agent.pt").exists()
 
+    (tmp_path / "mnist_agent.pt").write_bytes(b"the agent handed in")
+    kept = run_script(tmp_path, "--epochs", "1")  # would overwrite it: refused before anything is read
+    assert kept.returncode == 2 and kept.stderr.count("\n") == 1 and "pass --force to replace it" in kept.stderr
+    assert (tmp_path / "mnist_agent.pt").read_bytes() == b"the agent handed in"
+    forced = run_script(tmp_path, "--epochs", "1", "--force", "--data-dir", tmp_path / "nowhere", "--no-download")
+    assert forced.returncode == 2 and "train-images-idx3-ubyte" in forced.stderr  # past the check, to the data
+
 
 @pytest.mark.system
 def test_loads_a_sweep_agent_with_the_same_predictions(tiny_dir, tiny_data, tmp_path):

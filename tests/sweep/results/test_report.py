@@ -51,6 +51,13 @@ def known(tmp_path_factory, tiny_data):
     return spec_path, uri, folder
 
 
+def test_status_says_how_many_of_the_done_runs_diverged_as_the_report_does(known):
+    spec_path, uri, _ = known
+    status = CliRunner().invoke(main, ["status", str(spec_path), "--tracking-uri", uri])
+    assert status.exit_code == 0, status.output
+    assert "experiment 'known': 10 runs: 1 pending, 0 running, 0 failed, 9 done (1 diverged)" in status.output
+
+
 def test_report_outputs_numbers_missing_and_diverged(known):
     spec_path, uri, folder = known
     out = folder / "out"

@@ -178,7 +178,8 @@ def test_sweep_ui_prints_and_opens_the_runs_ranked_by_final_test_error(ui_store,
     url = (f"http://127.0.0.1:{port}/#/experiments/{experiment_id}/runs"
            f"?workflowType=machine_learning&viewStateShareKey=sweep-runs")
     assert url in result.output.splitlines()[1] and opened == [url]
-    assert (folder / "server-args").read_text() == f"ui --backend-store-uri {uri} --host 127.0.0.1 --port {port}"
+    assert (folder / "server-args").read_text() == (f"ui --backend-store-uri {uri} --host 127.0.0.1 --port {port} "
+                                                    f"--uvicorn-opts --no-access-log")
     tags = MlflowClient(uri).get_experiment(experiment_id).tags
     assert tags[schema.EXPERIMENT_KIND] == schema.MODEL_TRAINING
     view = json.loads(tags[schema.VIEW_TAG])
