@@ -28,6 +28,7 @@ class GridView:
     runs: pd.DataFrame       # one row per planned run of the grid, with its outcome
     x: str = ""              # the swept setting drawn on the x axis (lr for lr_by_setting)
     by: str = ""             # lr_by_setting: the setting swept together with lr, one line per value
+    unstable: pd.DataFrame = field(default_factory=lambda: unstable_runs(pd.DataFrame(), {}))  # unstable_runs
 
     @property
     def done(self) -> pd.DataFrame:
@@ -114,12 +115,49 @@ def grid_views(results: SweepResults) -> list[GridView]:
             continue
         runs = results.grid_runs(grid)
         kinds = classify(varied(runs))
-        views.append(GridView(grid, kinds[0], varied(runs), runs, kinds[1], kinds[2]))
+        views.append(GridView(grid, kinds[0], varied(runs), runs, kinds[1], kinds[2],
+                              unstable_runs(runs, results.curves)))
     return views
+
+
+UNSTABLE_EPOCHS = 3
+
+
+def unstable_runs(runs: pd.DataFrame, curves: dict, epochs: int = UNSTABLE_EPOCHS) -> pd.DataFrame:
+    """The finished runs whose objective (the error they are ranked by, after each epoch) rose,
+    within their last `epochs` epochs, by more than its final value: a spike at least as large as
+    where the run ended, so that its final-epoch number may be luck. Columns name, run_id, last
+    (the objective over those epochs)."""
+    found = []
+    if len(runs):
+        for name, run_id, outcome in zip(runs["name"], runs["run_id"], runs["outcome"]):
+            window = tuple(curves.get(run_id, ()))[-epochs:] if outcome == "done" else ()
+            rise = max((value - min(window[:i]) for i, value in enumerate(window) if i), default=0.0)
+            if len(window) == epochs and rise > window[-1]:
+                found.append((name, run_id, window))
+    return pd.DataFrame(found, columns=["name", "run_id", "last"])
 
 
 def ranking_metric(results: SweepResults) -> str:
     return resolve_metric(candidates(results.runs), "auto")[0]
+
+
+SETUP_SETTINGS = ("activation", "depth", "width", "lr", "momentum", "schedule", "batch_size", "epochs", "validation")
+
+
+@dataclass(frozen=True)
+class Setup:
+    """How the finished runs were trained, as the store holds their settings."""
+    values: dict             # setting (SETUP_SETTINGS) -> its distinct values, sorted
+    seeds: int               # the most seeds of any one setting
+    runs: int                # finished runs (done, diverged, stopped; duplicates aside)
+
+
+def setup(runs: pd.DataFrame) -> Setup:
+    trained = runs[runs["outcome"].isin(("done", "diverged", "stopped"))]
+    values = {s: sorted(trained[s].dropna().unique().tolist()) for s in SETUP_SETTINGS}
+    seeds = int(trained.groupby(SETTINGS, dropna=False).size().max()) if len(trained) else 0
+    return Setup(values, seeds, len(trained))
 
 
 def analyse(results: SweepResults) -> Analysis:

@@ -18,7 +18,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from . import stats
-from .analysis import LOG_AXIS, Analysis, GridView, SearchView, best_per, best_so_far_table, curve_runs
+from .analysis import LOG_AXIS, Analysis, GridView, SearchView, best_per, best_so_far_table, curve_runs, setup
 from .best import SETTINGS, best_by, summary_of
 from .figures import (
     COLORS,
@@ -40,6 +40,7 @@ from .words import (
     objective_name,
     schedule_note,
     search_conclusions,
+    setup_words,
     stopping_conclusions,
 )
 
@@ -96,6 +97,7 @@ def build_report(analysis: Analysis, folder: Path):
     what = (f"{len(results.runs)} planned runs" if not trials else
             f"{len(results.runs)} runs ({len(results.runs) - trials} planned in grids, {trials} trials of searches)")
     blocks.append(Block("p", f"{what}: " + ", ".join(f"{counts.get(k, 0)} {k}" for k in shown_outcomes) + "."))
+    blocks.append(Block("p", setup_words(setup(results.runs))))
     blocks.append(Block("p", f"Errors are final-epoch fractions of misclassified images, shown in percent. "
                              f"Each setting is run with up to {seeds} seed(s); points are means over its "
                              f"finished seeds, bars their 95% confidence interval (Student t), and no bar "

@@ -13,7 +13,19 @@ from mnist_core.config import SETTING_NAMES, SETTING_TYPES
 
 from ..spec.space import describe_early_stop
 from . import stats
-from .analysis import GridView, SearchView, Stopping, best_per, best_so_far_table, best_trial, points, seed_values, ties
+from .analysis import (
+    UNSTABLE_EPOCHS,
+    GridView,
+    SearchView,
+    Setup,
+    Stopping,
+    best_per,
+    best_so_far_table,
+    best_trial,
+    points,
+    seed_values,
+    ties,
+)
 from .best import COMPARISON_COLUMNS, ERROR_COLUMNS, Best, best_by, label, summary_of
 
 NAMES = {"test_error": "test error", "train_error": "train error", "val_error": "validation error",
@@ -327,8 +339,50 @@ def _lr_decisions(best: Best, by: str) -> list:
     return [line + "."]
 
 
-def _leftovers(view: GridView) -> list:
+def setup_words(setup: Setup) -> str:
+    """What every finished run was: network, optimiser, data, seeds, time (the report's setup)."""
+    if not setup.runs:
+        return "Setup: no run has finished yet."
+    v = setup.values
+
+    def listed(setting: str) -> str:
+        return ", ".join(f"{x:g}" if isinstance(x, float) else f"{x:,}" if isinstance(x, int) else str(x)
+                         for x in v[setting])
+
+    layers = "hidden layer" + ("" if v["depth"] == [1] else "s")
+    held = [x for x in v["validation"] if x]
+    split = (f"{listed('validation')} of the 60,000 training images held out for validation (the same images for "
+             f"every run and seed) and the rest trained on" if held and len(held) == len(v["validation"]) else
+             "trained on all 60,000 training images (no validation split)" if not held else
+             f"training images held out for validation: {listed('validation')} (0: none)")
+    return (f"Setup: the runs are MLPs 784 -> {listed('depth')} {layers} of {listed('width')} units -> 10 "
+            f"({listed('activation')}; log-softmax output), trained by SGD (momentum {listed('momentum')}) on the "
+            f"negative log-likelihood with mini-batches of {listed('batch_size')} for {listed('epochs')} epochs, at "
+            f"learning rates {listed('lr')} (schedule {listed('schedule')}); {split}; the test error is measured "
+            f"on the 10,000 test images. Up to {setup.seeds} seed(s) per setting (the seed sets the initial "
+            f"weights and the data order); {_plural(setup.runs, 'finished run')}.")
+
+
+UNSTABLE_SHOWN = 6  # unstable runs named in a grid's conclusions; the rest are counted
+
+
+def unstable_conclusions(view: GridView) -> list:
+    """The grid's runs whose final-epoch number may be luck (analysis.unstable_runs), named with their
+    last epochs' errors."""
     lines = []
+    if len(view.unstable):
+        shown = "; ".join(f"{r.name} ({', '.join(_pct(v) for v in r.last)})"
+                          for r in view.unstable.head(UNSTABLE_SHOWN).itertuples())
+        more = len(view.unstable) - UNSTABLE_SHOWN
+        lines.append(f"Unstable at the end, {_plural(len(view.unstable), 'run')} (the ranked error rose, within "
+                     f"a run's last {UNSTABLE_EPOCHS} epochs, by more than where the run ended, so its "
+                     f"final-epoch number may be luck; the error after each of those epochs): {shown}"
+                     + (f"; and {more} more." if more > 0 else "."))
+    return lines
+
+
+def _leftovers(view: GridView) -> list:
+    lines = unstable_conclusions(view)
     diverged = view.runs[view.runs["outcome"] == "diverged"]
     if len(diverged):
         lines.append(f"Diverged (loss became NaN or infinite; not plotted as errors): {', '.join(diverged['name'])}.")

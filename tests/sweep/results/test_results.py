@@ -8,6 +8,8 @@ from mnist_core.config import SETTING_NAMES
 from sweep import queue, tracking
 from sweep.queue import Index, schema
 from sweep.results import fetch as results_module
+from sweep.results import words
+from sweep.results.analysis import GridView, unstable_runs
 from sweep.results.fetch import COLUMNS, fetch_results
 from sweep.spec import SpecError, expand
 
@@ -135,3 +137,19 @@ def test_curves_are_decoded_whatever_the_tag_holds():
     assert schema.decode_curve("[0.5, 0.25]") == (0.5, 0.25)
     assert schema.decode_curve(schema.encode_curve([0.5, float("nan")]))[0] == 0.5
     assert schema.decode_curve("edited by hand") == () and schema.decode_curve("[]") == () and schema.decode_curve(None) == ()
+
+
+def test_a_run_whose_error_spiked_in_its_last_epochs_is_called_unstable_and_a_steep_fall_is_not():
+    runs = pd.DataFrame({"name": ["spike", "falling", "stuck", "short", "diverged"],
+                         "run_id": ["a", "b", "c", "d", "e"], "outcome": ["done"] * 4 + ["diverged"]})
+    curves = {"a": (0.05, 0.029, 0.027, 0.1067, 0.0271),   # the relu at lr 0.1: 12% at epoch 9, 2.5% at 10
+              "b": (0.9, 0.5, 0.25, 0.03),                 # still learning fast: no rise at all
+              "c": (0.81, 0.80, 0.78, 0.90),               # learns nothing; its 12-point rise is small beside 90%
+              "d": (0.5, 0.9),                              # fewer epochs than the window
+              "e": (0.1, 0.5, 0.05)}
+    found = unstable_runs(runs, curves)
+    assert list(found["name"]) == ["spike"] and found.iloc[0]["last"] == (0.027, 0.1067, 0.0271)
+    view = GridView("g", "table", ["lr"], runs.assign(seed=1), unstable=found)
+    assert words.unstable_conclusions(view) == ["Unstable at the end, 1 run (the ranked error rose, within a run's last 3 epochs, by more than "
+                    "where the run ended, so its final-epoch number may be luck; the error after each of those "
+                    "epochs): spike (2.70%, 10.67%, 2.71%)."]
