@@ -1,3 +1,4 @@
+import shlex
 from pathlib import Path
 
 import click
@@ -68,8 +69,12 @@ def command(spec, by, metric, include_stopped, experiment, grids, fmt, register,
 
         winner = overall_winner(best)
         version = register_agent(store.open_store(uri), winner["run_id"], register, _example_pixels(data_dir))
-        click.echo(f"registered run {winner['run_id']} as model '{register}' version {version}: "
-                   f"mlflow models predict -m models:/{register}/{version} -i INPUT.json --env-manager local",
+        model = f"models:/{register}/{version}"
+        click.echo(f"registered run {winner['run_id']} as model '{register}' version {version}; to predict with "
+                   f"it on its input example:\n"
+                   f"  export MLFLOW_TRACKING_URI={shlex.quote(uri)}\n"
+                   f"  mlflow artifacts download -u {model}/serving_input_example.json -d .\n"
+                   f"  mlflow models predict -m {model} -i serving_input_example.json --env-manager local",
                    err=fmt != "table")
 
 

@@ -208,6 +208,18 @@ def test_best_skips_the_diverged_run_and_registers_a_servable_model(known, tiny_
     assert np.isclose(sum(json.loads((tmp_path / "out.json").read_text())["predictions"][0][f"p{d}"]
                           for d in range(10)), 1.0, atol=1e-4)
 
+    # the commands `--register` prints, run as printed in an empty folder with nothing set
+    printed = result.stderr.split("to predict with it on its input example:\n")[1].strip().splitlines()
+    assert [line.split()[0] for line in printed] == ["export", "mlflow", "mlflow"]
+    shell = tmp_path / "shell"
+    shell.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env["PATH"]
+    done = subprocess.run(["bash", "-ec", "\n".join(printed)], cwd=shell, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert len(json.loads(done.stdout.strip().splitlines()[-1])["predictions"]) == 3  # the three example images
+
 
 def torch_tensor(array):
     import torch
