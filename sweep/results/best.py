@@ -143,7 +143,7 @@ def best_by(runs: pd.DataFrame, by: list, metric: str = "auto", include_stopped:
             comparison, closest = _closest(winner, others, group.iloc[1:], metric)
             within[label(winner, by)] = comparison
             row.update(closest_rival=", ".join(f"{s}={_fmt(closest[s])}" for s in others),
-                       **comparison_columns(comparison))
+                       **_comparison_columns(comparison))
         rows.append(row)
         winners.append(winner)
     table = pd.DataFrame(rows)[columns].sort_values(metric, kind="stable")  # ranked, as the header says
@@ -175,7 +175,7 @@ def _closest(winner, settings: list, rivals: pd.DataFrame, metric: str) -> tuple
                          holm_p=corrected, family=tested), rival
 
 
-def comparison_columns(comparison: stats.Comparison) -> dict:
+def _comparison_columns(comparison: stats.Comparison) -> dict:
     """A comparison as the table's script columns."""
     return {"p_value": comparison.p, "p_holm": comparison.holm_p, "rivals": comparison.family,
             "distinguishable": comparison.distinguishable, "p_ahead": comparison.prob,

@@ -8,9 +8,9 @@ made-up number.
 
 A question that compares its leader with several rivals makes several tests, corrected by Holm's
 step-down method over them; the question is decided when its leader is told apart from every rival.
-Although the leader is chosen by the same data, such a decision is wrong at most ALPHA of the time
-(tests/sweep/results/test_stats.py simulates it); a single corrected comparison is not guaranteed
-that under the choice, so the words speak of the decision.
+The leader is chosen by the same data; in simulation (tests/sweep/results/test_stats.py) such a
+decision was still wrong at most ALPHA of the time, while a single corrected comparison was not held
+to that under the choice, so the words speak of the decision.
 Next to Welch's p, P(A ahead of B), the probability that a seed of A has the lower value than a
 seed of B (ties half), with a stratified bootstrap interval (each setting's seeds resampled on
 their own), as Bouthillier et al. (2021) and Agarwal et al. (2021, rliable) ask.
@@ -182,9 +182,9 @@ def seeds_needed(a: Iterable[float], b: Iterable[float], alpha: float = ALPHA, p
 
 @dataclass(frozen=True)
 class Comparison:
-    """`ahead` (the lower mean) against `behind`: Welch's p, P(ahead ahead of behind) with its
-    bootstrap interval, and Welch's p after Holm's correction over the `family` tests it was made
-    with (p itself when it was made alone)."""
+    """`ahead` (the lower mean) against `behind`: Welch's p, the probability that a seed of `ahead`
+    beats a seed of `behind` with its bootstrap interval, and Welch's p after Holm's correction over
+    the `family` tests it was made with (p itself when it was made alone)."""
     ahead: str
     behind: str
     ahead_summary: Summary

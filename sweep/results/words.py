@@ -340,7 +340,7 @@ def _lr_decisions(best: Best, by: str) -> list:
 
 
 def setup_words(setup: Setup) -> str:
-    """What every finished run was: network, optimiser, data, seeds, time (the report's setup)."""
+    """What the finished runs were: networks, optimiser, data, split and seeds (the report's setup)."""
     if not setup.runs:
         return "Setup: no run has finished yet."
     v = setup.values
