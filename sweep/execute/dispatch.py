@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import signal
 import socket
+import sys
 import threading
 from typing import Iterator, Optional
 from urllib.parse import urlsplit
@@ -118,19 +119,28 @@ class JoblibPool:
                 executor.shutdown(kill_workers=True)
 
 
+# A Ctrl-C while the sweep's process exits can cut short the finalizers that give the tracker back the
+# executor's locks; the tracker then removes them itself, as it should, and would also print a warning
+# of three lines about them: one line is the whole answer to a Ctrl-C.
+QUIET_TRACKER = "ignore:resource_tracker:UserWarning"
+
+
 def _start_resource_tracker_deaf_to_hangups() -> None:
     """loky's resource tracker (one process beside the workers) ignores Ctrl-C and SIGTERM but not
     SIGHUP: a terminal that hangs up signals the whole process group, the tracker dies with it, and
     the one loky starts next prints a traceback for every file it never registered. Started while
-    SIGHUP is blocked, the tracker inherits the block; here a SIGHUP meanwhile waits, then acts."""
+    SIGHUP is blocked, the tracker inherits the block; here a SIGHUP meanwhile waits, then acts.
+    It is started with QUIET_TRACKER among its warning options (loky passes sys.warnoptions on as -W)."""
     if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
         return
     from joblib.externals.loky.backend import resource_tracker
 
     previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
+    sys.warnoptions.append(QUIET_TRACKER)
     try:
         resource_tracker.ensure_running()
     finally:
+        sys.warnoptions.remove(QUIET_TRACKER)
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
