@@ -5,6 +5,7 @@ Pure: results' numbers in (stats, best, analysis), strings and tables for people
 """
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import pandas as pd
@@ -80,9 +81,9 @@ def _p_value(p: float) -> str:
 
 def _needed(c: stats.Comparison) -> str:
     """How many seeds a power estimate says would tell an undecided pair apart."""
-    if c.seeds_needed != c.seeds_needed:  # NaN: decided, or too few seeds to estimate
+    if math.isnan(c.seeds_needed):  # decided, or too few seeds to estimate
         return ""
-    if c.seeds_needed == float("inf"):
+    if math.isinf(c.seeds_needed):
         return f"; at the gap and spread seen, not even {stats.MAX_SEEDS} seeds each would tell them apart"
     return (f"; at the gap and spread seen, about {c.seeds_needed:.0f} seeds each would tell them apart "
             f"({100 * stats.POWER:.0f}% power)")
@@ -334,7 +335,7 @@ def _lr_decisions(best: Best, by: str) -> list:
     if open_:
         line += "; open: " + "; ".join(
             f"{group} (lr {c.ahead.removeprefix('lr ')} against {c.behind}"
-            + (f", about {c.seeds_needed:.0f} seeds each would decide it" if c.seeds_needed < float("inf") else "")
+            + (f", about {c.seeds_needed:.0f} seeds each would decide it" if math.isfinite(c.seeds_needed) else "")
             + ")" for group, c in open_.items())
     return [line + "."]
 

@@ -57,6 +57,13 @@ def alive(pid):
     return open(f"/proc/{pid}/stat").read().split(")")[1].split()[0] != "Z"
 
 
+def assert_a_resume_completes(spec):
+    """`sweep run` again, here: it exits 0 and every run of the sweep is FINISHED exactly once."""
+    again = CliRunner().invoke(main, ["run", spec, "--jobs", "2"])
+    assert again.exit_code == 0, again.output
+    assert_each_key_finished_once(training_runs(), keys_of(spec))
+
+
 def parent_status():
     uri = os.environ["MLFLOW_TRACKING_URI"]
     experiment = MlflowClient(uri).get_experiment_by_name("tiny").experiment_id
@@ -210,9 +217,7 @@ def test_a_closed_stdout_ends_the_sweep_quietly_and_a_resume_completes_it(stored
     assert proc.wait(timeout=120) == 141
     assert not running()
     assert not [r for r in store_runs() if r.info.status == "FAILED"]  # a closed pipe is nobody's failure
-    again = CliRunner().invoke(main, ["run", spec, "--jobs", "2"])
-    assert again.exit_code == 0, again.output
-    assert_each_key_finished_once(training_runs(), keys_of(spec))
+    assert_a_resume_completes(spec)
 
 
 def test_killing_the_main_process_alone_stops_its_workers_and_ends_their_runs(stored):
@@ -226,9 +231,7 @@ def test_killing_the_main_process_alone_stops_its_workers_and_ends_their_runs(st
     killed = [r for r in store_runs() if r.info.status == "KILLED"]
     assert len(killed) == 2 and all("sweep process" in r.data.tags[schema.ERROR] for r in killed)
     assert parent_status() == "KILLED"
-    again = CliRunner().invoke(main, ["run", spec, "--jobs", "2"])
-    assert again.exit_code == 0, again.output
-    assert_each_key_finished_once(training_runs(), keys_of(spec))
+    assert_a_resume_completes(spec)
 
 
 @pytest.mark.parametrize("signum,code,group", [(signal.SIGTERM, 143, False), (signal.SIGHUP, 129, True)],
@@ -246,9 +249,7 @@ def test_sigterm_and_sighup_end_the_runs_in_flight_and_a_resume_completes(stored
     assert "Traceback" not in out and "Error" not in out and f"interrupted by {signal.Signals(signum).name}" in out
     assert not running()
     assert parent_status() == "KILLED"
-    again = CliRunner().invoke(main, ["run", spec, "--jobs", "2"])
-    assert again.exit_code == 0, again.output
-    assert_each_key_finished_once(training_runs(), keys_of(spec))
+    assert_a_resume_completes(spec)
 
 
 def test_ctrl_c_while_another_process_holds_the_store_locked_is_one_line(stored):
