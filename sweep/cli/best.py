@@ -50,7 +50,7 @@ def command(spec, by, metric, include_stopped, experiment, grids, fmt, register,
     uri = store.existing_store(tracking_uri, "run `sweep run` first")
     results = fetch_results(sweep, uri, grids, experiment=experiment)
     try:
-        best = best_by(results.runs, list(by), metric, include_stopped)
+        best = best_by(results.runs, list(by), metric, include_stopped, sweep.adaptive if sweep else None)
     except ValueError as exc:
         fail(str(exc))
     if best.table.empty:

@@ -47,9 +47,12 @@ class Printer(Progress):
         held = summary.held_elsewhere
         if summary.to_train == 0:
             click.echo(f"nothing to train: {summary.already_done} of {summary.total} runs already done"
-                       + (f", {held} held by another process" if held else ""))
+                       + (f", {held} held by another process" if held else "")
+                       + (f", {summary.spared} spared by adaptive seeds" if summary.spared else ""))
             return
-        click.echo(f"{summary.to_train} of {summary.total} runs to train ({summary.already_done} already done"
+        of = f"up to {summary.total} runs (adaptive seeds: more follow where a question is open)" \
+            if summary.adaptive else f"{summary.total} runs"
+        click.echo(f"{summary.to_train} of {of} to train ({summary.already_done} already done"
                    + (f", {held} held by another process" if held else "")
                    + f") with {self.cluster or f'{summary.jobs} worker(s) x {summary.threads} thread(s)'}; "
                      f"tracking at {self.uri}")
@@ -71,6 +74,12 @@ class Printer(Progress):
             self.last_line = time.time()
             elapsed = time.time() - self.started
             click.echo(f"progress: {self.done} of {self.total} runs, {elapsed / 60:.1f} min", err=True)
+
+    def more(self, runs: int) -> None:
+        self.total += runs
+        if self.bar is not None:
+            self.bar.total += runs
+            self.bar.refresh()
 
     def waiting(self, runs: int, until: float, why: str) -> None:
         text = f"waiting for {runs} run(s) {why} (lease until {_clock(until)})"
@@ -97,7 +106,9 @@ class Printer(Progress):
                       if summary.count("duplicate") else "")
                    + f"{len(failed)} failed, {summary.count('skipped')} skipped (finished or running elsewhere)"
                    + (f", {summary.count('lost')} taken over by another process" if summary.count("lost") else "")
-                   + (f"; {len(summary.crashes)} worker crash(es)" if summary.crashes else ""))
+                   + (f"; {len(summary.crashes)} worker crash(es)" if summary.crashes else "")
+                   + (f"; {summary.spared} spared: adaptive seeds had settled their questions"
+                      if summary.spared else ""))
         for crash in summary.crashes:
             click.echo(f"  worker crash: {crash}", err=True)
         for outcome in failed:

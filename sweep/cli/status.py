@@ -29,15 +29,19 @@ def command(spec, grids, tracking_uri):
              for name in search_names}
     read = queue.read_states(store, sweep.experiment, [r.key for r in runs] + [k for ks in slots.values() for k in ks])
     finished = _finished(read.attempts)
+    spared, later = _adaptive(sweep, store, grids, [r.key for r in runs])
     if runs or not search_names:
-        counts = queue.count({r.key: read.states[r.key] for r in runs})
+        counts = queue.count({r.key: read.states[r.key] for r in runs if r.key not in spared | later})
         ended = collections.Counter(finished.get(r.key) for r in runs if read.states[r.key] == schema.DONE)
         parts = ([f"{ended['stopped']} stopped early"]
                  if ended["stopped"] or any(sweep.early_stop_for(g) for g in grid_names) else [])
         parts += [f"{ended[how]} {how}" for how in ("diverged", "duplicate") if ended[how]]
         apart = f" ({', '.join(parts)})" if parts else ""
-        click.echo(f"experiment '{sweep.experiment}': {len(runs)} runs: "
-                   + ", ".join(f"{n} {s}" + (apart if s == schema.DONE else "") for s, n in counts.items()))
+        adaptive = ([f"{len(spared)} spared (adaptive seeds: their questions are settled)"] if spared else []) + \
+            ([f"{len(later)} more seeds may follow where a question stays open"] if later else [])
+        click.echo(f"experiment '{sweep.experiment}': {'up to ' if sweep.adaptive else ''}{len(runs)} runs: "
+                   + ", ".join([*(f"{n} {s}" + (apart if s == schema.DONE else "") for s, n in counts.items()),
+                                *adaptive]))
     for name, keys in slots.items():
         done = [k for k in keys if read.states[k] == schema.DONE]
         stopped = sum(finished.get(k) == "stopped" for k in done)
@@ -53,6 +57,19 @@ def command(spec, grids, tracking_uri):
         if state == schema.FAILED:
             error = errors.get(key, "")
             click.echo(f"  failed: {names.get(key, key)}: {error.splitlines()[0] if error else '?'}")
+
+
+def _adaptive(sweep, store, grids, keys: list) -> tuple[set, set]:
+    """With adaptive seeds: the keys the rule will not want (spared) and those it does not want yet."""
+    experiment_id = store.find_experiment(sweep.experiment) if sweep.adaptive else None
+    if experiment_id is None:
+        return set(), set()
+    from ..adaptive.wanted import WantedRuns
+
+    wanted = WantedRuns(sweep, store, experiment_id, grids)
+    wanted.read(sync=True)
+    spared = set(wanted.spared(keys))
+    return spared, {k for k in keys if not wanted.wants(k)} - spared
 
 
 def _finished(attempts) -> dict:

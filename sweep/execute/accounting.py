@@ -35,6 +35,8 @@ class SweepSummary:
     crashes: list = field(default_factory=list)    # what joblib said when a worker died
     not_done: list = field(default_factory=list)   # (name, why) of runs left unfinished at the end
     stalled: str = ""               # why dispatching gave up while runs were left
+    adaptive: bool = False          # seeds given where a question is still open: `total` is an upper bound
+    spared: int = 0                 # runs adaptive seeds did not need: their questions were settled
     jobs: int = 0
     threads: int = 0
     experiment_id: str = ""

@@ -21,6 +21,7 @@ from typing import Optional, Protocol
 from .. import queue
 from ..adaptive.early_stop import groups_of, rule_for
 from ..adaptive.search import slot_key
+from ..adaptive.wanted import WantedRuns
 from ..errors import SweepError
 from ..interrupts import signum_of
 from ..queue import Store, schema
@@ -44,6 +45,7 @@ class Progress:
     def start(self, summary: SweepSummary) -> None: ...
     def outcome(self, outcome: Outcome) -> None: ...
     def waiting(self, runs: int, until: float, why: str) -> None: ...
+    def more(self, runs: int) -> None: ...   # adaptive seeds want `runs` runs more than it set out to train
 
 
 class Pool(Protocol):
@@ -81,10 +83,13 @@ class Sweep:
         self.experiment_id = store.ensure_experiment(spec.experiment)
         self.session, self.owner = uuid.uuid4().hex, self.host.me()
         self.view = queue.QueueView(store, self.experiment_id, spec.experiment)
+        self.wanted = WantedRuns(spec, store, self.experiment_id, grids, self.view.index)
+        self.every_wanted = (WantedRuns(spec, store, self.experiment_id, (), self.view.index) if self.grids
+                             else self.wanted)  # the parent run is FINISHED only when the whole sweep is
         self.trials = TrialSource(spec, [spec.searches[name] for name in search_names], self.view, self.session,
                                   settings.retries, self._claim, self._record)
         self.summary = SweepSummary(total=len(self.planned) + sum(s.trials for s in self.trials.searches),
-                                    experiment_id=self.experiment_id)
+                                    experiment_id=self.experiment_id, adaptive=bool(spec.adaptive))
         cores = available_cores()
         self.summary.jobs = settings.jobs or default_jobs(gpu_count(), cores)
         self.summary.threads = threads_per_worker(self.summary.jobs, cores)
@@ -98,6 +103,7 @@ class Sweep:
         state = self.view.states(self._keys())
         todo = self._todo(refresh=False)
         s.already_done = sum(v == schema.DONE for v in state.values())
+        s.spared = len(self.wanted.spared(r.key for r in self.planned))
         s.held_elsewhere = sum(v == schema.RUNNING for v in state.values())
         s.to_train = len(todo) + sum(len(self.trials.free(search)) for search in self.trials.searches)
         self.todo_keys = {r.key for r in todo}
@@ -136,6 +142,11 @@ class Sweep:
         attempt, crashes, stalls = 0, 0, 0
         while True:
             todo = self._todo()
+            more = [r.key for r in todo if r.key not in self.todo_keys]
+            if more:  # adaptive seeds: a question is still open after the last round
+                self.todo_keys.update(more)
+                self.summary.to_train += len(more)
+                self.progress.more(len(more))
             jobs = plan_jobs(todo, self.settings.engine, self.settings.chunk_size)
             asked = self.trials.ask(max(0, self.summary.jobs - len(jobs)), todo) if self.trials.searches else []
             if asked:
@@ -243,11 +254,13 @@ class Sweep:
         return [r.key for r in self.planned] + self.trials.keys()
 
     def _todo(self, refresh: bool = True) -> list[PlannedRun]:
-        """Grid runs to train now (a failed one while retries are left)."""
+        """Grid runs to train now (a failed one while retries are left; with adaptive seeds, those
+        the rule wants as the finished runs stand)."""
         if refresh:
             self.view.refresh()
+        self.wanted.read()
         state = self.view.states([r.key for r in self.planned])
-        return [r for r in self.planned if state[r.key] in (schema.PENDING, schema.FAILED)
+        return [r for r in self.planned if state[r.key] in (schema.PENDING, schema.FAILED) and self.wanted.wants(r.key)
                 and self.view.failures(r.key, self.session) <= self.settings.retries]
 
     # --- the end ------------------------------------------------------------------------------------
@@ -255,13 +268,16 @@ class Sweep:
     def _settle(self) -> None:
         """What became of the runs it set out to train, and why the others are not done."""
         self.view.refresh()
-        settle(self.summary, self.view, {**{r.key: r.name for r in self.planned}, **self.trials.names()},
-               self.session, self.todo_keys)
+        self.wanted.read()
+        self.summary.spared = len(self.wanted.spared(r.key for r in self.planned))
+        settle(self.summary, self.view, {**{r.key: r.name for r in self.planned if self.wanted.wants(r.key)},
+                                         **self.trials.names()}, self.session, self.todo_keys)
 
     def _parent_status(self) -> tuple[str, str]:
         """From the view as last read: FINISHED only when every run of the whole sweep is done."""
         slots = [slot_key(self.spec, search, n) for search in self.spec.searches.values() for n in range(search.trials)]
-        every = self.view.states([r.key for r in expand(self.spec)] + slots)
+        self.every_wanted.read()
+        every = self.view.states([r.key for r in expand(self.spec) if self.every_wanted.wants(r.key)] + slots)
         return parent_status(every, len(self.summary.failed))
 
     def _end_parent(self, status: str = "", note: str = "") -> None:

@@ -67,9 +67,10 @@ STATES = (PENDING, RUNNING, FAILED, DONE)
 # What became of a run, in every report of it (the summary, `status`, `best`, the report, a search's
 # trials): it finished as done, diverged, stopped (early) or duplicate (a search trial whose settings a
 # finished run had: not trained again), or it failed; a worker whose claim found it done or held
-# elsewhere skipped it, one whose lease another process ended lost it; a run never tracked is missing.
+# elsewhere skipped it, one whose lease another process ended lost it; a run that adaptive seeds did not
+# need (its questions were settled without it) is spared; any other run never tracked is missing.
 FINISHED_OUTCOMES = ("done", "diverged", "stopped", "duplicate")
-OUTCOMES = (*FINISHED_OUTCOMES, "failed", "skipped", "lost", "missing")
+OUTCOMES = (*FINISHED_OUTCOMES, "failed", "skipped", "lost", "spared", "missing")
 
 
 def objective(validation) -> str:

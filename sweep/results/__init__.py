@@ -1,4 +1,4 @@
-"""The read side: a sweep's results, fetched from the store once (fetch.py), then numbers (stats.py,
+"""The read side: a sweep's results, fetched from the store once (fetch.py), then numbers (sweep/stats.py,
 best.py, analysis.py: pure functions of the fetched frame), words, figures (figures.py) and the
 report's renderers (report.py: Markdown and HTML; pdf.py).
 

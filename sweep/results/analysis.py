@@ -11,8 +11,8 @@ from typing import Optional
 
 import pandas as pd
 
+from .. import stats
 from ..spec.space import EarlyStop
-from . import stats
 from .best import SETTINGS, Best, best_by, candidates, label, resolve_metric, varied
 from .fetch import SweepResults
 

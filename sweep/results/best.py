@@ -14,7 +14,8 @@ import pandas as pd
 
 from mnist_core.config import SETTING_NAMES, SETTING_TYPES
 
-from . import stats
+from .. import stats
+from ..spec import AdaptiveSeeds
 from .fetch import FINAL_METRICS
 
 SETTINGS = [s for s in SETTING_NAMES if s != "seed"]
@@ -32,6 +33,7 @@ class Best:
     within: dict = field(default_factory=dict)   # group label -> the winner against its closest rival
     across: Optional[stats.Comparison] = None    # the best group's winner against the closest other group's
     notes: tuple = ()        # why the metric was chosen, when that needs saying
+    seeds: Optional[AdaptiveSeeds] = None        # adaptive seeds: each look's test is at its own alpha
 
 
 def varied(runs: pd.DataFrame) -> list[str]:
@@ -114,10 +116,12 @@ def candidates(runs: pd.DataFrame, include_stopped: bool = False) -> pd.DataFram
     return runs[runs["outcome"].isin(("done", "stopped") if include_stopped else ("done",))]
 
 
-def best_by(runs: pd.DataFrame, by: list, metric: str = "auto", include_stopped: bool = False) -> Best:
+def best_by(runs: pd.DataFrame, by: list, metric: str = "auto", include_stopped: bool = False,
+            seeds: Optional[AdaptiveSeeds] = None) -> Best:
     """Per group of `by`, the setting with the lowest mean `metric` over its seeds, its interval,
     and Welch's test against each other setting of the group, Holm-corrected over them; the
-    closest rival (the largest corrected p) is the one the table names."""
+    closest rival (the largest corrected p) is the one the table names. With adaptive `seeds`,
+    a test at n seeds is at that look's alpha (adaptive.seeds.alpha_at), as the rule made it."""
     by = list(by)
     unknown = [b for b in by if b not in SETTING_NAMES]
     if unknown:
@@ -140,7 +144,7 @@ def best_by(runs: pd.DataFrame, by: list, metric: str = "auto", include_stopped:
         winner = group.iloc[0]
         row = {**winner.drop(["values", "summary"]), "ranked_by": metric, **_NO_COMPARISON}
         if len(group) > 1:
-            comparison, closest = _closest(winner, others, group.iloc[1:], metric)
+            comparison, closest = _closest(winner, others, group.iloc[1:], metric, seeds)
             within[label(winner, by)] = comparison
             row.update(closest_rival=", ".join(f"{s}={_fmt(closest[s])}" for s in others),
                        **_comparison_columns(comparison))
@@ -152,8 +156,9 @@ def best_by(runs: pd.DataFrame, by: list, metric: str = "auto", include_stopped:
     across = None
     if by and len(winners) > 1:
         ranked = pd.DataFrame(winners).sort_values(metric, kind="stable")
-        across, _ = _closest(ranked.iloc[0], by, ranked.iloc[1:], metric)
-    return Best(table.reset_index(drop=True), tuple(by), metric, stopped, include_stopped, within, across, notes)
+        across, _ = _closest(ranked.iloc[0], by, ranked.iloc[1:], metric, seeds)
+    return Best(table.reset_index(drop=True), tuple(by), metric, stopped, include_stopped, within, across, notes,
+                seeds)
 
 
 COMPARISON_COLUMNS = ("closest_rival", "p_value", "p_holm", "rivals", "distinguishable", "p_ahead", "p_ahead_ci_low",
@@ -163,16 +168,19 @@ _NO_COMPARISON = {"closest_rival": None, "p_value": float("nan"), "p_holm": floa
                   "p_ahead_ci_high": float("nan"), "seeds_needed": float("nan")}
 
 
-def _closest(winner, settings: list, rivals: pd.DataFrame, metric: str) -> tuple:
+def _closest(winner, settings: list, rivals: pd.DataFrame, metric: str, seeds: Optional[AdaptiveSeeds]) -> tuple:
     """The winner against each rival (rows of a setting table), Welch's p from their summaries,
     Holm-corrected over them: the comparison with the rival it is least told apart from, and that
     rival's row."""
+    from ..adaptive.seeds import alpha_at
+
     p = stats.welch_ps_of(winner[metric], winner[f"{metric}_std"] ** 2, winner["n"], rivals[metric],
                           rivals[f"{metric}_std"].to_numpy() ** 2, rivals["n"])
     at, corrected, tested = stats.closest_rival(p)
     rival = rivals.iloc[at]
+    alpha = alpha_at(seeds, max(winner["n"], rivals["n"].max())) if seeds else stats.ALPHA
     return stats.compare(label(winner, settings), winner["values"], label(rival, settings), rival["values"], p=p[at],
-                         holm_p=corrected, family=tested), rival
+                         holm_p=corrected, family=tested, alpha=alpha), rival
 
 
 def _comparison_columns(comparison: stats.Comparison) -> dict:

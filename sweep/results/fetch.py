@@ -23,7 +23,7 @@ from ..tracking.mlflow_store import MlflowStore
 FINAL_METRICS = ("test_error", "train_error", "test_loss", "train_loss", "best_test_error", "training_seconds",
                  "epochs_completed", "val_error", "val_loss", "final_val_error", "best_val_error")
 EPOCH_METRICS = ("train_loss", "train_error", "test_loss", "test_error", "val_loss", "val_error", "lr")
-OUTCOMES = (*schema.FINISHED_OUTCOMES, "failed", "missing")  # a planned run's outcome (schema.OUTCOMES)
+OUTCOMES = (*schema.FINISHED_OUTCOMES, "failed", "spared", "missing")  # a planned run's outcome (schema.OUTCOMES)
 COLUMNS = ["key", "name", "grids", *SETTING_NAMES, "outcome", "state", "run_id", *FINAL_METRICS, "agent_uri",
            "search", "trial"]
 STORE_METRICS = (*FINAL_METRICS, "lr")
@@ -33,8 +33,8 @@ STORE_METRICS = (*FINAL_METRICS, "lr")
 class SweepResults:
     """What the store holds about a sweep, fetched once.
 
-    runs: one row per planned run of the selected grids (COLUMNS): its settings, outcome
-    (done, diverged, stopped, failed or missing), queue state, and for a finished run its run_id,
+    runs: one row per planned run of the selected grids (COLUMNS): its settings, outcome (done,
+    diverged, stopped, failed, spared by adaptive seeds, or missing), queue state, and for a finished run its run_id,
     final metrics (NaN where the run did not log one) and agent_uri; then one row per trial of the
     selected searches that has a run (its `grids` is the search's name, `search` and `trial` say
     which; a trial whose settings a finished run had already is a `duplicate` of it). Without a
@@ -94,6 +94,12 @@ def fetch_results(spec: Optional[SweepSpec], uri: str, grids: Iterable[str] = ()
         searches = tuple(dict.fromkeys(s for s in planned["search"] if s))
     states = view.refresh(sync=False).states(planned["key"])
     runs = join_outcomes(planned, store, states)
+    if spec is not None and spec.adaptive:
+        from ..adaptive.wanted import WantedRuns
+
+        spared = WantedRuns(spec, source, experiment_id, index=index)
+        spared.read()
+        runs.loc[runs["key"].isin(spared.spared(runs["key"])) & (runs["outcome"] == "missing"), "outcome"] = "spared"
     searched = [r for r in index.rows() if schema.decode(r).search in searches] if searches else []
     results = SweepResults(experiment, experiment_id, runs, spec, selected, parent, searches=searches,
                            curves={run_id: c for run_id, c in zip(store["run_id"], store["curve"]) if c},

@@ -17,7 +17,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from . import stats
+from .. import stats
 from .analysis import LOG_AXIS, Analysis, GridView, SearchView, best_per, best_so_far_table, curve_runs, setup
 from .best import SETTINGS, best_by, summary_of
 from .figures import (
@@ -93,7 +93,7 @@ def build_report(analysis: Analysis, folder: Path):
     seeds = results.runs.groupby(SETTINGS, dropna=False).size().max() if len(results.runs) else 0
     trials = int((results.runs["search"] != "").sum())
     shown_outcomes = ("done", "diverged", "stopped", *(("duplicate",) if counts.get("duplicate") else ()),
-                      "failed", "missing")
+                      "failed", *(("spared",) if counts.get("spared") else ()), "missing")
     what = (f"{len(results.runs)} planned runs" if not trials else
             f"{len(results.runs)} runs ({len(results.runs) - trials} planned in grids, {trials} trials of searches)")
     blocks.append(Block("p", f"{what}: " + ", ".join(f"{counts.get(k, 0)} {k}" for k in shown_outcomes) + "."))

@@ -12,8 +12,8 @@ import pandas as pd
 
 from mnist_core.config import SETTING_NAMES, SETTING_TYPES
 
+from .. import stats
 from ..spec.space import describe_early_stop
-from . import stats
 from .analysis import (
     UNSTABLE_EPOCHS,
     GridView,
@@ -108,6 +108,8 @@ def best_words(best: Best) -> list[str]:
     lines.append(ranked + " run_id is the setting's best seed."
                  + (" std (points): the standard deviation over seeds, in percentage points." if
                     best.metric in ERROR_COLUMNS else ""))
+    if best.seeds:
+        lines.append(adaptive_words(best.seeds))
     if len(best.table) and (best.table["n"] == 1).all():
         lines.append("n = 1 per setting: no interval can be given and no test made "
                      "(give the sweep file several seeds, e.g. seeds: [1, 2, 3]).")
@@ -122,6 +124,16 @@ def best_words(best: Best) -> list[str]:
                      + ("are included (--include-stopped)." if best.include_stopped
                         else "were left out; --include-stopped ranks them too."))
     return lines
+
+
+def adaptive_words(seeds) -> str:
+    """What adaptive seeds did and at which level they test."""
+    from ..adaptive.seeds import alpha_at, looks
+
+    return (f"Adaptive seeds (min {seeds.min}, max {seeds.max}): seeds went where a question was still open; "
+            f"looking after every round, each look tests at alpha {alpha_at(seeds, seeds.min):.2g} and the last "
+            f"(n = {seeds.max}) at {alpha_at(seeds, seeds.max):.2g}, a weighted Bonferroni over {looks(seeds)} looks "
+            f"that keeps a false decision at {stats.ALPHA:.0%}.")
 
 
 def _decided(c: stats.Comparison) -> str:

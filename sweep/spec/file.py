@@ -4,7 +4,8 @@ Schema (every key is documented in README.md):
 
     experiment: NAME            # required: the MLflow experiment
     defaults: {SETTING: VALUE}  # optional: fixed settings of every run
-    seeds: [1, 2, 3]            # optional: repeat every grid run once per seed
+    seeds: [1, 2, 3]            # optional: repeat every grid run once per seed,
+    seeds: {min: 2, max: 10, until: decided}   # or give seeds where a question is still open
     grids:                      # grids, searches or both; at least one grid or search
       GRID_NAME: {SETTING: VALUE or [VALUES], early_stop: EARLY_STOP}
     searches:
@@ -38,17 +39,36 @@ class SpecError(SweepError, ValueError):
     """A sweep file that cannot be used; the message names the file, grid, key and value."""
 
 
+ADAPTIVE_KEYS = ("min", "max", "until")
+MAX_ADAPTIVE_SEEDS = 100
+
+
+@dataclass(frozen=True)
+class AdaptiveSeeds:
+    """`seeds: {min: 2, max: 10, until: decided}`: every setting gets seeds 1..min, then seeds go,
+    one per round, to the settings whose question is still open (sweep.adaptive.seeds), up to max."""
+    min: int
+    max: int
+    until: str = "decided"
+
+    @property
+    def seeds(self) -> tuple:
+        """Every seed a setting may get, in the order it gets them."""
+        return tuple(range(1, self.max + 1))
+
+
 @dataclass(frozen=True)
 class SweepSpec:
     path: str
     experiment: str
     defaults: dict          # setting -> value
-    seeds: tuple            # () when the file gives none
+    seeds: tuple            # () when the file gives none; with adaptive seeds, every seed a setting may get
     grids: dict             # grid name -> {setting: tuple of values}
     searches: dict = field(default_factory=dict)         # search name -> SearchSpec
     early_stop: EarlyStop | None = None                  # the file's top-level early_stop
     grid_early_stop: dict = field(default_factory=dict)  # grid name -> its own EarlyStop, where it has one
     max_runs: int | None = MAX_RUNS                      # the limit the file was checked against
+    adaptive: AdaptiveSeeds | None = None                # seeds given where a question is still open
     _memo: dict = field(default_factory=dict, init=False, repr=False, compare=False)  # expansions
 
     @property
@@ -163,6 +183,24 @@ def _values(where: str, key, raw) -> tuple:
     return tuple(dict.fromkeys(checked))  # drop repeated values, keep order
 
 
+def _adaptive_seeds(where: str, raw: dict) -> AdaptiveSeeds:
+    for key in raw:
+        if key not in ADAPTIVE_KEYS:
+            raise SpecError(f"{where}: unknown key {shown(key)}{suggest(str(key), ADAPTIVE_KEYS)}; adaptive seeds are "
+                            f"{{min: N, max: N, until: decided}}, or give a list of seeds")
+    if "max" not in raw:
+        raise SpecError(f"{where}: missing 'max', the most seeds a setting may get, e.g. {{min: 2, max: 10}}")
+    least = _whole(where, "min", raw.get("min", 2), 2)
+    most = _whole(where, "max", raw["max"], least)
+    if most > MAX_ADAPTIVE_SEEDS:
+        raise SpecError(f"{where}, key 'max', value {most}: at most {MAX_ADAPTIVE_SEEDS} seeds a setting")
+    until = raw.get("until", "decided")
+    if until != "decided":
+        raise SpecError(f"{where}, key 'until', value {shown(until)}: the one rule is 'decided' (until each question's "
+                        f"leader is told apart from every rival, or max seeds)")
+    return AdaptiveSeeds(least, most, until)
+
+
 def _early_stop(where: str, raw) -> EarlyStop | None:
     if raw is None:
         return None
@@ -272,8 +310,11 @@ def parse_spec(text: str, path: str = "<sweep>", max_runs: int | None = MAX_RUNS
                             f"put lists in a grid")
         defaults[key] = _check_value(f"{path}: defaults", key, value)
 
-    seeds = ()
-    if "seeds" in doc:
+    seeds, adaptive = (), None
+    if isinstance(doc.get("seeds"), dict):
+        adaptive = _adaptive_seeds(f"{path}: seeds", doc["seeds"])
+        seeds = adaptive.seeds
+    elif "seeds" in doc:
         raw = doc["seeds"]
         seeds = _values(f"{path}: seeds", "seed", raw if raw is not None else [])
     file_early_stop = _early_stop(f"{path}: top level", doc.get("early_stop"))
@@ -302,7 +343,7 @@ def parse_spec(text: str, path: str = "<sweep>", max_runs: int | None = MAX_RUNS
 
     spec = SweepSpec(path=str(path), experiment=experiment.strip(), defaults=defaults, seeds=seeds, grids=grids,
                      searches=searches, early_stop=file_early_stop, grid_early_stop=grid_early_stop,
-                     max_runs=max_runs)
+                     max_runs=max_runs, adaptive=adaptive)
     check_count(spec, tuple(grids), tuple(searches), max_runs)
     return spec
 

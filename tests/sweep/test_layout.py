@@ -9,7 +9,7 @@ from conftest import ROOT
 
 SWEEP = ROOT / "sweep"
 ORDER = ["errors", "interrupts", "spec", "queue", "tracking", "adaptive", "execute", "results", "handin", "cli"]
-RANK = {"errors": 0, "interrupts": 0, **{name: i for i, name in enumerate(ORDER)}}
+RANK = {"errors": 0, "interrupts": 0, "stats": 0, **{name: i for i, name in enumerate(ORDER)}}
 # What a package may not load at all, even inside a function: it would not be pure any more.
 NEVER = {"spec": {"torch", "mlflow", "optuna", "pandas"}, "queue": {"torch", "mlflow", "optuna", "pandas"},
          "adaptive": {"torch", "mlflow"}, "interrupts": {"torch", "mlflow", "click"}}

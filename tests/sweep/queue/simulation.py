@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 import random
 import shutil
@@ -29,6 +30,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Callable, Optional
 
+from sweep.adaptive.seeds import allocate, grid_questions
 from sweep.execute import Progress, Settings, Sweep, exit_status
 from sweep.execute.worker import Outcome, Trained, execute
 from sweep.queue import Host, MemoryStore, Query, RunRow, Store, TrackingError, read_states, schema
@@ -549,11 +551,17 @@ class Plan:
                     if key in self.fail_once and key not in self.failed:
                         self.failed.add(key)
                         raise RuntimeError(f"simulated training failure of {key}")
-                    if not leases[i].log_epoch({"test_error": 1 / (epoch + 1)}, epoch, tags=schema.curve([0.5])):
+                    error = final_error(key) + (self.epochs - epoch) / 100
+                    if not leases[i].log_epoch({"test_error": error}, epoch, tags=schema.curve([error])):
                         training.remove(i)
             return [Trained({"final_test_error": 0.25, "epochs_completed": float(self.epochs)}, self.epochs, False,
                             0.25, 1.0, _placeholder_agent) for _ in leases]
         return train
+
+
+def final_error(key: str) -> float:
+    """A run's simulated final test error: its own, drawn from its key (a retried run ends the same)."""
+    return 0.2 + int(key[:6], 16) % 97 / 1000
 
 
 def _placeholder_agent(folder: Path) -> Path:
@@ -624,9 +632,21 @@ def start_reader(world: World, plan: Plan, name: str, every: float, until: Calla
 
 
 def all_done(world: World, spec) -> bool:
-    keys = {r.key for r in expand(spec)}
     finished = {schema.decode(r).key for r in world.memory.runs() if r.status == "FINISHED" and not r.deleted}
-    return keys <= finished
+    keys, complete = wanted_keys(world, spec)
+    return complete and keys <= finished
+
+
+def wanted_keys(world: World, spec) -> tuple[set, bool]:
+    """The keys the sweep is to finish, as the store holds the finished runs now, and whether no
+    finished run can change them: every key, or with adaptive seeds those the rule wants."""
+    keys = {r.key for r in expand(spec)}
+    if not spec.adaptive:
+        return keys, True
+    values = {schema.decode(r).key: r.metrics.get("test_error", math.nan)
+              for r in world.memory.runs() if r.status == "FINISHED" and not r.deleted}
+    allocation = allocate(spec.adaptive, grid_questions(spec, spec.grids), values)
+    return allocation.wanted, allocation.complete
 
 
 # --- one schedule --------------------------------------------------------------------------------------
@@ -639,7 +659,8 @@ def schedule(seed: int, folder: Path, verbose: bool = False, store: str = "memor
     epochs = rng.randint(1, 3)
     lrs = [0.01 * (i + 1) for i in range(rng.randint(2, 5))]
     grids = f"  a: {{lr: {lrs}}}\n" + (f"  b: {{lr: {lrs[:2]}, width: [50, 20]}}\n" if rng.random() < 0.4 else "")
-    text = f"experiment: sim\ndefaults: {{epochs: {epochs}}}\ngrids:\n{grids}"
+    seeds = f"seeds: {{min: 2, max: {rng.choice([3, 4])}}}\n" if rng.random() < 0.3 else ""  # adaptive seeds
+    text = f"experiment: sim\ndefaults: {{epochs: {epochs}}}\n{seeds}grids:\n{grids}"
     spec = parse_spec(text, "sim.yaml")
     keys = sorted(r.key for r in expand(spec))
     plan = Plan(spec, epochs, rng.uniform(0.5, 4.0), {k for k in keys if rng.random() < 0.15})
@@ -726,7 +747,9 @@ def check_world(world: World, sweeps: list, spec, text: str) -> None:
     runs = [r for r in world.memory.runs() if not r.deleted]
     training = [schema.decode(r) for r in runs if r.tags.get(schema.KIND) == schema.TRAIN]
     finished = Counter(a.key for a in training if a.status == "FINISHED")
-    keys = {r.key for r in expand(spec)}
+    keys, complete = wanted_keys(world, spec)
+    if not complete:
+        raise Failure("after the resume, adaptive seeds still want runs that are not finished")
     if set(finished) != keys or set(finished.values()) != {1}:
         raise Failure(f"after the resume, keys finished: {dict(finished)}, expected each of {len(keys)} once")
     if any(a.status == "RUNNING" for a in training):

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 from scipy import stats as scipy_stats
 
-from sweep.results import stats, words
+from sweep import stats
+from sweep.results import words
 
 T_975_2 = 4.302652729749462   # Student t, 97.5% quantile, 2 degrees of freedom (tables: 4.303)
 T_975_1 = 12.706204736174703  # 1 degree of freedom (tables: 12.706)

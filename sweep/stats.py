@@ -8,7 +8,7 @@ made-up number.
 
 A question that compares its leader with several rivals makes several tests, corrected by Holm's
 step-down method over them; the question is decided when its leader is told apart from every rival.
-The leader is chosen by the same data; in simulation (tests/sweep/results/test_stats.py) such a
+The leader is chosen by the same data; in simulation (tests/sweep/test_stats.py) such a
 decision was still wrong at most ALPHA of the time, while a single corrected comparison was not held
 to that under the choice, so the words speak of the decision.
 Next to Welch's p, P(A ahead of B), the probability that a seed of A has the lower value than a
@@ -162,22 +162,38 @@ def seeds_needed(a: Iterable[float], b: Iterable[float], alpha: float = ALPHA, p
     x, y = _clean(a), _clean(b)
     if len(x) < 2 or len(y) < 2:
         return math.nan
+    if x.var() == 0 and y.var() == 0 and x.mean() != y.mean():
+        return 2.0  # no spread: Welch's test tells them apart (p = 0) with two seeds each
+    n = np.arange(2, MAX_SEEDS + 1, dtype=float)
+    reached = _power(x, y, n, alpha) >= power
+    if not reached.any():
+        return math.inf
+    return float(max(n[np.argmax(reached)], max(len(x), len(y)) + 1))
+
+
+def power_at(a: Iterable[float], b: Iterable[float], n: int, alpha: float = ALPHA) -> float:
+    """The probability that Welch's two-sided test at `alpha` tells A from B with `n` seeds each,
+    were the true gap and spreads those seen; NaN when a side has fewer than 2 values."""
+    x, y = _clean(a), _clean(b)
+    if len(x) < 2 or len(y) < 2:
+        return math.nan
+    return float(_power(x, y, np.array([float(n)]), alpha)[0])
+
+
+def _power(x: np.ndarray, y: np.ndarray, n: np.ndarray, alpha: float) -> np.ndarray:
+    """Welch's power at each number of seeds in `n` (the noncentral t with Welch's df)."""
     gap = abs(x.mean() - y.mean())
     if gap == 0:
-        return math.inf
+        return np.zeros(len(n))
     if x.var() == 0 and y.var() == 0:
-        return 2.0  # no spread: Welch's test tells them apart (p = 0) with two seeds each
+        return np.ones(len(n))  # no spread: Welch's test tells them apart (p = 0) with two seeds each
     from scipy import stats
 
-    n = np.arange(2, MAX_SEEDS + 1, dtype=float)
     va, vb = x.var(ddof=1) / n, y.var(ddof=1) / n
     df = (va + vb) ** 2 / ((va ** 2 + vb ** 2) / (n - 1))
     shift = gap / np.sqrt(va + vb)
     critical = stats.t.ppf(1 - alpha / 2, df)
-    reached = stats.nct.sf(critical, df, shift) + stats.nct.cdf(-critical, df, shift) >= power
-    if not reached.any():
-        return math.inf
-    return float(max(n[np.argmax(reached)], max(len(x), len(y)) + 1))
+    return stats.nct.sf(critical, df, shift) + stats.nct.cdf(-critical, df, shift)
 
 
 @dataclass(frozen=True)
@@ -196,6 +212,7 @@ class Comparison:
     holm_p: float = math.nan       # p after Holm's correction over the family (p when family is 1)
     family: int = 1                # the tests the comparison was corrected with
     seeds_needed: float = math.nan  # when not told apart: seeds_needed of the two (NaN otherwise)
+    alpha: float = ALPHA           # the level it is told apart at (adaptive seeds test each look at less)
 
     @property
     def gap(self) -> float:
@@ -203,13 +220,13 @@ class Comparison:
 
     @property
     def distinguishable(self):
-        """True or False by Welch's test at ALPHA, after Holm's correction; None when a side has a
+        """True or False by Welch's test at `alpha`, after Holm's correction; None when a side has a
         single value."""
-        return None if math.isnan(self.holm_p) else bool(self.holm_p < ALPHA)
+        return None if math.isnan(self.holm_p) else bool(self.holm_p < self.alpha)
 
 
 def compare(name_a: str, a: Iterable[float], name_b: str, b: Iterable[float], p: float | None = None,
-            holm_p: float | None = None, family: int = 1) -> Comparison:
+            holm_p: float | None = None, family: int = 1, alpha: float = ALPHA) -> Comparison:
     """Put the setting with the lower mean first, test the two with Welch's t-test (or take `p`,
     and `holm_p` from a family of tests, computed already), say how often a seed of the first beats
     a seed of the second, and, when they are not told apart, how many seeds would tell them."""
@@ -219,9 +236,9 @@ def compare(name_a: str, a: Iterable[float], name_b: str, b: Iterable[float], p:
     if sb.mean < sa.mean:
         (name_a, a, sa), (name_b, b, sb) = (name_b, b, sb), (name_a, a, sa)
     found = Comparison(name_a, name_b, sa, sb, p, prob_ahead(a, b), *prob_ahead_interval(a, b),
-                       holm_p=p if holm_p is None else holm_p, family=family)
+                       holm_p=p if holm_p is None else holm_p, family=family, alpha=alpha)
     if found.distinguishable is False:
-        found = dataclasses.replace(found, seeds_needed=seeds_needed(a, b))
+        found = dataclasses.replace(found, seeds_needed=seeds_needed(a, b, alpha=alpha))
     return found
 
 
