@@ -5,11 +5,13 @@ import os
 
 import numpy as np
 import pytest
+from click.testing import CliRunner
 
 from sweep import queue
 from sweep.adaptive import seeds
 from sweep.adaptive.seeds import GridQuestions, allocate, alpha_at, look
 from sweep.adaptive.wanted import WantedRuns
+from sweep.cli import main
 from sweep.execute import Settings, Sweep
 from sweep.spec import AdaptiveSeeds, expand, load_spec, parse_spec
 from sweep.tracking.location import open_store
@@ -129,3 +131,7 @@ def test_a_sweep_with_adaptive_seeds_trains_what_the_rule_wants_once_and_ends(en
     assert queue.find_parent(store, summary.experiment_id, spec.name).status == "FINISHED"
     again = Sweep(spec, MlflowStore(uri), Settings(jobs=2), pool=Here()).run()
     assert again.to_train == 0 and again.spared == summary.spared
+    status = CliRunner().invoke(main, ["status", spec.path])
+    assert status.exit_code == 0 and f"up to {len(universe)} runs:" in status.output
+    assert f"{len(allocation.wanted)} done" in status.output and "0 pending" in status.output
+    assert (f"{summary.spared} spared" in status.output) == (summary.spared > 0)

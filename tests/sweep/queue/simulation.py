@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from sweep.adaptive.seeds import allocate, grid_questions
+from sweep.adaptive.wanted import WantedRuns
 from sweep.execute import Progress, Settings, Sweep, exit_status
 from sweep.execute.worker import Outcome, Trained, execute
 from sweep.queue import Host, MemoryStore, Query, RunRow, Store, TrackingError, read_states, schema
@@ -625,9 +626,14 @@ def start_reader(world: World, plan: Plan, name: str, every: float, until: Calla
     store = world.store(process)
 
     def main():
+        wanted = None
         while not until():
             world.block(at=world.now + world.rng.uniform(0.5, every))
             read_states(store, spec.experiment, keys)
+            experiment_id = store.find_experiment(spec.experiment) if spec.adaptive else None
+            if experiment_id is not None:  # as `sweep status` counts the spared runs, with its own cursor
+                wanted = wanted or WantedRuns(spec, store, experiment_id)
+                wanted.read(sync=True)
     world.spawn(process, main, "main")
 
 
