@@ -3,18 +3,30 @@
     python mnist.py --lr 0.001                  # train, print every epoch, save mnist_agent.pt
     python mnist.py --load mnist_agent.pt       # test a saved agent instead
     python mnist.py --lr 0.001 --force          # train although mnist_agent.pt exists, and replace it
+    python mnist.py --validation 10000          # hold out 10,000 training images, as the sweep does
 
 The network is 784 -> depth x width -> 10 with log-softmax outputs, trained by SGD on the negative
 log-likelihood; `python mnist.py --help` lists the settings. Only torch and torchvision are needed.
 With the same settings and seed it trains exactly as the mnist-sweep trainer (`python -m mnist_core`)
-does, and its mnist_agent.pt is that project's agent file.
+does.
+
+After training it writes mnist_agent.pt, the network's plain state_dict, and mnist_agent.json
+beside it, the settings it was trained with and its final errors. A grader reads the agent with
+
+    import torch
+    from mnist import Net, load_agent
+    model = Net()                 # 784-50-50-10, ReLU: the homework's network
+    model.load_state_dict(torch.load("mnist_agent.pt", weights_only=True))
+    model = load_agent("mnist_agent.pt")   # the same, for any depth, width and activation
 """
 import argparse
+import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import torch
 import torch.nn as nn
@@ -22,8 +34,11 @@ import torch.nn.functional as F
 from torchvision.datasets import MNIST
 
 MEAN, STD = 0.1307, 0.3081  # of MNIST's training pixels
-AGENT_FILE = "mnist_agent.pt"
-AGENT_FORMAT = "mnist-agent/1"
+AGENT_FILE = "mnist_agent.pt"       # the plain state_dict
+SETTINGS_FILE = "mnist_agent.json"  # beside it: its settings and final metrics
+SETTINGS_FORMAT = "mnist-agent-settings/1"
+SWEEP_AGENT_FORMAT = "mnist-agent/1"  # a sweep's agent file: settings, metrics and weights in one dict
+VALIDATION_SEED = 20_251_128  # the sweep's: the same images are held out
 MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
                "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 ACTIVATIONS = {
@@ -35,7 +50,7 @@ ACTIVATIONS = {
 SCHEDULES = ("fixed", "exponential", "cosine", "cosine_restarts")
 # The settings of a run, under the names the agent file stores them by.
 SETTINGS = ("activation", "depth", "width", "lr", "momentum", "schedule", "gamma", "restart_period",
-            "epochs", "batch_size", "test_batch_size", "seed")
+            "epochs", "batch_size", "test_batch_size", "seed", "validation")
 RULES = {
     "depth": (lambda v: v >= 1, ">= 1"),
     "width": (lambda v: v >= 1, ">= 1"),
@@ -47,6 +62,7 @@ RULES = {
     "batch_size": (lambda v: v >= 1, ">= 1"),
     "test_batch_size": (lambda v: v >= 1, ">= 1"),
     "seed": (lambda v: v >= 0, ">= 0"),
+    "validation": (lambda v: v >= 0, ">= 0"),
 }
 DIVERGENCE_CHECK_EVERY = 50  # steps
 
@@ -71,6 +87,8 @@ class Mnist(NamedTuple):
     train_y: torch.Tensor  # (60000,) labels
     test_x: torch.Tensor
     test_y: torch.Tensor
+    val_x: Optional[torch.Tensor] = None  # training images held out, if any
+    val_y: Optional[torch.Tensor] = None
 
 
 class DataMissing(Exception):
@@ -112,6 +130,20 @@ def load_mnist(data_dir, device="cpu", download=True):
     train, test = open_mnist(Path(data_dir).expanduser().resolve(), download)
     return Mnist(normalise(train.data).to(device), train.targets.to(device),
                  normalise(test.data).to(device), test.targets.to(device))
+
+
+def hold_out(data, validation):
+    """`data` with `validation` training images moved to val_x/val_y: the first of a fixed permutation
+    (VALIDATION_SEED), both parts kept in their original order, as the sweep holds them out."""
+    if validation == 0:
+        return data
+    n = len(data.train_x)
+    if validation >= n:
+        raise ValueError(f"--validation {validation} must be less than the {n} training images")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(VALIDATION_SEED))
+    held, kept = (part.sort().values.to(data.train_x.device) for part in (order[:validation], order[validation:]))
+    return Mnist(data.train_x[kept], data.train_y[kept], data.test_x, data.test_y,
+                 data.train_x[held], data.train_y[held])
 
 
 def learning_rate(args, epoch):
@@ -175,12 +207,18 @@ def fit(args, data):
         finite = train(model, optimizer, data, order, args.batch_size)
         train_loss, train_error = test(model, data.train_x, data.train_y, args.test_batch_size)
         test_loss, test_error = test(model, data.test_x, data.test_y, args.test_batch_size)
-        history.append(dict(epoch=epoch, lr=lr, train_loss=train_loss, train_error=train_error,
-                            test_loss=test_loss, test_error=test_error,
-                            seconds=time.perf_counter() - epoch_start))
+        numbers = dict(epoch=epoch, lr=lr, train_loss=train_loss, train_error=train_error,
+                       test_loss=test_loss, test_error=test_error)
+        val = ""
+        if data.val_x is not None:
+            numbers["val_loss"], numbers["val_error"] = test(model, data.val_x, data.val_y, args.test_batch_size)
+            val = f"  val loss {numbers['val_loss']:.4f} err {100 * numbers['val_error']:6.2f}%"
+        numbers["seconds"] = time.perf_counter() - epoch_start
+        history.append(numbers)
         print(f"epoch {epoch:3d}  lr {lr:.4g}  train loss {train_loss:.4f} err {100 * train_error:6.2f}%"
-              f"  test loss {test_loss:.4f} err {100 * test_error:6.2f}%  {history[-1]['seconds']:.1f}s")
-        if not finite or not (math.isfinite(train_loss) and math.isfinite(test_loss)):
+              f"  test loss {test_loss:.4f} err {100 * test_error:6.2f}%{val}  {numbers['seconds']:.1f}s")
+        if not finite or not all(math.isfinite(numbers[k]) for k in ("train_loss", "test_loss", "val_loss")
+                                 if k in numbers):
             print(f"diverged in epoch {epoch}: the loss became NaN or infinite")
             break
     model.eval()
@@ -192,36 +230,79 @@ def final_metrics(history, seconds):
     metrics = {"training_seconds": seconds, "epochs_completed": float(len(history))}
     if history:
         last = history[-1]
-        finals = ("train_loss", "train_error", "test_loss", "test_error")
-        metrics.update({f"final_{name}": last[name] for name in finals})
+        finals = ("train_loss", "train_error", "test_loss", "test_error", "val_loss", "val_error")
+        metrics.update({f"final_{name}": last[name] for name in finals if name in last})
         metrics["best_test_error"] = min(h["test_error"] for h in history)
+        if "val_error" in last:
+            metrics["best_val_error"] = min(h["val_error"] for h in history)
     return metrics
 
 
+def settings_path(agent_path):
+    """mnist_agent.json for mnist_agent.pt: the settings file beside an agent."""
+    return Path(agent_path).with_suffix(".json")
+
+
 def save_agent(path, model, args, metrics):
-    torch.save({
-        "format": AGENT_FORMAT,
-        "config": {name: getattr(args, name) for name in SETTINGS},
-        "metrics": {name: float(value) for name, value in metrics.items()},
-        "state_dict": {name: t.detach().cpu() for name, t in model.state_dict().items()},
-    }, path)
+    """`path` gets the plain state_dict, as a grader's `Net().load_state_dict(torch.load(path))`
+    reads it; the .json beside it the settings and metrics. Both or neither are replaced."""
+    path = Path(path)
+    settings = {"format": SETTINGS_FORMAT, "agent": path.name,
+                "network": "-".join(map(str, [28 * 28, *[args.width] * args.depth, 10])) + f", {args.activation}",
+                "config": {name: getattr(args, name) for name in SETTINGS},
+                "metrics": {name: float(value) for name, value in metrics.items()}}
+    weights, info = path.with_name(path.name + ".tmp"), path.with_name(settings_path(path).name + ".tmp")
+    torch.save({name: t.detach().cpu() for name, t in model.state_dict().items()}, weights)
+    info.write_text(json.dumps(settings, indent=2) + "\n")
+    os.replace(info, settings_path(path))
+    os.replace(weights, path)
 
 
 def load_agent(path, device="cpu"):
-    """The model of an mnist_agent.pt (this script's or a sweep's), in eval mode."""
+    """The Net of an agent file, in eval mode: this script's mnist_agent.pt (a plain state_dict: its
+    depth, width and activation from the mnist_agent.json beside it, else depth and width from the
+    weights' shapes and relu) or a sweep's agent file (a dict holding its settings)."""
     payload = torch.load(path, map_location=device, weights_only=True)
-    if not isinstance(payload, dict) or payload.get("format") != AGENT_FORMAT:
-        raise ValueError(f"not an MNIST agent file (format {AGENT_FORMAT!r})")
-    config = payload["config"]
+    if isinstance(payload, dict) and payload.get("format") == SWEEP_AGENT_FORMAT:
+        config, state = payload["config"], payload["state_dict"]
+    elif isinstance(payload, dict) and payload and all(isinstance(t, torch.Tensor) for t in payload.values()):
+        config, state = saved_settings(path, payload), payload
+    else:
+        raise ValueError("not an MNIST agent: neither a state_dict nor a sweep's agent file")
     model = Net(config["depth"], config["width"], config["activation"]).to(device)
-    model.load_state_dict(payload["state_dict"])
+    model.load_state_dict(state)
     return model.eval()
+
+
+def saved_settings(path, state):
+    """depth, width and activation of a plain state_dict: from its settings file, else its shapes."""
+    info = settings_path(path)
+    if info.is_file():
+        return json.loads(info.read_text())["config"]
+    weights = [t for name, t in state.items() if name.endswith("weight")]
+    return {"depth": len(weights) - 1, "width": weights[0].shape[0], "activation": "relu"}
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Every default stated, and the epilog's lines kept as written."""
+
+
+LOADING = f"""\
+{AGENT_FILE} is the network's plain state_dict; {SETTINGS_FILE} beside it holds the settings it
+was trained with and its final errors. To read it in Python:
+
+    import torch
+    from mnist import Net, load_agent
+    model = Net()                 # 784-50-50-10, ReLU: the homework's network
+    model.load_state_dict(torch.load("{AGENT_FILE}", weights_only=True))
+    model = load_agent("{AGENT_FILE}")   # the same, for any depth, width and activation
+"""
 
 
 def build_parser():
     p = argparse.ArgumentParser(description="Train an MLP on MNIST (784 -> depth x width -> 10, SGD on "
                                             "the NLL loss) and save it as mnist_agent.pt.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                epilog=LOADING, formatter_class=HelpFormatter)
     p.add_argument("--activation", default="relu", choices=list(ACTIVATIONS),
                    help="hidden-layer activation (leaky_relu: negative slope 0.01)")
     p.add_argument("--depth", type=int, default=2, help="number of hidden layers")
@@ -238,6 +319,9 @@ def build_parser():
     p.add_argument("--batch-size", type=int, default=64, help="training mini-batch size")
     p.add_argument("--test-batch-size", type=int, default=1000, help="evaluation batch size")
     p.add_argument("--seed", type=int, default=1, help="random seed of the weights and the data order")
+    p.add_argument("--validation", type=int, default=0, metavar="N",
+                   help="training images held out (not trained on) and tested after every epoch: the same "
+                        "N images the mnist-sweep holds out; 0 trains on all 60,000")
     p.add_argument("--data-dir", default="./data",
                    help="folder with MNIST (torchvision's MNIST/raw layout or the four IDX files); "
                         "downloaded there when missing")
@@ -247,8 +331,8 @@ def build_parser():
                    help="instead of training, test this saved agent (an mnist_agent.pt of this "
                         "script or of a sweep) on the test set")
     p.add_argument("--force", action="store_true",
-                   help=f"replace an existing {AGENT_FILE} (without it, training refuses to start: the "
-                        f"agent there may be the one handed in)")
+                   help=f"replace an existing {AGENT_FILE} and {SETTINGS_FILE} (without it, training "
+                        f"refuses to start: the agent there may be the one handed in)")
     return p
 
 
@@ -295,10 +379,14 @@ def main(argv=None):
         loss, error = test(model, data.test_x, data.test_y, args.test_batch_size)
         print(f"{args.load}: test loss {loss:.4f} err {100 * error:6.2f}% on {len(data.test_x)} images")
         return
+    try:
+        data = hold_out(data, args.validation)
+    except ValueError as exc:
+        fail(str(exc))
     print("training " + ", ".join(f"{name}={getattr(args, name)}" for name in SETTINGS) + f" on {device}")
     model, history, seconds = fit(args, data)
     save_agent(AGENT_FILE, model, args, final_metrics(history, seconds))
-    print(f"agent saved to {AGENT_FILE}")
+    print(f"agent saved to {AGENT_FILE} (weights) and {SETTINGS_FILE} (settings, errors)")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,4 @@
 """The hand-in's standalone mnist.py: runs alone, trains exactly as mnist_core does, shares the agent file."""
-import dataclasses
 import json
 import os
 import re
@@ -8,8 +7,10 @@ import sys
 
 import pytest
 import torch
+import torch.nn.functional as F
+from torch import nn
 
-from mnist_core import MnistTensors, RunConfig, load_agent, save_agent, train
+from mnist_core import MnistTensors, RunConfig, save_agent, train
 from mnist_core.trainer import evaluate
 from sweep.handin import mnist as handin
 
@@ -52,20 +53,32 @@ def modules_loaded(cwd, script, *args):
     return done, {m.split(".")[0] for m in modules["loaded"]}, {m.split(".")[0] for m in modules["startup"]}
 
 
+class HomeworkNet(nn.Module):
+    """The homework's network as a grader writes it: 784-50-50-10, ReLU, nothing of mnist.py's."""
+
+    def __init__(self):
+        super().__init__()
+        self.layers = nn.Sequential(nn.Linear(784, 50), nn.ReLU(), nn.Linear(50, 50), nn.ReLU(), nn.Linear(50, 10))
+
+    def forward(self, x):
+        return F.log_softmax(self.layers(x.flatten(1)), dim=1)
+
+
 @pytest.mark.system
-def test_trains_alone_writes_an_agent_mnist_core_loads_and_imports_only_torch(tiny_dir, tmp_path):
+def test_trains_alone_writes_an_agent_a_plain_net_loads_and_imports_only_torch(tiny_dir, tmp_path):
     done, loaded, startup = modules_loaded(tmp_path, SCRIPT, "--epochs", 3, "--lr", 0.1, "--data-dir", tiny_dir,
                                            "--no-download")
     assert len(re.findall(r"^epoch +\d+  lr ", done.stdout, re.M)) == 3
     assert "agent saved to mnist_agent.pt" in done.stdout
 
-    model = load_agent(tmp_path / "mnist_agent.pt")
-    assert model.config == RunConfig(epochs=3, lr=0.1)
-    payload = torch.load(tmp_path / "mnist_agent.pt", weights_only=True)
-    assert set(payload["config"]) <= {f.name for f in dataclasses.fields(RunConfig)}
-    assert set(model.metrics) == {"training_seconds", "epochs_completed", "final_train_loss", "final_train_error",
-                                  "final_test_loss", "final_test_error", "best_test_error"}
-    assert model.metrics["epochs_completed"] == 3 and model.metrics["final_test_error"] < 0.2
+    weights = torch.load(tmp_path / "mnist_agent.pt", weights_only=True)
+    assert HomeworkNet().load_state_dict(weights)  # a plain state_dict, with the homework's layer names
+    saved = json.loads((tmp_path / "mnist_agent.json").read_text())
+    assert saved["network"] == "784-50-50-10, relu"
+    assert RunConfig(**saved["config"]) == RunConfig(epochs=3, lr=0.1)
+    assert set(saved["metrics"]) == {"training_seconds", "epochs_completed", "final_train_loss", "final_train_error",
+                                     "final_test_loss", "final_test_error", "best_test_error"}
+    assert saved["metrics"]["epochs_completed"] == 3 and saved["metrics"]["final_test_error"] < 0.2
 
     assert {"torch", "torchvision"} <= loaded
     assert not loaded & {"mnist_core", "sweep", "mlflow", "click", "pandas", "yaml", "matplotlib", "scipy"}
@@ -75,6 +88,54 @@ def test_trains_alone_writes_an_agent_mnist_core_loads_and_imports_only_torch(ti
     assert loaded - allowed == set()
 
 
+def test_its_agent_loads_into_a_plain_net_with_the_error_it_reported(tiny_dir, tmp_path, monkeypatch, capsys,
+                                                                    pinned_threads):
+    """What a grader does with the agent: load it into their own Net and test it; the error is the one
+    mnist.py printed and saved, and `--load` prints it again."""
+    monkeypatch.chdir(tmp_path)
+    handin.main(["--epochs", "1", "--lr", "0.1", "--data-dir", str(tiny_dir), "--no-download", "--device", "cpu"])
+    trained = capsys.readouterr().out
+    model = HomeworkNet()
+    model.load_state_dict(torch.load("mnist_agent.pt", weights_only=True))
+    data = handin.load_mnist(tiny_dir, download=False)
+    loss, error = handin.test(model.eval(), data.test_x, data.test_y, 1000)
+
+    printed = re.search(r"^epoch +1 .* test loss ([\d.]+) err +([\d.]+)%", trained, re.M)
+    assert printed, trained
+    assert (float(printed[1]), float(printed[2])) == (round(loss, 4), round(100 * error, 2))
+    assert json.loads(open("mnist_agent.json").read())["metrics"]["final_test_error"] == error
+    handin.main(["--load", "mnist_agent.pt", "--data-dir", str(tiny_dir), "--no-download", "--device", "cpu"])
+    assert f"test loss {loss:.4f} err {100 * error:6.2f}% on 160 images" in capsys.readouterr().out
+
+
+def test_holding_out_every_training_image_is_one_message_and_exit_2(tiny_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exited:
+        handin.main(["--validation", "320", "--data-dir", str(tiny_dir), "--no-download", "--device", "cpu"])
+    assert exited.value.code == 2
+    assert capsys.readouterr().err == "error: --validation 320 must be less than the 320 training images\n"
+    assert os.listdir(tmp_path) == []
+
+
+def test_load_agent_reads_the_settings_file_else_the_shapes(tiny_data, tmp_path):
+    torch.manual_seed(0)
+    sigmoid = handin.Net(3, 17, "sigmoid").eval()
+    args = handin.build_parser().parse_args(["--depth", "3", "--width", "17", "--activation", "sigmoid"])
+    handin.save_agent(tmp_path / "mnist_agent.pt", sigmoid, args, {"final_test_error": 0.5})
+    assert json.loads((tmp_path / "mnist_agent.json").read_text())["network"] == "784-17-17-17-10, sigmoid"
+    with torch.no_grad():
+        assert torch.equal(handin.load_agent(tmp_path / "mnist_agent.pt")(tiny_data.test_x), sigmoid(tiny_data.test_x))
+
+    (tmp_path / "mnist_agent.json").unlink()  # a grader kept the weights only: their shapes say depth and width
+    relu = handin.load_agent(tmp_path / "mnist_agent.pt")
+    shapes = [tuple(w.shape) for w in relu.state_dict().values()]
+    assert shapes == [tuple(w.shape) for w in sigmoid.state_dict().values()]
+    assert isinstance(relu.layers[1], nn.ReLU)
+    with pytest.raises(ValueError, match="neither a state_dict nor a sweep's agent file"):
+        torch.save({"format": "something else"}, tmp_path / "other.pt")
+        handin.load_agent(tmp_path / "other.pt")
+
+
 @pytest.mark.system
 def test_help_states_every_default():
     text = handin.build_parser().format_help()
@@ -82,13 +143,14 @@ def test_help_states_every_default():
     for option, default in (("--activation", "relu"), ("--depth", "2"), ("--width", "50"), ("--lr", "0.03"),
                             ("--momentum", "0.0"), ("--schedule", "fixed"), ("--gamma", "0.7"),
                             ("--restart-period", "2"), ("--epochs", "10"), ("--batch-size", "64"),
-                            ("--test-batch-size", "1000"), ("--seed", "1"), ("--data-dir", "./data")):
+                            ("--test-batch-size", "1000"), ("--seed", "1"), ("--validation", "0"),
+                            ("--data-dir", "./data")):
         help_of_option = text.split(f"\n  {option}", 1)[1].split("\n  --", 1)[0]
         assert f"(default: {default})" in " ".join(help_of_option.split()), option
     args = handin.build_parser().parse_args([])
     assert RunConfig(**{name: getattr(args, name) for name in handin.SETTINGS}) == RunConfig()
-    # every setting of a run but the held-out validation images, which a hand-in does not use
-    assert set(RunConfig().as_params()) - set(handin.SETTINGS) <= {"validation"}
+    assert set(RunConfig().as_params()) == set(handin.SETTINGS)  # every setting of a sweep's run
+    assert 'model.load_state_dict(torch.load("mnist_agent.pt", weights_only=True))' in text
 
 
 @pytest.mark.system
@@ -153,8 +215,8 @@ def float64():
     dict(activation="tanh", lr=0.05, momentum=0.9, schedule="cosine"),
     dict(activation="leaky_relu", lr=0.2, momentum=0.5, schedule="exponential", gamma=0.5, depth=1, width=30),
     dict(activation="sigmoid", lr=0.5, schedule="cosine_restarts", restart_period=2, depth=3, width=17,
-         batch_size=32, test_batch_size=70, seed=7),
-], ids=["relu-fixed", "tanh-cosine-momentum", "leaky-exponential", "sigmoid-restarts"])
+         batch_size=32, test_batch_size=70, seed=7, validation=100),
+], ids=["relu-fixed", "tanh-cosine-momentum", "leaky-exponential", "sigmoid-restarts-validation"])
 def test_same_mathematics_as_mnist_core(settings, tiny_data, float64, capsys):
     config = RunConfig(epochs=3, **settings)
     tensors = [t.double() if t.is_floating_point() else t
@@ -162,14 +224,17 @@ def test_same_mathematics_as_mnist_core(settings, tiny_data, float64, capsys):
     core = train(config, MnistTensors(*tensors))
 
     argv = [f"--{name.replace('_', '-')}={value}" for name, value in config.as_params().items() if name in handin.SETTINGS]
-    model, history, _ = handin.fit(handin.build_parser().parse_args(argv), handin.Mnist(*tensors))
+    data = handin.hold_out(handin.Mnist(*tensors), config.validation)  # the images the sweep holds out
+    model, history, _ = handin.fit(handin.build_parser().parse_args(argv), data)
 
     assert all(p.dtype == torch.float64 for p in [*model.parameters(), *core.model.parameters()])
     assert not core.diverged and len(history) == len(core.history) == 3
     for mine, theirs in zip(history, core.history):
         assert mine["lr"] == theirs.lr
-        for metric in ("train_loss", "train_error", "test_loss", "test_error"):
-            assert mine[metric] == pytest.approx(getattr(theirs, metric), rel=1e-12, abs=1e-12), metric
+        assert ("val_error" in mine) == (theirs.val_error is not None) == bool(config.validation)
+        for metric in ("train_loss", "train_error", "test_loss", "test_error", "val_loss", "val_error"):
+            if metric in mine:
+                assert mine[metric] == pytest.approx(getattr(theirs, metric), rel=1e-12, abs=1e-12), metric
     core_weights = core.model.state_dict()
     assert list(model.state_dict()) == list(core_weights)
     for name, weight in model.state_dict().items():
