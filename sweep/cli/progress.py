@@ -23,7 +23,7 @@ def outcome_line(outcome) -> str:
     if outcome.status == "duplicate":
         return f"  dup   {outcome.name}: {outcome.error}"
     mark = {"done": "done", "diverged": "DIVG", "stopped": "STOP"}[outcome.status]
-    group = f" for {outcome.together} fused" if outcome.together > 1 else ""  # one model's time, shared
+    group = f": 1/{outcome.together} of a fused group's time" if outcome.together > 1 else ""
     return f"  {mark}  {outcome.name}: test error {100 * outcome.test_error:.2f}% ({outcome.seconds:.1f}s{group})"
 
 

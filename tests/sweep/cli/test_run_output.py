@@ -28,8 +28,8 @@ def test_a_grid_of_learning_rates_alone_and_a_search_are_answered_without_groups
     assert answer_command(spec, "s.yaml", ("s",)) == "sweep best s.yaml --grid s"
 
 
-def test_a_fused_runs_time_says_it_is_its_groups():
+def test_a_fused_runs_time_says_it_is_its_share_of_its_groups():
     alone = Outcome("k1", "relu-lr0.1-d2-w50", "done", "r1", 0.0312, 3.04)
     fused = Outcome("k2", "relu-lr0.1-d2-w200", "done", "r2", 0.0201, 36.8, together=7)
     assert outcome_line(alone) == "  done  relu-lr0.1-d2-w50: test error 3.12% (3.0s)"
-    assert outcome_line(fused) == "  done  relu-lr0.1-d2-w200: test error 2.01% (36.8s for 7 fused)"
+    assert outcome_line(fused) == "  done  relu-lr0.1-d2-w200: test error 2.01% (36.8s: 1/7 of a fused group's time)"
