@@ -107,11 +107,14 @@ def _table(frame: pd.DataFrame, width: float) -> Table:
                     + [stringWidth(w, FONT, size) for r in rows for w in r[i].split()]) + 2 * CELL_PAD
                 for i in range(len(header))]
 
-    size = next((s for s in TABLE_FONT_SIZES if sum(natural_widths(s)) <= width), None)
-    wrap = size is None
-    if wrap:  # too wide: wrap the cells, at the largest size down to WRAP_FROM whose words fit, else the smallest
-        size = next((s for s in TABLE_FONT_SIZES if s >= WRAP_FROM and sum(longest_words(s)) <= width), None)
-        size = TABLE_FONT_SIZES[-1] if size is None else size
+    # the largest size (down to WRAP_FROM) at which the table fits, else WRAP_FROM with its cells wrapped
+    # between words, else the largest smaller size at which it fits, else the smallest, its cells wrapped
+    readable = [s for s in TABLE_FONT_SIZES if s >= WRAP_FROM]
+    size, wrap = next(((s, False) for s in readable if sum(natural_widths(s)) <= width), (None, True))
+    size = size or (WRAP_FROM if sum(longest_words(WRAP_FROM)) <= width else None)
+    if size is None:
+        size = next((s for s in TABLE_FONT_SIZES if sum(natural_widths(s)) <= width), TABLE_FONT_SIZES[-1])
+        wrap = sum(natural_widths(size)) > width
     widths = natural_widths(size)
     data: list[list] = [header, *rows]
     if wrap:

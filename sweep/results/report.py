@@ -180,10 +180,6 @@ def _grid_figures(view: GridView, metric: str, results, figure, blocks: list) ->
         figure(figure_lr_by_setting(view, metric, [metric]), f"{view.name}_error_vs_lr",
                f"Final {NAMES.get(metric, metric)} (ranks the settings) against learning rate, one line per "
                f"{view.by}; a star marks each {view.by}'s best learning rate." + bars)
-        others = [m for m in shown_metrics(metric) if m != metric]
-        figure(figure_lr_by_setting(view, metric, others), f"{view.name}_{'_'.join(others)}_vs_lr",
-               f"Final {' and '.join(NAMES.get(m, m) for m in others)} against learning rate (stars: the best "
-               f"learning rates by {NAMES.get(metric, metric)})." + bars)
         best = best_per(view, metric).table.sort_values(metric, kind="stable")
         blocks.append(Block("p", f"Each {view.by} at its best learning rate; closest lr: the other learning "
                                  f"rate it is least told apart from; p: Welch's t-test against it, Holm-corrected "
@@ -191,7 +187,11 @@ def _grid_figures(view: GridView, metric: str, results, figure, blocks: list) ->
                                  f"seed of the best lr beats a seed of the closest, with its 95% bootstrap "
                                  f"interval."))
         shown = _rival_columns(_interval_table(best, [view.by, "lr"], metric), best, "closest lr")
-        blocks.append(Block("table", shown))
+        blocks.append(Block("table", shown))  # before the next figure: a table may end a page a figure cannot
+        others = [m for m in shown_metrics(metric) if m != metric]
+        figure(figure_lr_by_setting(view, metric, others), f"{view.name}_{'_'.join(others)}_vs_lr",
+               f"Final {' and '.join(NAMES.get(m, m) for m in others)} against learning rate (stars: the best "
+               f"learning rates by {NAMES.get(metric, metric)})." + bars)
         curves = curve_runs(view, metric)
         if curves:
             figure(figure_curves({k: results.histories.get(r, pd.DataFrame()) for k, r in curves.items()},

@@ -346,12 +346,11 @@ def _lr_decisions(best: Best, by: str) -> list:
 def setup_words(setup: Setup) -> str:
     """What the finished runs were: networks, optimiser, data, split and seeds (the report's setup)."""
     if not setup.runs:
-        return "Setup: no run has finished yet."
+        return "No run has finished yet."
     v = setup.values
 
     def listed(setting: str) -> str:
-        return ", ".join(f"{x:g}" if isinstance(x, float) else f"{x:,}" if isinstance(x, int) else str(x)
-                         for x in v[setting])
+        return _listed(v[setting])
 
     layers = "hidden layer" + ("" if v["depth"] == [1] else "s")
     held = [x for x in v["validation"] if x]
@@ -359,7 +358,7 @@ def setup_words(setup: Setup) -> str:
              f"every run and seed) and the rest trained on" if held and len(held) == len(v["validation"]) else
              "trained on all 60,000 training images (no validation split)" if not held else
              f"training images held out for validation: {listed('validation')} (0: none)")
-    return (f"Setup: the runs are MLPs 784 -> {listed('depth')} {layers} of {listed('width')} units -> 10 "
+    return (f"The runs are MLPs 784 -> {listed('depth')} {layers} of {listed('width')} units -> 10 "
             f"({listed('activation')}; log-softmax output), trained by SGD (momentum {listed('momentum')}) on the "
             f"negative log-likelihood with mini-batches of {listed('batch_size')} for {listed('epochs')} epochs, at "
             f"learning rates {listed('lr')} (schedule {listed('schedule')}); {split}; the test error is measured "
@@ -548,7 +547,7 @@ def _setting_answer(view: GridView, setting: str, metric: str) -> str:
                  f"{c.behind} with probability {c.prob:.2f}){needed}.")
     text += ranked
     if metric != "test_error" and pd.notna(top["test_error"]):
-        text += f" The test error of {label(top, [setting])}, which did not choose it: {_pct(top['test_error'])}."
+        text += f" Test error of {label(top, [setting])} (not used to choose): {_pct(top['test_error'])}."
     shaky = _unstable_in(view, top)
     if shaky:
         text += (f" One of {c.ahead}'s seeds spiked in its last epochs ({shaky}): its final number may be luck.")

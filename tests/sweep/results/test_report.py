@@ -70,7 +70,7 @@ def test_report_outputs_numbers_missing_and_diverged(known):
     assert not [n for n in os.listdir(folder) if n.startswith(".out-")]  # the temporary folder is gone
     md = (out / "report.md").read_text()
     assert "Lowest test error: relu at lr 0.1, 3.00% (n = 1)." in md
-    assert ("Setup: the runs are MLPs 784 -> 1, 2 hidden layers of 50 units -> 10 (relu, tanh; log-softmax output), "
+    assert ("The runs are MLPs 784 -> 1, 2 hidden layers of 50 units -> 10 (relu, tanh; log-softmax output), "
             "trained by SGD (momentum 0) on the negative log-likelihood with mini-batches of 64 for 3 epochs, at "
             "learning rates 0.01, 0.03, 0.1, 1 (schedule cosine, fixed); trained on all 60,000 training images (no "
             "validation split); the test error is measured on the 10,000 test images. Up to 1 seed(s) per setting "
@@ -162,7 +162,7 @@ def test_report_of_a_sweep_with_no_finished_run(tmp_path):
     assert result.exit_code == 0, result.output
     md = (out / "report.md").read_text()
     assert md.count("No finished runs yet") == 2 and "12 planned runs: 0 done" in md
-    assert "Setup: no run has finished yet." in md and "Machine and time: no run has finished yet." in md
+    assert "## Setup\n\nNo run has finished yet." in md and "Machine and time: no run has finished yet." in md
     assert "| lr_by_depth | depth, lr " in md and "| 0 of 8 " in md  # what each grid would train
     assert "**Depth.** Grid 'lr_by_depth' varies it but has no finished run yet." in md
     assert "12 runs have no finished result" in md and not list(out.glob("*.png"))

@@ -1,6 +1,8 @@
 """What a TA reads on paper: figures whose legends sit outside the data and whose interval bars stay
 inside the axes, the setup's machine and engine, an answer per homework question, and PDF pages
 where a caption never leaves its table or figure (no store: frames made here)."""
+import re
+
 import matplotlib
 import numpy as np
 import pandas as pd
@@ -137,3 +139,11 @@ def test_a_caption_stays_with_its_table_and_a_long_section_starts_where_the_page
             Block("h2", "A long section"), *[Block("p", f"Its line {i}. " * 12) for i in range(25)]]
     pages = page_streams(render_pdf(long, tmp_path / "long.pdf").read_bytes())
     assert shown("A long section") in pages[1] and shown("Its line 0. Its line 0. ")[:-4] in pages[1]
+
+
+def test_a_wide_table_of_words_wraps_its_cells_rather_than_print_below_7_points(tmp_path):
+    wide = pd.DataFrame({f"setting {i}": ["leaky_relu, relu, sigmoid, tanh, cosine_restarts"] for i in range(6)})
+    body = page_streams(render_pdf([Block("table", wide)], tmp_path / "wide.pdf").read_bytes())[1]
+    sizes = {float(s) for s in re.findall(rb"/F\d+ ([\d.]+) Tf", body)} - {8.0, 12.0}  # the footer's, the page's
+    assert sizes == {7.0}
+    assert body.count(shown("leaky_relu, relu,")) == body.count(shown("cosine_restarts")) == 6  # wrapped at spaces
