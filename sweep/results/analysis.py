@@ -143,6 +143,60 @@ def ranking_metric(results: SweepResults) -> str:
 
 
 SETUP_SETTINGS = ("activation", "depth", "width", "lr", "momentum", "schedule", "batch_size", "epochs", "validation")
+QUESTION_SETTINGS = ("activation", "depth", "width", "lr", "schedule")  # the homework's questions, in its order
+TRAINED = ("done", "diverged", "stopped")
+
+
+@dataclass(frozen=True)
+class Execution:
+    """Where, how and when the finished runs trained, as far as the store tells: the device type each
+    logged, the processes (holders, host:pid:start) that trained them, and their start and end times.
+    The store keeps no engine tag: runs that one process trained over overlapping times with the
+    same training time (a fused group's members each record the group's) were one fused model."""
+    devices: list            # device types logged (cpu, cuda, mps), sorted; [] where none was logged
+    hosts: list              # hosts of the training processes, sorted
+    workers: int             # distinct training processes
+    fused: list              # sizes of the groups trained together as one fused model
+    solo: int                # runs trained alone
+    unknown: int             # runs with no holder or no times (not told apart)
+    start: Optional[pd.Timestamp]   # the first run's start and the last run's end (UTC)
+    end: Optional[pd.Timestamp]
+    training_seconds: float  # the networks' own training time, a fused group counted once
+
+    @property
+    def wall_seconds(self) -> float:
+        return (self.end - self.start).total_seconds() if self.start is not None else math.nan
+
+
+def execution(trained: pd.DataFrame, frame: pd.DataFrame) -> Execution:
+    """`trained`: finished runs (results.runs rows); `frame`: results.execution."""
+    runs = trained[["run_id", "training_seconds"]].astype({"run_id": object}).merge(
+        frame.astype({"run_id": object}), on="run_id", how="left")
+    timed = runs[runs["holder"].fillna("").ne("") & runs["start_time"].notna() & runs["end_time"].notna()]
+    groups = _groups(timed)
+    sizes = [size for _, size in groups]
+    start = pd.to_datetime(timed["start_time"].min(), unit="ms", utc=True) if len(timed) else None
+    end = pd.to_datetime(timed["end_time"].max(), unit="ms", utc=True) if len(timed) else None
+    return Execution(sorted(runs["device"].dropna().unique().tolist()),
+                     sorted({h.rsplit(":", 2)[0] for h in timed["holder"]}), timed["holder"].nunique(),
+                     sorted(s for s in sizes if s > 1), sizes.count(1), len(runs) - len(timed), start, end,
+                     float(sum(seconds for seconds, _ in groups if pd.notna(seconds))))
+
+
+def _groups(timed: pd.DataFrame) -> list:
+    """(training seconds, size) of each group of runs that one process trained together: runs of one
+    holder whose times overlap and whose training times are equal (solo runs: groups of 1)."""
+    found = []
+    for _, runs in timed.sort_values("start_time").groupby("holder"):
+        group = None  # [training seconds, size, end]
+        for start, end, seconds in zip(runs["start_time"], runs["end_time"], runs["training_seconds"]):
+            if group and start < group[2] and seconds == group[0]:
+                group[1], group[2] = group[1] + 1, max(group[2], end)
+            else:
+                found += [tuple(group[:2])] if group else []
+                group = [seconds, 1, end]
+        found += [tuple(group[:2])] if group else []
+    return found
 
 
 @dataclass(frozen=True)
@@ -151,13 +205,22 @@ class Setup:
     values: dict             # setting (SETUP_SETTINGS) -> its distinct values, sorted
     seeds: int               # the most seeds of any one setting
     runs: int                # finished runs (done, diverged, stopped; duplicates aside)
+    questions: pd.DataFrame = field(default_factory=pd.DataFrame)  # per grid: what it varies, its networks
+    execution: Optional[Execution] = None
 
 
-def setup(runs: pd.DataFrame) -> Setup:
-    trained = runs[runs["outcome"].isin(("done", "diverged", "stopped"))]
+def setup(runs: pd.DataFrame, views=(), executed: Optional[pd.DataFrame] = None) -> Setup:
+    """The setup of the finished runs; with the grid views, each grid's networks (its planned runs'
+    settings); with results.execution, where and when they trained."""
+    trained = runs[runs["outcome"].isin(TRAINED)]
     values = {s: sorted(trained[s].dropna().unique().tolist()) for s in SETUP_SETTINGS}
     seeds = int(trained.groupby(SETTINGS, dropna=False).size().max()) if len(trained) else 0
-    return Setup(values, seeds, len(trained))
+    questions = pd.DataFrame([{"grid": v.name, "varies": ", ".join(v.varied) or "nothing",
+                               **{s: sorted(v.runs[s].dropna().unique().tolist()) for s in QUESTION_SETTINGS},
+                               "seeds": int(v.runs["seed"].nunique()), "planned": len(v.runs),
+                               "finished": int(v.runs["outcome"].isin(TRAINED).sum())} for v in views])
+    return Setup(values, seeds, len(trained), questions,
+                 execution(trained, executed) if executed is not None else None)
 
 
 def analyse(results: SweepResults) -> Analysis:

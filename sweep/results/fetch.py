@@ -49,6 +49,7 @@ class SweepResults:
     searches: tuple = ()                   # the names in `grids` that are searches
     curves: Mapping[str, tuple] = field(default_factory=dict)  # run_id -> its objective after each epoch
     trials: Mapping[str, dict] = field(default_factory=dict)   # search -> {number: search.Trial}, with a spec
+    execution: pd.DataFrame = field(default_factory=lambda: execution_frame([]))  # where and when each run trained
 
     def grid_runs(self, grid: str) -> pd.DataFrame:
         """The runs that belong to `grid`."""
@@ -82,6 +83,7 @@ def fetch_results(spec: Optional[SweepSpec], uri: str, grids: Iterable[str] = ()
     index = view.index
     index.sync()  # only what changed since the last read; the rest comes from the index beside the store
     store = store_frame(index.table(tags=schema.RESULT_TAGS, params=SETTING_NAMES, metrics=STORE_METRICS))
+    execution = execution_frame(index.table(tags=(schema.HOLDER,), params=("device",)))
     if spec is not None:
         selected = grids or (*spec.grids, *spec.searches)
         found = queue.find_parent(source, experiment_id, spec.name)
@@ -103,7 +105,7 @@ def fetch_results(spec: Optional[SweepSpec], uri: str, grids: Iterable[str] = ()
     searched = [r for r in index.rows() if schema.decode(r).search in searches] if searches else []
     results = SweepResults(experiment, experiment_id, runs, spec, selected, parent, searches=searches,
                            curves={run_id: c for run_id, c in zip(store["run_id"], store["curve"]) if c},
-                           trials=_trials(spec, searches, searched, states))
+                           trials=_trials(spec, searches, searched, states), execution=execution)
     wanted = histories(results) if callable(histories) else histories or ()
     fetched = {run_id: _history(uri, store, run_id) for run_id in dict.fromkeys(wanted)}
     return dataclasses.replace(results, histories=fetched)
@@ -166,6 +168,19 @@ def store_frame(table: list) -> pd.DataFrame:
         out[f"metrics.{metric}"] = pd.Series([float("nan") if v is None else v for v in metrics[metric]], dtype=float)
     out["agent_uri"] = [f"{uri}/mnist_agent.pt" for uri in base["artifact_uri"]]
     return out
+
+
+EXECUTION = ("run_id", "start_time", "end_time", "holder", "device")
+
+
+def execution_frame(table: list) -> pd.DataFrame:
+    """Where and when each MLflow run trained, from the tuples of Index.table(tags=(schema.HOLDER,),
+    params=("device",)): run_id, start and end time (ms since the epoch), its holder (the process
+    that trained it, host:pid:start) and the device type it logged (cpu, cuda, mps; None if none)."""
+    at = [BASE.index(c) for c in EXECUTION[:3]]
+    rows = [(*(r[i] for i in at), r[len(BASE)] or "", r[len(BASE) + 1]) for r in table]
+    frame = pd.DataFrame(rows, columns=list(EXECUTION))
+    return frame.astype({"start_time": "Int64", "end_time": "Int64"})
 
 
 def planned_frame(spec: SweepSpec, grids: tuple = ()) -> pd.DataFrame:

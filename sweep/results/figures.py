@@ -33,18 +33,26 @@ def _mark_diverged(ax, xs, color):
         ax.plot([x], [0.97], color=color, transform=trans, clip_on=False, **DIVERGED_MARK)
 
 
-def _percent_axis(ax, label, means, lows=(), highs=()):
-    """A log axis of percentages fitted to the means; an interval reaching far past them (n = 2
-    gives wide ones) runs off the edge rather than squashing the means."""
+def _percent_limits(means, lows=(), highs=()):
+    """(low, high) of a log axis of percentages fitted to the means, reaching out to the intervals
+    only so far (n = 2 gives wide ones) that the means are not squashed; None without a mean."""
     means = [m for m in means if m > 0 and math.isfinite(m)]
     if not means:
+        return None
+    lows = [v for v in lows if v > 0 and math.isfinite(v)]
+    highs = [v for v in highs if math.isfinite(v)]
+    return max(min(means + lows) / 1.15, min(means) / 3), min(max(means + highs) * 1.15, max(means) * 3, 100)
+
+
+def _percent_axis(ax, label, means, lows=(), highs=()):
+    """A log axis of percentages (_percent_limits); an interval reaching past it is cut at its edge
+    (_errorbars marks where)."""
+    limits = _percent_limits(means, lows, highs)
+    if limits is None:
         ax.text(0.5, 0.5, "no finished runs yet", transform=ax.transAxes, ha="center", va="center", color="grey")
         ax.set_yticks([])
         return
-    lows = [v for v in lows if v > 0 and math.isfinite(v)]
-    highs = [v for v in highs if math.isfinite(v)]
-    low = max(min(means + lows) / 1.15, min(means) / 3)
-    high = min(max(means + highs) * 1.15, max(means) * 3, 100)
+    low, high = limits
     ax.set_yscale("log")
     ax.set_ylim(low, high)
     ax.yaxis.set_major_locator(matplotlib.ticker.FixedLocator(_log_ticks(low, high)))
@@ -52,6 +60,17 @@ def _percent_axis(ax, label, means, lows=(), highs=()):
     ax.yaxis.set_minor_locator(matplotlib.ticker.NullLocator())
     ax.set_ylabel(label)
     ax.grid(True, which="major", alpha=0.3)
+
+
+def _legend_below(fig, handles, columns: int = 4):
+    """The legend under the axes, outside every data area (the figure is laid out constrained), in
+    as many columns (up to `columns`) as fit the figure's width."""
+    renderer = fig.canvas.get_renderer()
+    for ncol in range(min(len(handles), columns), 0, -1):
+        legend = fig.legend(handles=handles, loc="outside lower center", ncol=ncol, frameon=False)
+        if ncol == 1 or legend.get_window_extent(renderer).width <= 0.98 * fig.bbox.width:
+            return legend
+        legend.remove()
 
 
 def _error_axis(ax, name: str, values):
@@ -87,63 +106,87 @@ def _x_axis(ax, setting, values):
     ax.set_xlabel(f"{setting} ({unit}{', log scale' if setting in LOG_AXIS else ''})")
 
 
-def _errorbars(ax, x, table, metric, color, label=None, fmt="o-"):
-    """Means with their 95% intervals; no bar where n = 1 (the interval is NaN)."""
+def _errorbars(ax, x, table, metric, color, label=None, fmt="o-", limits=None):
+    """Means with their 95% intervals; no bar where n = 1 (the interval is NaN). With `limits` (the
+    y axis' (low, high), in percent) a bar is cut at the axis' edge and a caret there says it goes on."""
+    x = np.asarray(x, dtype=float)
     mean = 100 * table[metric].to_numpy(dtype=float)
     low = 100 * table[f"{metric}_low"].to_numpy(dtype=float)
     high = 100 * table[f"{metric}_high"].to_numpy(dtype=float)
-    below = np.where(np.isnan(low), 0, mean - np.maximum(low, mean * 1e-3))  # a log axis has no 0
-    above = np.where(np.isnan(high), 0, high - mean)
-    ax.errorbar(np.asarray(x, dtype=float), mean, yerr=[below, above], fmt=fmt, color=color,
-                label=label, capsize=3, markersize=5, elinewidth=1.2, zorder=3)
+    shown_low, shown_high = np.maximum(low, mean * 1e-3), high  # a log axis has no 0
+    if limits is not None:
+        shown_low, shown_high = np.clip(shown_low, *limits), np.clip(shown_high, *limits)
+        trans = ax.get_xaxis_transform()
+        for cut, y, marker in ((low < limits[0], 0.025, "v"), (high > limits[1], 0.975, "^")):
+            if cut.any():
+                ax.plot(x[cut], [y] * int(cut.sum()), marker, color=color, markersize=6, transform=trans,
+                        linestyle="none", zorder=4)
+    below = np.where(np.isnan(low), 0, mean - shown_low)
+    above = np.where(np.isnan(high), 0, shown_high - mean)
+    ax.errorbar(x, mean, yerr=[below, above], fmt=fmt, color=color, label=label, capsize=3, markersize=5,
+                elinewidth=1.2, zorder=3)
     return list(mean), list(low), list(high)
 
 
-def _legend_extras(n_max, diverged):
+def _cut(table, metrics, limits) -> bool:
+    """Whether an interval of `table` runs past `limits`."""
+    if limits is None:
+        return False
+    return any(((100 * table[f"{m}_low"] < limits[0]) | (100 * table[f"{m}_high"] > limits[1])).any()
+               for m in metrics)
+
+
+def _legend_extras(n_max, diverged, cut=False):
     extras = []
     if n_max > 1:
         extras.append(Line2D([], [], color="grey", marker="|", markersize=12, linestyle="none",
                              label="95% interval of the mean"))
+    if cut:
+        extras.append(Line2D([], [], color="grey", marker="v", linestyle="none",
+                             label="interval goes on past the axis"))
     if diverged:
         extras.append(Line2D([], [], color="grey", label="diverged (no error)", **DIVERGED_MARK))
     return extras
 
 
-def figure_lr_by_setting(view: GridView, metric: str):
-    """Error against lr, one line per value of the other setting, its best lr starred; one panel
-    per error shown (the ranking one first)."""
-    shown = shown_metrics(metric)
-    fig, axes = plt.subplots(1, len(shown), figsize=(5.3 * len(shown) if len(shown) > 2 else 12, 4.8), sharex=True,
-                             squeeze=False)
-    axes = axes[0]
-    table = points(view.runs, [view.by, "lr"], shown)
-    best = best_per(view, metric).table
-    diverged = view.runs[view.runs["outcome"] == "diverged"]
-    values = sorted(view.runs[view.by].unique())
-    spread = 1.03 ** (np.arange(len(values)) - (len(values) - 1) / 2)  # side by side, so bars do not overlap
-    for ax, m in zip(axes, shown):
-        drawn = ([], [], [])
-        for i, value in enumerate(values):
-            color = COLORS[i % len(COLORS)]
-            mine = table[table[view.by] == value]
-            shown_label = label({view.by: value}, [view.by])
-            for acc, got in zip(drawn, _errorbars(ax, mine["lr"] * spread[i], mine, m, color, shown_label)):
-                acc.extend(got)
-            _mark_diverged(ax, diverged.loc[diverged[view.by] == value, "lr"] * spread[i], color)
-            star = best[best[view.by] == value]
-            if len(star):
-                point = mine[mine["lr"] == star["lr"].iloc[0]]
-                ax.plot(point["lr"] * spread[i], 100 * point[m], "*", color=color, markersize=16,
-                        markeredgecolor="black", alpha=0.8, zorder=2)
-        _x_axis(ax, "lr", view.runs["lr"].unique())
-        _percent_axis(ax, f"final {NAMES.get(m, m)} (%, log scale)", *drawn)
-        ax.set_title(f"Final {NAMES.get(m, m)} vs learning rate" + (" (ranks the settings)" if m == metric else ""))
-    handles, _ = axes[0].get_legend_handles_labels()
-    handles.append(Line2D([], [], marker="*", color="grey", markeredgecolor="black", markersize=14,
-                          linestyle="none", label=f"best lr of the {view.by}"))
-    handles += _legend_extras(int(table["n"].max()), len(diverged))
-    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 7), frameon=False)
-    fig.tight_layout(rect=(0, 0.1, 1, 1))
+def figure_lr_by_setting(view: GridView, metric: str, shown=None):
+    """Error against lr, one line per value of the other setting, its best lr (by `metric`) starred;
+    one panel per error in `shown` (default: the ranking one), side by side."""
+    shown = list(shown or [metric])
+    wide = len(shown) > 1
+    with plt.rc_context({"font.size": 16 if wide else 11}):  # side by side, the figure is printed smaller
+        fig, axes = plt.subplots(1, len(shown), figsize=(11, 4.8) if wide else (7.5, 5.2), sharex=True, squeeze=False,
+                                 layout="constrained")
+        axes = axes[0]
+        table = points(view.runs, [view.by, "lr"], shown)
+        best = best_per(view, metric).table
+        diverged = view.runs[view.runs["outcome"] == "diverged"]
+        values = sorted(view.runs[view.by].unique())
+        spread = 1.03 ** (np.arange(len(values)) - (len(values) - 1) / 2)  # side by side: bars do not overlap
+        cut = False
+        for ax, m in zip(axes, shown):
+            limits = _percent_limits(*(100 * table[f"{m}{end}"].to_numpy(dtype=float) for end in ("", "_low", "_high")))
+            cut = cut or _cut(table, [m], limits)
+            for i, value in enumerate(values):
+                color = COLORS[i % len(COLORS)]
+                mine = table[table[view.by] == value]
+                _errorbars(ax, mine["lr"] * spread[i], mine, m, color, label({view.by: value}, [view.by]),
+                           limits=limits)
+                _mark_diverged(ax, diverged.loc[diverged[view.by] == value, "lr"] * spread[i], color)
+                star = best[best[view.by] == value]
+                if len(star):
+                    point = mine[mine["lr"] == star["lr"].iloc[0]]
+                    ax.plot(point["lr"] * spread[i], 100 * point[m], "*", color=color, markersize=16,
+                            markeredgecolor="black", alpha=0.8, zorder=2)
+            _x_axis(ax, "lr", view.runs["lr"].unique())
+            _percent_axis(ax, f"final {NAMES.get(m, m)} (%, log scale)", table[m] * 100,
+                          table[f"{m}_low"] * 100, table[f"{m}_high"] * 100)
+            ax.set_title(f"Final {NAMES.get(m, m)}" + (" (ranks the settings)" if m == metric else ""))
+        handles, _ = axes[0].get_legend_handles_labels()
+        handles.append(Line2D([], [], marker="*", color="grey", markeredgecolor="black", markersize=14,
+                              linestyle="none", label=f"best lr of the {view.by}"))
+        handles += _legend_extras(int(table["n"].max()), len(diverged), cut)
+        _legend_below(fig, handles, 4)
     return fig
 
 
@@ -151,8 +194,10 @@ def figure_error_vs_setting(view: GridView, metric: str):
     """Error against the one setting a grid sweeps (a number, or a schedule), means with 95% intervals."""
     shown = shown_metrics(metric)
     categorical = view.x not in NUMERIC
-    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    fig, ax = plt.subplots(figsize=(7.5, 5.2), layout="constrained")
     table = points(view.runs, [view.x], shown)
+    limits = _percent_limits(*[[v for m in shown for v in 100 * table[f"{m}{end}"].to_numpy(dtype=float)]
+                               for end in ("", "_low", "_high")])
     position = {v: i for i, v in enumerate(table[view.x])} if categorical else None
     xs = np.array([position[v] for v in table[view.x]] if categorical else table[view.x], dtype=float)
     drawn = ([], [], [])
@@ -160,7 +205,8 @@ def figure_error_vs_setting(view: GridView, metric: str):
         step = i - (len(shown) - 1) / 2  # side by side, so the bars of the errors do not overlap
         shifted = (xs + 0.06 * step if categorical else xs * 1.025 ** step if view.x in LOG_AXIS
                    else xs + 0.012 * step * (np.ptp(xs) or 1))
-        got = _errorbars(ax, shifted, table, m, COLORS[i], NAMES.get(m, m), fmt="o" if categorical else "o-")
+        got = _errorbars(ax, shifted, table, m, COLORS[i], NAMES.get(m, m), fmt="o" if categorical else "o-",
+                         limits=limits)
         for acc, values in zip(drawn, got):
             acc.extend(values)
     diverged = view.runs[view.runs["outcome"] == "diverged"]
@@ -175,14 +221,19 @@ def figure_error_vs_setting(view: GridView, metric: str):
     _percent_axis(ax, "final error (%, log scale)", *drawn)
     ax.set_title(f"Final error vs {view.x} (grid '{view.name}')")
     handles, _ = ax.get_legend_handles_labels()
-    ax.legend(handles=handles + _legend_extras(int(table["n"].max()), len(diverged)), loc="best")
-    fig.tight_layout()
+    _legend_below(fig, handles + _legend_extras(int(table["n"].max()), len(diverged), _cut(table, shown, limits)))
     return fig
 
 
 def figure_curves(histories: dict, title: str, with_lr: bool = False):
-    """Per-epoch test error of each labelled run (and its learning rate per epoch)."""
-    fig, axes = plt.subplots(1, 2 if with_lr else 1, figsize=(12 if with_lr else 7.5, 4.8), squeeze=False)
+    """Per-epoch test error of each labelled run (and its learning rate per epoch), the legend below."""
+    with plt.rc_context({"font.size": 16 if with_lr else 10}):  # side by side, the figure is printed smaller
+        return _curves(histories, title, with_lr)
+
+
+def _curves(histories: dict, title: str, with_lr: bool):
+    fig, axes = plt.subplots(1, 2 if with_lr else 1, figsize=(11 if with_lr else 7.5, 5.2), squeeze=False,
+                             layout="constrained")
     ax = axes[0][0]
     values = []
     for i, (name, history) in enumerate(histories.items()):
@@ -194,7 +245,6 @@ def figure_curves(histories: dict, title: str, with_lr: bool = False):
     ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     _percent_axis(ax, "test error (%, log scale)", values)
     ax.set_title(title)
-    ax.legend(loc="upper right")
     if with_lr:
         ax2 = axes[0][1]
         for i, (name, history) in enumerate(histories.items()):
@@ -205,15 +255,16 @@ def figure_curves(histories: dict, title: str, with_lr: bool = False):
         ax2.set_ylabel("learning rate")
         ax2.set_title("Learning rate per epoch")
         ax2.grid(True, alpha=0.3)
-        ax2.legend(loc="lower left")
-    fig.tight_layout()
+    handles, _ = ax.get_legend_handles_labels()
+    if handles:
+        _legend_below(fig, handles, 4)
     return fig
 
 
 def figure_best_so_far(view: SearchView, table: pd.DataFrame):
     """Each trial's final error by trial number (hollow where stopped early), and the best so far."""
     name = NAMES.get(view.metric, view.metric)
-    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    fig, ax = plt.subplots(figsize=(7.5, 4.8), layout="constrained")
     done = table[table["value"].notna()]
     stopped = table[table["at_stop"].notna()]
     ax.plot(done["trial"], 100 * done["value"], "o", color=COLORS[0], label="trial (final error)", zorder=3)
@@ -228,8 +279,7 @@ def figure_best_so_far(view: SearchView, table: pd.DataFrame):
     _error_axis(ax, name, list(100 * done["value"]) + list(100 * stopped["at_stop"]))
     ax.set_title(f"Search '{view.name}': best {name} so far")
     handles, _ = ax.get_legend_handles_labels()
-    ax.legend(handles=handles + _legend_extras(1, len(diverged)), loc="upper right")
-    fig.tight_layout()
+    _legend_below(fig, handles + _legend_extras(1, len(diverged)))
     return fig
 
 
@@ -304,7 +354,7 @@ def figure_importance(view: SearchView):
 def figure_stopping(stopping: Stopping, colour_by: str = ""):
     """The per-epoch objective of every finished run, an x where a run was stopped early; coloured
     by `colour_by` (a setting) or, without one, by whether the run was stopped."""
-    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    fig, ax = plt.subplots(figsize=(7.5, 5.2), layout="constrained")
     runs = stopping.runs[stopping.runs["run_id"].isin(stopping.curves)]
     groups = sorted(runs[colour_by].unique(), key=str) if colour_by else ["trained to the end", "stopped early"]
     values = []
@@ -327,6 +377,5 @@ def figure_stopping(stopping: Stopping, colour_by: str = ""):
                for i, g in enumerate(groups)]
     handles.append(Line2D([], [], marker="X", color="grey", markeredgecolor="black", markersize=9, linestyle="none",
                           label="stopped early here"))
-    ax.legend(handles=handles, loc="upper right")
-    fig.tight_layout()
+    _legend_below(fig, handles)
     return fig

@@ -1,8 +1,8 @@
 """The report as a PDF to read: a title, the sections in order, each figure beside its conclusions,
 tables as real tables (split across pages under a repeated header) and "page N of M" in the footer.
 
-`render_pdf` takes the report's blocks: objects with `kind` (h1, h2, p, table, figure) and
-`content` (text, a pandas DataFrame, or a (PNG path, caption) pair).
+`render_pdf` takes the report's blocks: objects with `kind` (h1, h2, p, answer, table, figure) and
+`content` (text, a (question, answer) pair, a pandas DataFrame, or a (PNG path, caption) pair).
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from reportlab.pdfbase.pdfmetrics import stringWidth
 from reportlab.pdfgen.canvas import Canvas
 from reportlab.platypus import (
     CondPageBreak,
-    Image,
+    Flowable,
     KeepTogether,
     Paragraph,
     SimpleDocTemplate,
@@ -33,6 +33,7 @@ from reportlab.platypus import (
 MARGIN = 2 * cm
 FONT, BOLD = "Helvetica", "Helvetica-Bold"
 TABLE_FONT_SIZES = (9, 8.5, 8, 7.5, 7, 6.5, 6, 5.5, 5)  # tried in turn until the table fits the page width
+WRAP_FROM = 7  # rather than go below this size, cells wrap at a space where every word still fits
 CELL_PAD = 4  # points left and right of a cell's text
 ZEBRA = colors.HexColor("#f2f4f7")
 HEADER = colors.HexColor("#dde3ea")
@@ -101,11 +102,23 @@ def _table(frame: pd.DataFrame, width: float) -> Table:
         return [max([stringWidth(header[i], BOLD, size)] + [stringWidth(r[i], FONT, size) for r in rows])
                 + 2 * CELL_PAD for i in range(len(header))]
 
-    size = next((s for s in TABLE_FONT_SIZES if sum(natural_widths(s)) <= width), TABLE_FONT_SIZES[-1])
+    def longest_words(size):
+        return [max([stringWidth(w, BOLD, size) for w in header[i].split()]
+                    + [stringWidth(w, FONT, size) for r in rows for w in r[i].split()]) + 2 * CELL_PAD
+                for i in range(len(header))]
+
+    # the largest size (down to WRAP_FROM) at which the table fits, else WRAP_FROM with its cells wrapped
+    # between words, else the largest smaller size at which it fits, else the smallest, its cells wrapped
+    readable = [s for s in TABLE_FONT_SIZES if s >= WRAP_FROM]
+    size, wrap = next(((s, False) for s in readable if sum(natural_widths(s)) <= width), (None, True))
+    size = size or (WRAP_FROM if sum(longest_words(WRAP_FROM)) <= width else None)
+    if size is None:
+        size = next((s for s in TABLE_FONT_SIZES if sum(natural_widths(s)) <= width), TABLE_FONT_SIZES[-1])
+        wrap = sum(natural_widths(size)) > width
     widths = natural_widths(size)
     data: list[list] = [header, *rows]
-    if sum(widths) > width:  # too wide even at the smallest size: share out the width and wrap the cells
-        widths = [w * width / sum(widths) for w in widths]
+    if wrap:
+        widths = _shared(widths, longest_words(size), width)
         cell = ParagraphStyle("cell", fontName=FONT, fontSize=size, leading=size * 1.2)
         aligned = [ParagraphStyle(f"cell{i}", parent=cell, alignment=TA_RIGHT if r else 0) for i, r in enumerate(right)]
         bold = [ParagraphStyle(f"head{i}", parent=a, fontName=BOLD) for i, a in enumerate(aligned)]
@@ -129,17 +142,81 @@ def _table(frame: pd.DataFrame, width: float) -> Table:
     return Table(data, colWidths=widths, repeatRows=1, hAlign="LEFT", style=TableStyle(style))
 
 
-def _figure(png: Path, caption: str, styles, width: float, max_height: float) -> list:
-    """The image scaled to the text width (less, if it would be too tall), its caption under it."""
-    pixels_wide, pixels_high = ImageReader(str(png)).getSize()
-    scale = min(width / pixels_wide, max_height / pixels_high)
-    return [Image(str(png), width=pixels_wide * scale, height=pixels_high * scale),
-            Paragraph(escape(caption), styles["caption"])]
+MIN_SHRINK = 0.8  # a figure is drawn down to this share of its size rather than leave the page's end empty
+KEPT_ROWS = 3     # rows of a table kept on the page of the text that introduces it
+
+
+class _Figure(Flowable):
+    """An image with its caption under it, never apart: the image at the text width (less, if it
+    would be taller than `max_height`), or smaller, down to MIN_SHRINK of that, where that lets it
+    end the page it would otherwise leave empty."""
+
+    def __init__(self, png: Path, caption: Paragraph, max_height: float):
+        super().__init__()
+        self.png, self.caption, self.max_height = str(png), caption, max_height
+        self.pixels = ImageReader(self.png).getSize()
+
+    def _sizes(self, width: float, height: float) -> tuple:
+        style = self.caption.style
+        caption = self.caption.wrap(width, height)[1] + style.spaceBefore + style.spaceAfter
+        wide, high = self.pixels
+        full = min(width / wide, self.max_height / high)
+        room = (height - caption) / (high * full)
+        scale = full * (room if MIN_SHRINK <= room < 1 else 1)
+        return wide * scale, high * scale, caption
+
+    def wrap(self, availWidth, availHeight):
+        self.image_width, self.image_height, self.caption_height = self._sizes(availWidth, availHeight)
+        self.width = availWidth
+        return availWidth, self.image_height + self.caption_height
+
+    def split(self, availWidth, availHeight):
+        return []  # whole, on this page or the next
+
+    def draw(self):
+        style = self.caption.style
+        self.canv.drawImage(self.png, (self.width - self.image_width) / 2, self.caption_height, self.image_width,
+                            self.image_height)
+        self.caption.drawOn(self.canv, 0, style.spaceAfter)
+
+
+def _shared(natural: list, least: list, width: float) -> list:
+    """Column widths that fill `width`: each at least its longest word (`least`) where they all fit,
+    the rest of the width shared by how much more each would take; else in proportion."""
+    spare, wanted = width - sum(least), sum(n - m for n, m in zip(natural, least))
+    if spare < 0 or wanted <= 0:
+        return [w * width / sum(natural) for w in natural]
+    return [m + (n - m) * spare / wanted for n, m in zip(natural, least)]
+
+
+def _figure(png: Path, caption: str, styles, max_height: float) -> _Figure:
+    return _Figure(png, Paragraph(escape(caption), styles["caption"]), max_height)
+
+
+def _keep_headings(flowables: list) -> list:
+    """Each heading kept on the page of what follows it (its first paragraph, figure or table)."""
+    out, i = [], 0
+    while i < len(flowables):
+        if getattr(flowables[i], "is_heading", False) and i + 1 < len(flowables):
+            out.append(KeepTogether(flowables[i:i + 2]))
+            i += 2
+        else:
+            out.append(flowables[i])
+            i += 1
+    return out
+
+
+def _height(flowables: list, width: float, height: float) -> float:
+    return sum(f.wrap(width, height)[1] + f.getSpaceBefore() + f.getSpaceAfter() for f in flowables)
 
 
 def render_pdf(blocks, path: str | Path, title: str | None = None) -> Path:
     """Write `blocks` to the PDF `path`. `title`, when given, heads the first page; it (else the
-    first h1) is also the document's title in its properties. Returns the path."""
+    first h1) is also the document's title in its properties. Returns the path.
+
+    The text flows from page to page; what must not be parted stays together: a heading with what
+    follows it, a figure with its caption, and the paragraph just before a table (its caption) with
+    the table's header and first rows (a long table goes on over the next pages under its header)."""
     path = Path(path)
     styles = _styles()
     heading = title or next((str(b.content) for b in blocks if b.kind == "h1"), "")
@@ -147,31 +224,34 @@ def render_pdf(blocks, path: str | Path, title: str | None = None) -> Path:
                             bottomMargin=MARGIN, title=heading, creator="mnist-sweep")
     width, height = doc.width, doc.height
     story: list = [Paragraph(escape(title), styles["title"])] if title else []
-    section: list | None = None  # the open section: its heading and what must stay on the page with it
-
-    def close():
-        nonlocal section
-        if section:
-            story.append(KeepTogether(section))
-        section = None
+    pending: list = []  # headings and paragraphs not yet placed: they go with what comes next
 
     for block in blocks:
         if block.kind in ("h1", "h2"):
-            close()
-            section = [Paragraph(escape(str(block.content)), styles[block.kind])]
+            flowable = Paragraph(escape(str(block.content)), styles[block.kind])
+            flowable.is_heading = True
+            pending.append(flowable)
         elif block.kind == "p":
-            (story if section is None else section).append(Paragraph(escape(str(block.content)), styles["p"]))
+            pending.append(Paragraph(escape(str(block.content)), styles["p"]))
+        elif block.kind == "answer":
+            question, answer = block.content
+            pending.append(Paragraph(f"<b>{escape(question)}.</b> {escape(answer)}", styles["p"]))
         elif block.kind == "figure":
             png, caption = block.content
-            section = (section or []) + _figure(Path(png), str(caption), styles, width, 0.55 * height)
-            close()
+            story += _keep_headings(pending + [_figure(Path(png), str(caption), styles, 0.55 * height)])
+            pending = []
         elif block.kind == "table":
-            # a table may be long: it flows on under its section, which starts on a new page only when
-            # little room is left on this one (no KeepTogether: it would push a long table to a new page)
-            story += [CondPageBreak(height / 4), *(section or []), _table(block.content, width), Spacer(1, 8)]
-            section = None
+            frame = block.content
+            cut = len(pending) - (1 if pending and not getattr(pending[-1], "is_heading", False) else 0)
+            while cut and getattr(pending[cut - 1], "is_heading", False):
+                cut -= 1  # the headings right above go with it too
+            story += _keep_headings(pending[:cut])
+            lead = pending[cut:]
+            needed = _height(lead, width, height) + _table(frame.head(KEPT_ROWS), width).wrap(width, height)[1]
+            story += [CondPageBreak(needed + 6), *lead, _table(frame, width), Spacer(1, 8)]
+            pending = []
         else:
             raise ValueError(f"unknown report block kind {block.kind!r}")
-    close()
+    story += _keep_headings(pending)
     doc.build(story, canvasmaker=_NumberedCanvas)
     return path

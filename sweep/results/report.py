@@ -18,7 +18,17 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from .. import stats
-from .analysis import LOG_AXIS, Analysis, GridView, SearchView, best_per, best_so_far_table, curve_runs, setup
+from .analysis import (
+    LOG_AXIS,
+    Analysis,
+    GridView,
+    SearchView,
+    best_per,
+    best_so_far_table,
+    curve_runs,
+    setup,
+    shown_metrics,
+)
 from .best import SETTINGS, best_by, summary_of
 from .figures import (
     COLORS,
@@ -35,11 +45,14 @@ from .words import (
     NAMES,
     as_percent,
     conclusions,
+    execution_words,
     format_interval,
     format_p,
     objective_name,
+    question_answers,
     schedule_note,
     search_conclusions,
+    setup_table,
     setup_words,
     stopping_conclusions,
 )
@@ -47,8 +60,8 @@ from .words import (
 
 @dataclass
 class Block:
-    kind: str        # h1, h2, p, table, figure
-    content: object  # str, DataFrame, or (Path, caption)
+    kind: str        # h1, h2, p, answer, table, figure
+    content: object  # str, (question, answer), DataFrame, or (Path, caption)
 
 
 def _interval_table(table: pd.DataFrame, settings: list, metric: str) -> pd.DataFrame:
@@ -97,7 +110,14 @@ def build_report(analysis: Analysis, folder: Path):
     what = (f"{len(results.runs)} planned runs" if not trials else
             f"{len(results.runs)} runs ({len(results.runs) - trials} planned in grids, {trials} trials of searches)")
     blocks.append(Block("p", f"{what}: " + ", ".join(f"{counts.get(k, 0)} {k}" for k in shown_outcomes) + "."))
-    blocks.append(Block("p", setup_words(setup(results.runs))))
+    trained = setup(results.runs, analysis.grids, results.execution)
+    blocks.append(Block("h2", "Setup"))
+    blocks.append(Block("p", setup_words(trained)))
+    if analysis.grids:
+        blocks.append(Block("p", "What each grid asks (the settings it varies) and the networks it trains:"))
+        blocks.append(Block("table", setup_table(trained)))
+    blocks.append(Block("p", execution_words(trained.execution)))
+    blocks.append(Block("h2", "How to read the numbers"))
     blocks.append(Block("p", f"Errors are final-epoch fractions of misclassified images, shown in percent. "
                              f"Each setting is run with up to {seeds} seed(s); points are means over its "
                              f"finished seeds, bars their 95% confidence interval (Student t), and no bar "
@@ -135,12 +155,10 @@ def build_report(analysis: Analysis, folder: Path):
         _search_section(view, analysis.stopping.get(view.name), figure, blocks)
 
     left = analysis.outcome("missing", "failed")
-    blocks.append(Block("h2", "Missing runs"))
-    if len(left):
+    if len(left):  # none: the opening's counts say so
+        blocks.append(Block("h2", "Missing runs"))
         blocks.append(Block("p", f"{_runs(len(left))} no finished result (state in the queue shown):"))
         blocks.append(Block("table", left[["name", "grids", "state"]]))
-    else:
-        blocks.append(Block("p", "None: every planned run has finished."))
     stopped = analysis.outcome("stopped")
     if len(stopped):
         blocks.append(Block("h2", "Runs stopped early"))
@@ -148,15 +166,20 @@ def build_report(analysis: Analysis, folder: Path):
                                  f"and test:"))
         blocks.append(Block("table", stopped[["name", "grids", "epochs_completed", "epochs"]].astype(
             {"epochs_completed": "Int64"})))
+    blocks.append(Block("h2", "Conclusions: the homework's questions"))
+    blocks.append(Block("p", f"Each question is answered by the grids that sweep it, on {NAMES.get(metric, metric)} "
+                             f"(the mean over each setting's seeds); decided means its best value is told apart "
+                             f"from every rival after Holm's correction."))
+    blocks.extend(Block("answer", qa) for qa in question_answers(analysis.grids, metric, analysis.searches))
     return blocks, figures
 
 
 def _grid_figures(view: GridView, metric: str, results, figure, blocks: list) -> None:
     bars = " Bars: 95% intervals over seeds (none where n = 1)."
     if view.kind == "lr_by_setting":
-        figure(figure_lr_by_setting(view, metric), f"{view.name}_error_vs_lr",
-               f"Final error against learning rate, one line per {view.by}; a star marks each "
-               f"{view.by}'s best learning rate." + bars)
+        figure(figure_lr_by_setting(view, metric, [metric]), f"{view.name}_error_vs_lr",
+               f"Final {NAMES.get(metric, metric)} (ranks the settings) against learning rate, one line per "
+               f"{view.by}; a star marks each {view.by}'s best learning rate." + bars)
         best = best_per(view, metric).table.sort_values(metric, kind="stable")
         blocks.append(Block("p", f"Each {view.by} at its best learning rate; closest lr: the other learning "
                                  f"rate it is least told apart from; p: Welch's t-test against it, Holm-corrected "
@@ -164,7 +187,11 @@ def _grid_figures(view: GridView, metric: str, results, figure, blocks: list) ->
                                  f"seed of the best lr beats a seed of the closest, with its 95% bootstrap "
                                  f"interval."))
         shown = _rival_columns(_interval_table(best, [view.by, "lr"], metric), best, "closest lr")
-        blocks.append(Block("table", shown))
+        blocks.append(Block("table", shown))  # before the next figure: a table may end a page a figure cannot
+        others = [m for m in shown_metrics(metric) if m != metric]
+        figure(figure_lr_by_setting(view, metric, others), f"{view.name}_{'_'.join(others)}_vs_lr",
+               f"Final {' and '.join(NAMES.get(m, m) for m in others)} against learning rate (stars: the best "
+               f"learning rates by {NAMES.get(metric, metric)})." + bars)
         curves = curve_runs(view, metric)
         if curves:
             figure(figure_curves({k: results.histories.get(r, pd.DataFrame()) for k, r in curves.items()},
@@ -259,6 +286,8 @@ def render_markdown(blocks: list[Block], out: Path) -> str:
             parts.append(f"## {b.content}")
         elif b.kind == "p":
             parts.append(str(b.content))
+        elif b.kind == "answer":
+            parts.append(f"**{b.content[0]}.** {b.content[1]}")
         elif b.kind == "table":
             parts.append(b.content.to_markdown(index=False))
         else:
@@ -274,6 +303,8 @@ def render_html(blocks: list[Block]) -> str:
             body.append(f"<{b.kind}>{html.escape(str(b.content))}</{b.kind}>")
         elif b.kind == "p":
             body.append(f"<p>{html.escape(str(b.content))}</p>")
+        elif b.kind == "answer":
+            body.append(f"<p><b>{html.escape(b.content[0])}.</b> {html.escape(b.content[1])}</p>")
         elif b.kind == "table":
             body.append(b.content.to_html(index=False, border=0, classes="runs"))
         else:

@@ -66,26 +66,38 @@ def test_report_outputs_numbers_missing_and_diverged(known):
     names = {p.name for p in out.iterdir()}
     assert {"report.md", "report.html", "report.pdf", "lr_by_activation_error_vs_lr.png",
             "depth_error_vs_depth.png", "schedule_curves.png", "schedule_error_vs_schedule.png",
-            "lr_by_activation_best_curves.png"} <= names
+            "lr_by_activation_best_curves.png", "lr_by_activation_train_error_vs_lr.png"} <= names
     assert not [n for n in os.listdir(folder) if n.startswith(".out-")]  # the temporary folder is gone
     md = (out / "report.md").read_text()
     assert "Lowest test error: relu at lr 0.1, 3.00% (n = 1)." in md
-    assert ("Setup: the runs are MLPs 784 -> 1, 2 hidden layers of 50 units -> 10 (relu, tanh; log-softmax output), "
+    assert ("The runs are MLPs 784 -> 1, 2 hidden layers of 50 units -> 10 (relu, tanh; log-softmax output), "
             "trained by SGD (momentum 0) on the negative log-likelihood with mini-batches of 64 for 3 epochs, at "
             "learning rates 0.01, 0.03, 0.1, 1 (schedule cosine, fixed); trained on all 60,000 training images (no "
             "validation split); the test error is measured on the 10,000 test images. Up to 1 seed(s) per setting "
             "(the seed sets the initial weights and the data order); 9 finished runs.") in md  # depth 3 never ran
     assert ("Against the closest rival, tanh at its best lr 0.1 (3.50%), no test: n = 1 per setting: no interval "
             "can be given.") in md
-    assert "Best learning rate per activation: relu 0.1 (3.00%, n = 1); tanh 0.1 (3.50%, n = 1)." in md
+    assert "Best learning rate per activation: relu at lr 0.1: 3.00% (n = 1); tanh at lr 0.1: 3.50% (n = 1)." in md
     assert "Lowest test error at depth 2: 4.00% (n = 1); highest at depth 1: 4.50% (n = 1), 0.50 points apart." in md
     assert "Lowest test error at cosine: 3.80% (n = 1); highest at fixed: 4.00% (n = 1), 0.20 points apart." in md
     assert "percentage points better" not in md and "wins" not in md  # no comparison without its test
+    setup = md.split("## Setup")[1].split("\n## ")[0]
+    assert "| lr_by_activation | activation, lr | relu, tanh " in setup and "| depth " in setup
+    assert "Machine and time: trained on an unrecorded device of host " in setup  # the test runs log no device
+    assert "by 1 worker process " in setup and "every run trained alone (the solo engine)" in setup
+    conclusions = md.split("\n## ")[-1]  # the report ends with them, after the missing runs
+    assert conclusions.startswith("Conclusions: the homework's questions")
+    answers = [line.split(".")[0] for line in conclusions.splitlines() if line.startswith("**")]
+    assert answers == ["**Activation", "**Learning rate", "**Depth", "**Width", "**Schedule"]
+    assert "**Width.** Not asked: no grid of this sweep varies width." in conclusions
+    assert ("**Learning rate.** The best learning rate depends on the network it trains: over the 2 settings the "
+            "grids pair it with, lr 0.1 was best for 2; 0 of these 2 choices are decided.") in conclusions
+    assert "Diverged: lr 1 for tanh." in conclusions
     assert "Diverged (loss became NaN or infinite; not plotted as errors): tanh-lr1-d2-w50-e3." in md
-    assert "relu-lr0.03-d3-w50-e3" in md.split("## Missing runs")[1]
+    assert "relu-lr0.03-d3-w50-e3" in md.split("## Missing runs")[1].split("## Conclusions")[0]
     assert "1 of 3 runs has no finished result yet." in md
     html = (out / "report.html").read_text()
-    assert html.count("data:image/png;base64,") == 5 and "<table" in html
+    assert html.count("data:image/png;base64,") == 6 and "<table" in html
     assert (out / "report.pdf").read_bytes()[:5] == b"%PDF-"
     parent = MlflowClient(uri).search_runs([tracking.find_experiment(uri, "known")], schema.PARENT_RUNS)[0]
     logged = {a.path for a in MlflowClient(uri).list_artifacts(parent.info.run_id, "report")}
@@ -128,7 +140,7 @@ def test_report_over_seeds_ranks_by_validation_with_intervals_and_tests(seeded):
     assert (f"Against the closest rival, depth 2 at its best lr 0.1 (2.45%), not decided at n = 2: depth 1 and "
             f"depth 2 are not distinguishable at n = 2 (p = {p:.2f}); a seed of depth 1 beats one of depth 2 with "
             f"probability 1.00 (95% CI 1.00 to 1.00); at the gap and spread seen, about ") in md
-    assert "Best learning rate per depth: depth 1 0.01 (2.10%, n = 2); depth 2 0.1 (2.45%, n = 2)." in md
+    assert "Best learning rate per depth: depth 1 at lr 0.01: 2.10% (n = 2); depth 2 at lr 0.1: 2.45% (n = 2)." in md
     table = md.split("Each depth at its best learning rate")[1].split("![")[0]
     assert "| 3.05% " in table  # the test error of depth 1 at lr 0.01 is shown, though it did not choose
     grid = md.split("## Grid 'width'")[1]
@@ -137,7 +149,7 @@ def test_report_over_seeds_ranks_by_validation_with_intervals_and_tests(seeded):
     names = {p.name for p in out.iterdir()}
     assert {"lr_by_depth_error_vs_lr.png", "lr_by_depth_best_curves.png"} <= names
     assert not any(n.startswith("width") for n in names)
-    assert (out / "report.html").read_text().count("data:image/png;base64,") == 2
+    assert (out / "report.html").read_text().count("data:image/png;base64,") == 3
 
 
 def test_report_of_a_sweep_with_no_finished_run(tmp_path):
@@ -150,6 +162,9 @@ def test_report_of_a_sweep_with_no_finished_run(tmp_path):
     assert result.exit_code == 0, result.output
     md = (out / "report.md").read_text()
     assert md.count("No finished runs yet") == 2 and "12 planned runs: 0 done" in md
+    assert "## Setup\n\nNo run has finished yet." in md and "Machine and time: no run has finished yet." in md
+    assert "| lr_by_depth | depth, lr " in md and "| 0 of 8 " in md  # what each grid would train
+    assert "**Depth.** Grid 'lr_by_depth' varies it but has no finished run yet." in md
     assert "12 runs have no finished result" in md and not list(out.glob("*.png"))
 
 
