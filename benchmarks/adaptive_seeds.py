@@ -67,7 +67,7 @@ def main() -> int:
     fixed_file = folder / "fixed.yaml"
     fixed_file.write_text(GRID.format(epochs=args.epochs, seeds=list(range(1, args.max + 1))))
     uri = args.tracking_uri or f"sqlite:///{(folder / 'mlflow.db').as_posix()}"
-    command = [sys.executable, "-m", "sweep", "run", str(fixed_file), "--tracking-uri", uri]
+    command = [sys.executable, "-m", "sweep.cli", "run", str(fixed_file), "--tracking-uri", uri]
     if args.data_dir:
         command += ["--data-dir", args.data_dir]
     print(f"$ {' '.join(command)}", flush=True)

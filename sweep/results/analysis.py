@@ -12,6 +12,7 @@ from typing import Optional
 import pandas as pd
 
 from .. import stats
+from ..spec import AdaptiveSeeds
 from ..spec.space import EarlyStop
 from .best import SETTINGS, Best, best_by, candidates, label, resolve_metric, varied
 from .fetch import SweepResults
@@ -29,6 +30,7 @@ class GridView:
     x: str = ""              # the swept setting drawn on the x axis (lr for lr_by_setting)
     by: str = ""             # lr_by_setting: the setting swept together with lr, one line per value
     unstable: pd.DataFrame = field(default_factory=lambda: unstable_runs(pd.DataFrame(), {}))  # unstable_runs
+    seeds: Optional[AdaptiveSeeds] = None   # the sweep's adaptive seeds: its tests are at the rule's levels
 
     @property
     def done(self) -> pd.DataFrame:
@@ -115,8 +117,10 @@ def grid_views(results: SweepResults) -> list[GridView]:
             continue
         runs = results.grid_runs(grid)
         kinds = classify(varied(runs))
+        adaptive = results.spec.adaptive if results.spec is not None and "seed" not in results.spec.grids[grid] \
+            else None
         views.append(GridView(grid, kinds[0], varied(runs), runs, kinds[1], kinds[2],
-                              unstable_runs(runs, results.curves)))
+                              unstable_runs(runs, results.curves), adaptive))
     return views
 
 
@@ -339,7 +343,7 @@ def shown_metrics(metric: str) -> list:
 
 def best_per(view: GridView, metric: str) -> Best:
     """lr_by_setting: each value of `by` at its best lr; numeric and schedule: each value of x."""
-    return best_by(view.runs, [view.by or view.x], metric)
+    return best_by(view.runs, [view.by or view.x], metric, seeds=view.seeds)
 
 
 def curve_runs(view: GridView, metric: str) -> dict:

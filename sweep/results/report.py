@@ -43,6 +43,7 @@ from .figures import (
 from .pdf import render_pdf
 from .words import (
     NAMES,
+    adaptive_words,
     as_percent,
     conclusions,
     execution_words,
@@ -129,6 +130,10 @@ def build_report(analysis: Analysis, folder: Path):
                              f"time). P(A ahead of B) is the probability that a seed "
                              f"of A has the lower error than a seed of B (ties half), with a 95% interval "
                              f"from a stratified bootstrap (each setting's seeds resampled on their own)."))
+    if results.spec is not None and results.spec.adaptive:
+        blocks.append(Block("p", adaptive_words(results.spec.adaptive)
+                            + f" {counts.get('spared', 0)} runs were spared: their questions were settled "
+                              f"without them."))
     if metric != "test_error":
         blocks.append(Block("p", f"Settings are ranked by {NAMES.get(metric, metric)} ({metric}); the test "
                                  f"error is reported for them but did not choose them."))
@@ -210,7 +215,7 @@ def _grid_figures(view: GridView, metric: str, results, figure, blocks: list) ->
         shown = _with_leftovers(_interval_table(best, [view.x], metric), best, view, [view.x])
         blocks.append(Block("table", shown.sort_values(view.x, kind="stable")))
     else:
-        table = best_by(view.runs, view.varied, metric).table.sort_values(metric)
+        table = best_by(view.runs, view.varied, metric, seeds=view.seeds).table.sort_values(metric)
         blocks.append(Block("table", _with_leftovers(_interval_table(table, view.varied, metric), table, view,
                                                      view.varied)))
 

@@ -327,7 +327,7 @@ def conclusions(view: GridView, metric: str) -> list[str]:
             lines.append(f"Largest gap between test and train error: {100 * gap.max():.2f} points at "
                          f"{label(widest, [view.x])} (means over n = {int(widest['n'])}).")
     else:
-        best = best_by(view.runs, [], metric)
+        best = best_by(view.runs, [], metric, seeds=view.seeds)
         if len(best.table):
             top = best.table.iloc[0]
             lines.append(f"Lowest {name}: {label(top, view.varied)}, {_pct(top[metric])} "
