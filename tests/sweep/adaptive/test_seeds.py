@@ -135,3 +135,17 @@ def test_a_sweep_with_adaptive_seeds_trains_what_the_rule_wants_once_and_ends(en
     assert status.exit_code == 0 and f"up to {len(universe)} runs:" in status.output
     assert f"{len(allocation.wanted)} done" in status.output and "0 pending" in status.output
     assert (f"{summary.spared} spared" in status.output) == (summary.spared > 0)
+
+
+@pytest.mark.parametrize("seeds, says", [
+    ("{min: 1, max: 4}", "key 'min', value 1: min must be an integer >= 2"),
+    ("{min: 3, max: 2}", "key 'max', value 2: max must be an integer >= 3"),
+    ("{mn: 2, max: 4}", "unknown key 'mn' (did you mean 'min'?)"),
+    ("{min: 2}", "missing 'max'"),
+    ("{max: 4, until: always}", "key 'until', value 'always'"),
+    ("{max: 101}", "at most 100 seeds"),
+])
+def test_bad_adaptive_seeds_are_one_message_naming_the_key(seeds, says):
+    with pytest.raises(ValueError, match="^f.yaml: seeds") as found:
+        parse_spec(f"experiment: x\nseeds: {seeds}\ngrids: {{g: {{lr: [0.1, 0.3]}}}}", "f.yaml")
+    assert says in str(found.value) and "\n" not in str(found.value)
