@@ -11,7 +11,17 @@ import pytest
 
 import sweep.spec.runs as spec_module
 from mnist_core import RunConfig
-from sweep.spec import MAX_FILE_BYTES, MAX_RUNS, SpecError, expand, load_spec, parse_spec, run_key, run_name
+from sweep.spec import (
+    MAX_FILE_BYTES,
+    MAX_RUNS,
+    AdaptiveSeeds,
+    SpecError,
+    expand,
+    load_spec,
+    parse_spec,
+    run_key,
+    run_name,
+)
 
 from conftest import ROOT
 
@@ -129,7 +139,8 @@ def test_expansion_of_fifty_thousand_runs_is_quick():
 def test_the_default_sweep_file_asks_each_question_over_seeds_at_each_settings_own_best_lr():
     spec = load_spec(ROOT / "sweeps.yaml")
     base = {"epochs": 10, "batch_size": 64, "validation": 10000}
-    seeds, lrs = (1, 2, 3), (0.03, 0.1, 0.3)
+    assert spec.adaptive == AdaptiveSeeds(min=2, max=4)  # at most seeds 1-4 of each setting: its runs
+    seeds, lrs = (1, 2, 3, 4), (0.03, 0.1, 0.3)
     grids = {  # each grid in its own order: sorted settings, the last one varying fastest
         "lr_by_activation": [RunConfig(activation=a, lr=lr, seed=s, **base) for a in ("relu", "tanh", "sigmoid", "leaky_relu")
                              for lr in (0.03, 0.1, 0.3, 1.0) for s in seeds],
@@ -141,7 +152,7 @@ def test_the_default_sweep_file_asks_each_question_over_seeds_at_each_settings_o
     }
     expected = list(dict.fromkeys(run_key(c) for configs in grids.values() for c in configs))
     runs = expand(spec)
-    assert [r.key for r in runs] == expected and len(expected) == 48 + 36 + 45 + 48 - 3 * 9 - 3
+    assert [r.key for r in runs] == expected and len(expected) == (16 + 12 + 15 + 16 - 9 - 1) * 4
     for name, configs in grids.items():
         assert [r.key for r in expand(spec, [name])] == [run_key(c) for c in configs]
     reference = next(r for r in runs if r.config == RunConfig(lr=0.1, seed=2, validation=10000))
