@@ -123,9 +123,9 @@ def test_the_registered_model_is_linked_to_its_run_as_the_ui_reads_it(registered
     assert after.data.metrics == before.data.metrics and len(client.get_metric_history(run_id, "test_error")) == 1
 
 
-def test_the_registered_version_predicts_what_the_agent_predicts(registered):
+def test_the_registered_version_predicts_what_the_agent_predicts(registered, monkeypatch):
     uri, _, _, _, version, pixels, agent = registered
-    mlflow.set_tracking_uri(uri)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)  # where models:/ looks, for this test only
     model = mlflow.pyfunc.load_model("models:/tiny-model@champion")
     served = model.predict(pd.DataFrame(pixels, columns=[f"pixel_{i}" for i in range(784)]))
     images = torch.tensor((pixels.astype(np.float32) / 255.0 - 0.1307) / 0.3081)
@@ -200,7 +200,7 @@ def test_sweep_ui_shows_the_best_agent_of_each_question_as_a_model_of_its_run(tm
     assert "logged the best agent of a, b as a model of its run" in output
     assert {q: run for q, (run, _) in models.items()} == {"a": run_of[0.2], "b": run_of[0.3]}
     assert [o.model_id for o in client.get_run(run_of[0.2]).outputs.model_outputs] == [models["a"][1]]
-    served = mlflow.pyfunc.load_model(f"models:/{models['a'][1]}")  # a logged model MLflow serves
+    served = mlflow.pyfunc.load_model(client.get_logged_model(models["a"][1]).artifact_location)  # MLflow serves it
     blank = pd.DataFrame(np.zeros((1, 784), dtype=np.float32), columns=[f"pixel_{i}" for i in range(784)])
     assert list(served.predict(blank)) == ["digit", *[f"p{d}" for d in range(10)]]
 

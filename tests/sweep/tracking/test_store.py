@@ -37,14 +37,25 @@ def assert_complete(db: Path):
 def test_store_uri_is_the_given_uri_else_the_environment_else_where_mlflow_looks(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    assert store.store_uri() == f"sqlite:///{tmp_path}/mlflow.db"
-    import mlflow  # what MLflow's own commands use here with nothing set
-    assert mlflow.get_tracking_uri() == store.store_uri() and store.found_by_mlflow(store.store_uri())
+    assert store.store_uri() == f"sqlite:///{tmp_path}/mlflow.db" and store.found_by_mlflow(store.store_uri())
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
     assert store.store_uri() == "http://127.0.0.1:5000" and store.found_by_mlflow("http://127.0.0.1:5000")
     assert store.store_uri("sqlite:///x/mlflow.db") == "sqlite:///x/mlflow.db"
     assert not store.found_by_mlflow("sqlite:///x/mlflow.db")
     assert not (tmp_path / "mlruns").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+@pytest.mark.system
+def test_the_default_store_is_the_one_mlflow_uses_with_nothing_set(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    mlflow_uri = subprocess.run([sys.executable, "-c", "import mlflow; print(mlflow.get_tracking_uri())"],
+                                cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120).stdout.strip()
+    assert mlflow_uri == store.store_uri()
 
 
 def add_run(db: Path) -> None:
