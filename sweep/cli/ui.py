@@ -1,5 +1,6 @@
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -28,7 +29,7 @@ def command(spec, experiment, tracking_uri, port, host, no_browser):
     SPEC (default ./sweeps.yaml when present) or --experiment names the experiment. A browser is
     opened when one can show the page (a desktop session, or $BROWSER); else only the address is
     printed. With a tracking server as the store, its own UI's address is printed and nothing is started."""
-    from .. import tracking
+    from .. import interrupts, tracking
     from ..spec import load_spec
     from ..tracking import location as store
 
@@ -57,12 +58,16 @@ def command(spec, experiment, tracking_uri, port, host, no_browser):
     proc = subprocess.Popen([mlflow_bin, "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port),
                              "--uvicorn-opts", "--no-access-log"])  # not a line per HTTP request
     try:
-        if browse and _wait_until_up(server, proc):
-            _open(url)
-        code = proc.wait()
-    except KeyboardInterrupt:  # the terminal sent it to the server as well; make sure it is gone
+        with interrupts.signals_stop():  # SIGTERM and SIGHUP end the server too, as Ctrl-C does
+            if browse and _wait_until_up(server, proc):
+                _open(url)
+            code = proc.wait()
+    except KeyboardInterrupt as exc:  # the terminal sent Ctrl-C to the server as well; make sure it is gone
         proc.terminate()
         proc.wait()
+        if interrupts.signum_of(exc) != signal.SIGINT:
+            click.echo("interrupted", err=True)
+            sys.exit(128 + interrupts.signum_of(exc))  # 143 for SIGTERM, as a shell reports it
         raise
     sys.exit(code)
 

@@ -249,6 +249,35 @@ def test_the_view_ranks_by_test_error_once_a_run_holds_no_images_out(ui_store):
     assert state["orderByKey"] == "metrics.`final_test_error`"
 
 
+@pytest.mark.system
+def test_sweep_ui_stopped_by_sigterm_stops_its_server(ui_store, tmp_path):
+    import signal
+    import subprocess
+    import time
+
+    spec, uri, _, folder, _ = ui_store
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    record = tmp_path / "server-pid"
+    (bin_dir / "mlflow").write_text(f"#!{sys.executable}\nimport os, time\n"
+                                    f"open({str(record)!r}, 'w').write(str(os.getpid()))\ntime.sleep(600)\n")
+    (bin_dir / "mlflow").chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    proc = subprocess.Popen([sys.executable, "-m", "sweep.cli", "ui", spec.path, "--tracking-uri", uri,
+                             "--no-browser", "--port", str(free_port())], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not record.exists() or not record.read_text():
+        assert time.time() < deadline and proc.poll() is None, proc.communicate()
+        time.sleep(0.1)
+    server = int(record.read_text())
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143 and err.strip().splitlines()[-1] == "interrupted", (out, err)
+    with pytest.raises(ProcessLookupError):
+        os.kill(server, 0)  # ended and reaped: not left running behind the command
+
+
 def test_sweep_ui_without_a_display_only_prints_and_gives_an_old_experiment_its_view(ui_store):
     spec, uri, experiment_id, folder, opened = ui_store
     client = MlflowClient(uri)
