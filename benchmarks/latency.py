@@ -332,7 +332,7 @@ def main():
             spec.setdefault("defaults", {})["epochs"] = 1
         spec_path = work / Path(args.spec).name  # the same name: the same sweep (parent run), its own store
         spec_path.write_text(yaml.safe_dump(spec, sort_keys=False))
-        uri = f"sqlite:///{work}/mlruns/mlflow.db"
+        uri = f"sqlite:///{work}/mlflow.db"
         built = (known_store(spec_path, uri) if args.store == "known"
                  else swept_store(spec_path, uri, args.data_dir, work))
         data = ["--data-dir", args.data_dir] if args.data_dir else []

@@ -1,7 +1,7 @@
 """The queue and the read side at scale: a store of N finished runs, and what each command costs there.
 
 Fills DIR with a synthetic finished sweep of N runs (DIR/sweeps.yaml, a grid of N runs, and a store:
-SQLite under DIR/mlruns/, or the tracking server given), written as workers write them: queue.claim,
+SQLite at DIR/mlflow.db, or the tracking server given), written as workers write them: queue.claim,
 then Lease.log_params and Lease.log_epoch for 10 epochs of the 5 metrics a worker logs, then
 Lease.finish with a small agent file; several processes fill in parallel, and a folder that holds
 its N runs already is not filled again (an interrupted fill resumes). Then it times, on that store:
@@ -84,7 +84,7 @@ def write_spec(folder: Path, n: int) -> Path:
 
 
 def store_uri(folder: Path, tracking_uri: str | None) -> str:
-    return tracking_uri or f"sqlite:///{folder.resolve()}/mlruns/mlflow.db"
+    return tracking_uri or f"sqlite:///{folder.resolve()}/mlflow.db"
 
 
 def epoch_metrics(rng: random.Random, config, epoch: int, final: float) -> dict:

@@ -38,7 +38,7 @@ def main():
     plain = time.perf_counter() - start
 
     with tempfile.TemporaryDirectory() as tmp:
-        uri = open_store(f"sqlite:///{tmp}/mlruns/mlflow.db")
+        uri = open_store(f"sqlite:///{tmp}/mlflow.db")
         tracking.ensure_experiment(uri, "overhead")  # store creation is a one-off, not per run
         spec = parse_spec(f"experiment: overhead\ndefaults: {{epochs: {args.epochs}}}\n"
                           f"grids:\n  g: {{lr: {lrs}}}\n", "overhead.yaml")

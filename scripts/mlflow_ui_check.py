@@ -1,13 +1,15 @@
 """Check the sweep in the MLflow UI for real, as a new user sees it, in headless Chromium; save screenshots.
 
-Starts `mlflow server` on 127.0.0.1 (a free port) over the project's store and opens, in a fresh
-browser profile (nothing remembered from an earlier visit), the page `sweep ui` opens:
+Starts `mlflow ui` on 127.0.0.1 (a free port) over the project's store (plain `mlflow ui`, as a
+user types it, when the store is ./mlflow.db) and opens, in a fresh browser profile (nothing
+remembered from an earlier visit), the page `sweep ui` opens, after doing what `sweep ui` does first:
 
 - experiment.png: the runs page. Checks that it is in model-training mode (the GenAI / Model
-  training switch and the experiment's menu), that the runs are ranked by final test error with
-  that column in view (no "Show more columns"), that every training run in view lists its
-  datasets (name and digest, as logged) in the Dataset column, and that the registered model
-  (--model) shows in the Models column of its run.
+  training switch and the experiment's menu), that the runs are ranked as `sweep best` ranks them
+  (final validation error, else final test error) with that column and the swept settings in view
+  (no "Show more columns"), that every training run in view lists its datasets (name and digest,
+  as logged) in the Dataset column, that the registered model (--model) shows in the Models column
+  of its run, and so does each question's best agent (a logged model, `QUESTION-best`).
 - compare.png: MLflow's run-compare page for the best run of each activation.
 - model.png: the registered model's newest version: its source run, its logged model and its
   description (the run's name and final test error).
@@ -25,6 +27,7 @@ import argparse
 import json
 import math
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -34,15 +37,16 @@ import urllib.request
 from pathlib import Path
 
 from sweep import tracking
+from sweep.cli.ui import best_agents_as_models
 from sweep.queue import schema
 from sweep.results import fetch_results
 from sweep.results.best import best_by
 from sweep.spec import load_spec
-from sweep.tracking.location import store_uri
+from sweep.tracking.location import found_by_mlflow, store_uri
 
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-VIEWPORT = {"width": 1400, "height": 900}
+VIEWPORT = {"width": 1600, "height": 900}
 
 
 def free_port() -> int:
@@ -54,8 +58,8 @@ def free_port() -> int:
 def start_server(uri: str) -> tuple[subprocess.Popen, str]:
     port = free_port()
     mlflow_bin = os.path.join(os.path.dirname(sys.executable), "mlflow")
-    proc = subprocess.Popen([mlflow_bin, "server", "--host", "127.0.0.1", "--port", str(port),
-                             "--backend-store-uri", uri, "--workers", "1"],
+    store = [] if found_by_mlflow(uri) else ["--backend-store-uri", uri]
+    proc = subprocess.Popen([mlflow_bin, "ui", "--host", "127.0.0.1", "--port", str(port), *store],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     for _ in range(120):
@@ -107,6 +111,22 @@ def table_rows(page) -> list[tuple[str, str]]:
     return rows
 
 
+def load_all(page, most: int = 50) -> int:
+    """Click the table's "Load more" until every run is loaded, as a user would; how many times."""
+    clicks = 0
+    for _ in range(most):
+        page.wait_for_timeout(2000)  # the loading overlay of the last click is gone
+        more = page.get_by_role("button", name="Load more")
+        if not more.count():
+            break
+        try:
+            more.first.click(timeout=15000)
+            clicks += 1
+        except Exception:  # the button went while the next page loaded: look again
+            continue
+    return clicks
+
+
 def in_view(locator, viewport=VIEWPORT) -> bool:
     """The element starts inside the browser window: seen without scrolling."""
     box = locator.bounding_box() if locator.count() else None
@@ -118,7 +138,7 @@ def rank(error: float | None) -> float:
     return math.inf if error is None else sys.float_info.max if math.isnan(error) else error
 
 
-def check_runs_page(page, url, uri, experiment_id, model, out, failures) -> None:
+def check_runs_page(page, url, uri, experiment_id, ranked_by, model, questions, out, failures) -> None:
     page.goto(tracking.runs_page(url, experiment_id))
     page.wait_for_url("**orderByKey=*", timeout=60000)  # the saved view is applied
     page.locator("[role=row][row-index='0'] a[href*='/runs/']").first.wait_for(timeout=60000)
@@ -131,18 +151,31 @@ def check_runs_page(page, url, uri, experiment_id, model, out, failures) -> None
     if not mode:
         failures.append("the experiment does not open in model-training mode")
 
+    loaded = load_all(page)
+    print(f"runs page: the table loads 100 runs at a time; after 'Load more' x{loaded}: "
+          f"{page.get_by_text('matching runs').first.inner_text()}")
     c = tracking.client(uri)
     rows = [(c.get_run(run_id), text) for run_id, text in table_rows(page)]
-    errors = [rank(run.data.metrics.get(tracking.RANKED_BY)) for run, _ in rows]
-    lowest = c.search_runs([experiment_id], f"metrics.`{tracking.RANKED_BY}` >= 0", max_results=1,
-                           order_by=[f"metrics.`{tracking.RANKED_BY}` ASC"])
-    header = page.locator(".ag-header-cell", has_text=tracking.RANKED_BY).first
+    errors = [rank(run.data.metrics.get(ranked_by)) for run, _ in rows]
+    lowest = c.search_runs([experiment_id], f"metrics.`{ranked_by}` >= 0", max_results=1,
+                           order_by=[f"metrics.`{ranked_by}` ASC"])
+    header = page.locator(".ag-header-cell", has_text=ranked_by).first
     ranked = bool(rows) and bool(lowest) and errors == sorted(errors) and \
-        errors[0] == lowest[0].data.metrics[tracking.RANKED_BY]
-    print(f"runs page: {len(rows)} runs in the table, ranked by {tracking.RANKED_BY} from the lowest "
+        errors[0] == lowest[0].data.metrics[ranked_by]
+    print(f"runs page: {len(rows)} runs in the table, ranked by {ranked_by} from the lowest "
           f"({errors[0] if rows else '-'}): {ranked}; its column in view: {in_view(header)}")
     if not ranked or not in_view(header):
-        failures.append("the runs are not ranked by final test error with that column in view")
+        failures.append(f"the runs are not ranked by {ranked_by} with that column in view")
+    headers = [page.locator(".ag-header-cell", has_text=s).count() > 0 for s in tracking.SWEPT]
+    print(f"runs page: swept settings as columns: {dict(zip(tracking.SWEPT, headers))}")
+    if not all(headers):
+        failures.append("the swept settings are not all columns of the runs table")
+    for question, run_id in questions.items():  # a Models cell shows one model, and "+N" for the others
+        shown = any(run.info.run_id == run_id and (f"{question}-best" in text or re.search(r"\+\d", text))
+                    for run, text in rows)
+        print(f"runs page: the Models column shows {question}-best (or +N more) in its run's row: {shown}")
+        if not shown:
+            failures.append(f"the Models column does not show {question}-best at its run")
 
     trained = [(run, text) for run, text in rows if run.data.tags.get(schema.KIND) == "train"]
     unlisted = {run.info.run_name: [label for label in labels if label not in text]
@@ -160,9 +193,9 @@ def check_runs_page(page, url, uri, experiment_id, model, out, failures) -> None
         name, version, run_id = model
         link = page.locator(f"a[href*='#/models/{urllib.parse.quote(name)}/versions/{version}']")
         in_row = any(run.info.run_id == run_id and name in text and f"v{version}" in text for run, text in rows)
-        shown = in_row and in_view(link.first)
+        shown = in_row and link.count() > 0  # its row may be below the fold: the runs are ranked by error
         print(f"runs page: the Models column shows {name} v{version} in its run's row: {shown}")
-        if not in_row or not in_view(link.first):
+        if not shown:
             failures.append(f"the Models column does not show registered model {name} v{version} at its run")
 
 
@@ -180,7 +213,7 @@ def plot_metric(page, metric: str) -> None:
         print(f"compare page: could not plot {metric}: {type(exc).__name__}")
 
 
-def check_compare_page(page, url, experiment_id, runs, best, out, failures) -> None:
+def check_compare_page(page, url, experiment_id, ranked_by, runs, best, out, failures) -> None:
     ids = list(best["run_id"])
     query = urllib.parse.urlencode({"runs": json.dumps(ids), "experiments": json.dumps([experiment_id]),
                                     "workflowType": "machine_learning"})
@@ -188,11 +221,11 @@ def check_compare_page(page, url, experiment_id, runs, best, out, failures) -> N
     winners = [runs.loc[runs["run_id"] == i, "name"].item() for i in ids]
     page.get_by_text(winners[0]).first.wait_for(timeout=60000)
     close_assistant(page)
-    plot_metric(page, tracking.RANKED_BY)
+    plot_metric(page, ranked_by)
     page.wait_for_timeout(2500)
     page.screenshot(path=str(out / "compare.png"))
     compared = [n for n in winners if page.get_by_text(n).count()]
-    has_values = page.get_by_text("activation").count() > 0 and page.get_by_text("final_test_error").count() > 0
+    has_values = page.get_by_text("activation").count() > 0 and page.get_by_text(ranked_by).count() > 0
     print(f"compare page: {len(compared)} of {len(winners)} runs, params and metrics shown: {has_values}")
     if len(compared) < len(winners) or not has_values:
         failures.append("the compare page does not show the runs with their params and metrics")
@@ -241,7 +274,8 @@ def main() -> int:
     experiment_id = tracking.find_experiment(uri, spec.experiment)
     if experiment_id is None:
         raise SystemExit(f"error: no experiment '{spec.experiment}' in {uri}; run `sweep run {args.spec}` first")
-    tracking.ensure_runs_view(uri, experiment_id)  # as `sweep ui` does
+    ranked_by = tracking.ensure_runs_view(uri, experiment_id)  # as `sweep ui` does
+    questions = best_agents_as_models(spec, uri, spec.experiment, experiment_id)  # as `sweep ui` does
     results = fetch_results(spec, uri)
     runs = results.by_outcome("done", "diverged", "stopped")
     if runs.empty:
@@ -257,8 +291,8 @@ def main() -> int:
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=args.chromium, args=CHROMIUM_ARGS)
             page = browser.new_context(viewport=VIEWPORT).new_page()  # a new user: nothing stored in the browser
-            check_runs_page(page, url, uri, experiment_id, model, out, failures)
-            check_compare_page(page, url, experiment_id, runs, best, out, failures)
+            check_runs_page(page, url, uri, experiment_id, ranked_by, model, questions, out, failures)
+            check_compare_page(page, url, experiment_id, ranked_by, runs, best, out, failures)
             if model:
                 check_model_page(page, url, model, runs.loc[runs["run_id"] == model[2], "name"].item(), out, failures)
             browser.close()

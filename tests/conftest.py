@@ -109,7 +109,7 @@ def env(tmp_path, tiny_dir, monkeypatch):
     """A working folder with tiny data, its store to be (no store yet)."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MNIST_DATA", str(tiny_dir))
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")  # the default store, said
     return tmp_path
 
 
@@ -126,8 +126,7 @@ def template_store(tmp_path_factory) -> Path:
 @pytest.fixture
 def stored(env, template_store):
     """`env` with its (empty) store made, as after a first command: a copy of the template."""
-    (env / "mlruns").mkdir()
-    shutil.copy(template_store, env / "mlruns" / "mlflow.db")
+    shutil.copy(template_store, env / "mlflow.db")
     return env
 
 
@@ -245,7 +244,7 @@ def new_store(folder, spec_text, name="s.yaml"):
     path = folder / name
     path.write_text(spec_text)
     spec = parse_spec(spec_text, str(path))
-    uri = open_store(f"sqlite:///{folder}/mlruns/mlflow.db")
+    uri = open_store(f"sqlite:///{folder}/mlflow.db")
     experiment_id = tracking.ensure_experiment(uri, spec.experiment)
     parent = queue.parent_run(MlflowStore(uri), experiment_id, spec.name, {})
     return spec, uri, experiment_id, parent

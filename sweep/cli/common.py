@@ -26,7 +26,7 @@ class OptionError(click.ClickException):
 
 
 def _checked_store(ctx, param, uri):
-    """The store every command reads: the URI given, else $MLFLOW_TRACKING_URI, else ./mlruns;
+    """The store every command reads: the URI given, else $MLFLOW_TRACKING_URI, else ./mlflow.db;
     its form checked, a server asked once (briefly) whether it answers, a local file whether it is
     a store. Creating and writing are left to the commands that write (`store.open_store`)."""
     from ..tracking.location import store_exists, store_uri
@@ -41,7 +41,8 @@ def _checked_store(ctx, param, uri):
 
 tracking_option = click.option(
     "--tracking-uri", envvar="MLFLOW_TRACKING_URI", default=None, callback=_checked_store,
-    help="MLflow tracking URI. [default: $MLFLOW_TRACKING_URI, else sqlite:///./mlruns/mlflow.db]")
+    help="MLflow tracking URI. [default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db (MLflow's own default: "
+         "./mlflow.db, artifacts in ./mlruns/)]")
 grid_option = click.option("--grid", "grids", multiple=True, metavar="NAME",
                            help="Only this grid or search of the spec (repeatable). [default: all of them]")
 spec_argument = click.argument("spec", type=click.Path(dir_okay=False))

@@ -67,7 +67,7 @@ def check_settings(settings: Settings, store: str) -> None:
         raise SettingsError(
             f"the {settings.backend} backend runs workers that cannot write the local store {store}. "
             f"Start a tracking server that they can reach, e.g.\n"
-            f"  mlflow server --host 127.0.0.1 --port 5000 --backend-store-uri sqlite:///mlruns/mlflow.db "
-            f"--artifacts-destination ./mlruns/artifacts\n"
+            f"  mlflow server --host 127.0.0.1 --port 5000 --backend-store-uri sqlite:///mlflow.db "
+            f"--artifacts-destination ./mlruns\n"
             f"(--host: an address the workers reach; a PostgreSQL URI for a team), then pass "
             f"--tracking-uri http://HOST:5000 or set MLFLOW_TRACKING_URI.")

@@ -47,6 +47,7 @@ NOTE = "sweep.outcome"               # why it is not FINISHED
 EXPERIMENT_KIND, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
 RUNS_VIEW = "sweep-runs"
 VIEW_TAG = f"mlflow.sharedViewState.{RUNS_VIEW}"
+QUESTION = "sweep.question"          # a logged model: the best agent of this grid or search (`sweep ui`)
 
 # MLflow search filters of a sweep's runs, e.g. mlflow.search_runs(filter_string=TRAINING_RUNS).
 TRAINING_RUNS = f"tags.`{KIND}` = '{TRAIN}'"

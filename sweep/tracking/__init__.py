@@ -24,13 +24,17 @@ from typing import Iterable, Optional
 
 from .. import interrupts
 from ..queue.base import RunRow, TrackingError
-from ..queue.schema import EXPERIMENT_KIND, MODEL_TRAINING, RUNS_VIEW, VIEW_TAG
-from .location import local_path
+from ..queue.schema import EXPERIMENT_KIND, MODEL_TRAINING, RUNS_VIEW, TRAINING_RUNS, VIEW_TAG
+from .location import artifact_root, local_path
 
 # The MLflow UI's mode: MLflow 3.17's UI takes it from its GenAI / Model training switch, the `workflowType`
 # URL parameter (see runs_page), else the browser's saved choice, else GenAI; it reads the experiment's
-# EXPERIMENT_KIND tag only in builds without that switch. Its saved view (VIEW_TAG) is opened by runs_page.
-RANKED_BY = "final_test_error"
+# EXPERIMENT_KIND tag only when an experiment is opened without a tab. Its saved view (VIEW_TAG) is opened by
+# runs_page. The view ranks runs as `sweep best` does: by the validation error when every run holds images
+# out (schema.objective), else by the test error, each as logged at the end of the run.
+VAL_RANKED, TEST_RANKED = "final_val_error", "final_test_error"
+SWEPT = ("activation", "lr", "depth", "width", "schedule", "seed")  # the settings the view shows as columns
+VIEW_PREFIX = "Sweep: ranked by "
 PAGE = 1000  # runs per search request
 
 
@@ -79,11 +83,12 @@ def quoted(value: str) -> str:
 
 
 def _artifact_root(uri: str, experiment: str) -> Optional[str]:
+    """A local store's experiment keeps its artifacts in a folder named after it, under the store's
+    artifact root (./mlruns/NAME beside ./mlflow.db): wherever the command that created it ran."""
     path = local_path(uri)
     if path is not None:
         safe_name = "".join(c if c.isalnum() or c in "-_." else "_" for c in experiment)
-        folder = path.resolve().parent / "artifacts" / safe_name
-        return folder.as_uri()
+        return (artifact_root(path) / safe_name).as_uri()
     return None  # a tracking server or database store decides
 
 
@@ -103,20 +108,22 @@ def _column(kind: str, key: str) -> str:
     return f"{kind}.`{key}`"  # a column of the UI's runs table
 
 
-def runs_view() -> str:
+def runs_view(ranked_by: str = VAL_RANKED) -> str:
     """The saved view of the runs table (MLflow 3.17's format: a JSON envelope around the view's JSON
-    state): every run ranked by final test error, lowest first, with that metric, the validation
-    error, the models and the data in view, without "Show more columns"."""
-    test, val = _column("metrics", RANKED_BY), _column("metrics", "final_val_error")
-    models, data = _column("attributes", "Models"), _column("attributes", "Dataset")
-    state = {"searchFilter": "", "orderByKey": test, "orderByAsc": True, "startTime": "ALL",
+    state): every run ranked by `ranked_by`, lowest first, with both final errors, the swept settings,
+    the models and the data in view, and run names wide enough to read."""
+    other = TEST_RANKED if ranked_by == VAL_RANKED else VAL_RANKED
+    ranked, shown = _column("metrics", ranked_by), _column("metrics", other)
+    settings = [_column("params", s) for s in SWEPT]
+    name, models, data = (_column("attributes", a) for a in ("Run Name", "Models", "Dataset"))
+    state = {"searchFilter": "", "orderByKey": ranked, "orderByAsc": True, "startTime": "ALL",
              "lifecycleFilter": "Active", "modelVersionFilter": "All Runs", "datasetsFilter": [],
-             "selectedColumns": [data, models, test, val],
-             "columnOrder": [_column("attributes", "Run Name"), "runDateAndNestInfo", test, val, models, data,
-                             "duration"],
-             "columnWidths": {"runDateAndNestInfo": 135, test: 120, val: 115, models: 140, data: 430}}
+             "selectedColumns": [ranked, shown, models, *settings, data],
+             "columnOrder": [name, "runDateAndNestInfo", ranked, shown, models, *settings, data, "duration"],
+             "columnWidths": {name: 275, "runDateAndNestInfo": 105, ranked: 115, shown: 120, models: 175,
+                              **dict(zip(settings, (95, 60, 65, 65, 125, 55))), data: 430}}
     now = int(time.time() * 1000)
-    return json.dumps({"name": "Sweep: ranked by final test error", "createdAt": now, "updatedAt": now,
+    return json.dumps({"name": f"{VIEW_PREFIX}{ranked_by}", "createdAt": now, "updatedAt": now,
                        "state": json.dumps(state)})
 
 
@@ -126,24 +133,44 @@ def runs_page(server_url: str, experiment_id: str) -> str:
             f"?workflowType=machine_learning&viewStateShareKey={RUNS_VIEW}")
 
 
-def _tag_for_the_ui(c, experiment_id: str, tags: dict) -> None:
+def _ours(view: Optional[str]) -> bool:
+    """A view the sweep wrote (a user's own view, or one changed and saved by name, is left alone)."""
+    try:
+        return json.loads(view)["name"].startswith(VIEW_PREFIX)
+    except (TypeError, ValueError, KeyError, AttributeError):
+        return False
+
+
+def _tag_for_the_ui(c, experiment_id: str, tags: dict, ranked_by: str) -> None:
     if tags.get(EXPERIMENT_KIND) != MODEL_TRAINING:
         c.set_experiment_tag(experiment_id, EXPERIMENT_KIND, MODEL_TRAINING)
-    if VIEW_TAG not in tags:  # a view a user has changed since stays as it is
-        c.set_experiment_tag(experiment_id, VIEW_TAG, runs_view())
+    view = tags.get(VIEW_TAG)
+    if view is None or _ours(view) and json.loads(view)["state"] != json.loads(runs_view(ranked_by))["state"]:
+        c.set_experiment_tag(experiment_id, VIEW_TAG, runs_view(ranked_by))
+
+
+def _ranked_by(c, experiment_id: str) -> str:
+    """What `sweep best --metric auto` ranks the experiment's runs by: the validation error unless a
+    training run holds no images out (its `validation` param is 0)."""
+    test_only = c.search_runs([experiment_id], f"{TRAINING_RUNS} and params.validation = '0'", max_results=1)
+    return TEST_RANKED if test_only else VAL_RANKED
 
 
 @store_errors
-def ensure_runs_view(uri: str, experiment_id: str) -> None:
-    """Give an existing experiment the model-training kind and the saved view of its runs, if it lacks them."""
+def ensure_runs_view(uri: str, experiment_id: str) -> str:
+    """Give the experiment the model-training kind and the saved view of its runs, ranked as its runs
+    are ranked (the view is brought up to date unless a user replaced it); returns the ranking metric."""
     c = client(uri)
-    _tag_for_the_ui(c, experiment_id, c.get_experiment(experiment_id).tags)
+    ranked_by = _ranked_by(c, experiment_id)
+    _tag_for_the_ui(c, experiment_id, c.get_experiment(experiment_id).tags, ranked_by)
+    return ranked_by
 
 
 @store_errors
 def ensure_experiment(uri: str, name: str) -> str:
     """The experiment's id, created if needed, with its model-training kind and the saved view of its
-    runs that runs_page opens."""
+    runs that runs_page opens (ranked by the validation error until runs without one are stored:
+    `sweep ui` brings it up to date)."""
     from mlflow.exceptions import MlflowException
 
     c = client(uri)
@@ -151,7 +178,7 @@ def ensure_experiment(uri: str, name: str) -> str:
     if found is not None:
         if found.lifecycle_stage == "deleted":
             c.restore_experiment(found.experiment_id)
-        _tag_for_the_ui(c, found.experiment_id, found.tags)
+        _tag_for_the_ui(c, found.experiment_id, found.tags, _ranked_by(c, found.experiment_id))
         return found.experiment_id
     try:
         return c.create_experiment(name, artifact_location=_artifact_root(uri, name),

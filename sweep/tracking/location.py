@@ -1,5 +1,10 @@
 """The tracking store: which one, whether it is there, and making a local one safely.
 
+The default store is where MLflow 3 itself looks when nothing is set: `./mlflow.db`, with the
+artifacts under `./mlruns/`, so that `mlflow ui`, `mlflow models predict` and `mlflow.search_runs`
+find the sweep's runs from its folder. A store at the old place, `./mlruns/mlflow.db`, is used
+while it is the only one there (and a line on stderr says so).
+
 A local store is one SQLite file, `sqlite:///PATH/mlflow.db`. MLflow creates its tables in many
 migration steps, so a file that MLflow starts filling in place is broken for good if the command
 is interrupted half way or a second command migrates it at the same time. `open_store` therefore
@@ -16,6 +21,7 @@ import logging
 import os
 import re
 import sqlite3
+import sys
 from pathlib import Path
 from typing import Iterator, Optional
 from urllib.parse import urlsplit
@@ -23,8 +29,9 @@ from urllib.request import pathname2url
 
 from ..errors import SweepError
 
-DEFAULT_STORE_DIR = "mlruns"
-DB_NAME = "mlflow.db"
+DB_NAME = "mlflow.db"          # MLflow 3's default store, sqlite:///mlflow.db in the current folder
+ARTIFACTS_DIR = "mlruns"       # and its default artifact root, ./mlruns
+LEGACY_STORE = Path("mlruns", DB_NAME)  # where sweeps kept the store before
 PROBE_SECONDS = 5            # a tracking server answers /health at once; silence is an error
 SQLITE = "sqlite:///"
 SQLITE_HEADER = b"SQLite format 3\x00"
@@ -35,12 +42,52 @@ class StoreError(SweepError):
     """The tracking store cannot be found, created, reached or written; the message says what to do."""
 
 
+_told: set = set()  # the old stores this process has said it uses
+
+
 def default_store_uri(base: str | os.PathLike = ".") -> str:
-    return f"{SQLITE}{(Path(base).resolve() / DEFAULT_STORE_DIR / DB_NAME).as_posix()}"
+    """`BASE/mlflow.db`, where MLflow looks by default; the old `BASE/mlruns/mlflow.db` while there is
+    no store at the new place, or one that holds no run (say, one that `mlflow ui` created)."""
+    base = Path(base).resolve()
+    new, old = base / DB_NAME, base / LEGACY_STORE
+    if old.is_file() and (not new.exists() or _holds_no_run(new)) and not _holds_no_run(old):
+        if old not in _told:
+            _told.add(old)
+            why = "no ./mlflow.db here" if not new.exists() else "./mlflow.db holds no run"
+            print(f"note: using the old store {LEGACY_STORE} ({why}); `mv {LEGACY_STORE} .` puts it where "
+                  f"MLflow looks", file=sys.stderr)
+        return f"{SQLITE}{old.as_posix()}"
+    return f"{SQLITE}{new.as_posix()}"
+
+
+def found_by_mlflow(uri: str) -> bool:
+    """Whether MLflow's own commands (`mlflow ui`, `mlflow models predict`, ...) run from this folder
+    with nothing more set use this store: it is $MLFLOW_TRACKING_URI, or ./mlflow.db when that is unset."""
+    here = os.environ.get("MLFLOW_TRACKING_URI") or f"{SQLITE}{(Path.cwd() / DB_NAME).resolve().as_posix()}"
+    return uri == here
+
+
+def _holds_no_run(path: Path) -> bool:
+    """An SQLite store without a single run (an empty file included); False for anything else."""
+    try:
+        if path.stat().st_size == 0:
+            return True
+        with contextlib.closing(_connect(path, "ro")) as con:
+            return con.execute("SELECT 1 FROM runs LIMIT 1").fetchone() is None
+    except (OSError, sqlite3.Error):
+        return False  # not a store, or not readable: the checks that follow say what is wrong
+
+
+def artifact_root(path: Path) -> Path:
+    """Where a local store at `path` keeps its experiments' artifacts: `mlruns/` beside it, as
+    MLflow does (in the old layout, where the store is itself in mlruns/, its `artifacts/`)."""
+    folder = path.resolve().parent
+    return folder / "artifacts" if folder.name == ARTIFACTS_DIR else folder / ARTIFACTS_DIR
 
 
 def store_uri(uri: Optional[str] = None) -> str:
-    """The URI given, else $MLFLOW_TRACKING_URI, else SQLite under ./mlruns; checked, creates nothing."""
+    """The URI given, else $MLFLOW_TRACKING_URI, else ./mlflow.db (see default_store_uri); checked,
+    creates nothing."""
     uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or default_store_uri()
     scheme = urlsplit(uri).scheme
     if uri == "databricks" or "://" in uri and scheme not in ("file", "sqlite"):
@@ -167,18 +214,22 @@ def _create(uri: str, path: Path) -> None:
         raise StoreError(f"cannot create tracking store {uri}: {blocker} is a file, not a folder") from None
     except OSError as exc:
         raise StoreError(f"cannot create tracking store {uri}: cannot make folder {folder}: {exc.strerror}") from None
-    with _locked(uri, folder / f"{path.name}.lock"):
+    lock = folder / f"{path.name}.lock"
+    with _locked(uri, lock):
         if path.exists() and _check_file(uri, path):
             return  # another command created it while we waited
         for leftover in glob.glob(f"{glob.escape(str(path))}.tmp-*"):  # of a creation that was killed
             os.unlink(leftover)
         temporary = folder / f"{path.name}.tmp-{os.getpid()}"
         try:
-            _build(uri, temporary, folder / "artifacts")
+            _build(uri, temporary, artifact_root(path))
             os.replace(temporary, path)
         finally:
             for leftover in (temporary, Path(f"{temporary}-journal")):
                 leftover.unlink(missing_ok=True)
+        # The store is in place, so whoever takes this lock (or a new one) next finds it and returns:
+        # the lock file is not needed any more and leaves no litter beside ./mlflow.db.
+        lock.unlink(missing_ok=True)
         _sync(folder)
 
 

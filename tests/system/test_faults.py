@@ -46,8 +46,7 @@ def test_unwritable_artifact_store_fails_the_run_clearly(env):
 
 
 def test_corrupt_tracking_store_is_refused_untouched(env):
-    db = env / "mlruns" / "mlflow.db"
-    db.parent.mkdir()
+    db = env / "mlflow.db"
     db.write_bytes(b"this is not a database" * 100)
     before = db.read_bytes()
     spec = write_spec(env, "experiment: tiny\ngrids:\n  g: {lr: [0.1]}\n")
@@ -63,4 +62,4 @@ def test_unreadable_sweep_file(env):
     assert result.exit_code == 2 and "missing.yaml: cannot read sweep file" in result.output
     result = CliRunner().invoke(main, ["run", str(env)])
     assert result.exit_code == 2 and "is a directory" in result.output
-    assert not (env / "mlruns").exists()
+    assert not (env / "mlruns").exists() and not (env / "mlflow.db").exists()

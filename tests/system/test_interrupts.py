@@ -23,12 +23,12 @@ SECOND_POINTS = 6  # moments of a call at which a Ctrl-C is followed by a second
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("interrupts")
-    uri = open_store(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    uri = open_store(f"sqlite:///{tmp_path}/mlflow.db")
     experiment_id = tracking.ensure_experiment(uri, "e")
     runs = [tracking.create_run(uri, experiment_id, f"r{i}", {"k": str(i)}) for i in range(5)]
     for run_id in runs:
         tracking.log_batch(uri, run_id, metrics=[("m", 0.5, 0)], params={"p": "1"})
-    return uri, experiment_id, runs, tmp_path / "mlruns" / "mlflow.db"
+    return uri, experiment_id, runs, tmp_path / "mlflow.db"
 
 
 def locked(path) -> bool:

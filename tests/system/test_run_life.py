@@ -102,7 +102,7 @@ def test_a_sweep_ends_when_its_runs_are_done_whatever_a_status_beside_it_read(st
     spec = write_spec(stored, "experiment: tiny\ngrids:\n  long: {epochs: [30]}\n  short: {epochs: [2], lr: [0.01, 0.02]}\n")
     proc = sweep_process("run", spec, "--jobs", 2, "--engine", "solo", faults=SLEEPY)
     wait_until(lambda: len(running()) == 2, timeout=120)
-    stop_between_writes(proc.pid, False, stored / "mlruns" / "mlflow.db")  # the sweep alone: its workers go on
+    stop_between_writes(proc.pid, False, stored / "mlflow.db")  # the sweep alone: its workers go on
     try:                                                     # the short runs end 13 s before the long one
         wait_until(lambda: finished() == 3, timeout=120)
         status = CliRunner().invoke(main, ["status", spec])  # reads (and mirrors) the runs that ended
@@ -120,7 +120,7 @@ def test_a_suspended_holder_never_finishes_a_run_another_sweep_took_over_and_end
     spec = write_spec(stored, SLOW.replace("0.01, 0.02, 0.03, 0.05", "0.01, 0.02, 0.03, 0.05, 0.07, 0.1"))
     a = sweep_process("run", spec, "--jobs", 2, "--engine", "solo", "--lease", 6, faults=DROWSY)
     held = wait_until(lambda: len(running()) == 2 and running(), timeout=120)
-    stop_between_writes(a.pid, True, stored / "mlruns" / "mlflow.db")  # Ctrl-Z stops the whole job
+    stop_between_writes(a.pid, True, stored / "mlflow.db")  # Ctrl-Z stops the whole job
     time.sleep(7)                                          # past the 6 s lease
     b = sweep_process("run", spec, "--jobs", 2, "--engine", "solo", "--lease", 6, faults=DROWSY)
     out_b = finish(b, 300)                                 # its runs end over 15 s, more than the mirror's margin
@@ -256,7 +256,7 @@ def test_ctrl_c_while_another_process_holds_the_store_locked_is_one_line(stored)
     spec = write_spec(stored, SLOW)
     proc = sweep_process("run", spec, "--jobs", 2, "--engine", "solo", faults=SLEEPY)
     wait_until(lambda: len(running()) == 2, timeout=120)
-    locker = sqlite3.connect(stored / "mlruns" / "mlflow.db", isolation_level=None)
+    locker = sqlite3.connect(stored / "mlflow.db", isolation_level=None)
     locker.execute("BEGIN EXCLUSIVE")                    # another process writing, for longer than MLflow waits
     try:
         proc.send_signal(signal.SIGINT)

@@ -101,7 +101,7 @@ def test_remote_backend_refuses_a_local_store(tmp_path, monkeypatch):
     result = CliRunner().invoke(main, ["run", "s.yaml", "--backend", "dask", "--address", "tcp://127.0.0.1:1"])
     assert result.exit_code == 2
     assert "mlflow server --host" in result.output and "--tracking-uri http://" in result.output
-    assert not (tmp_path / "mlruns").exists()
+    assert not (tmp_path / "mlruns").exists() and not (tmp_path / "mlflow.db").exists()
 
 
 def test_unreachable_scheduler_is_a_clear_error(tracking_server, tmp_path):

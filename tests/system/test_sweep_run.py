@@ -168,7 +168,7 @@ def test_bad_spec_exits_2_and_writes_nothing(env):
     result = CliRunner().invoke(main, ["run", spec])
     assert result.exit_code == 2
     assert "s.yaml: grid 'g', key 'lr', value -1: lr must be > 0" in result.output
-    assert not (env / "mlruns").exists()
+    assert not (env / "mlruns").exists() and not (env / "mlflow.db").exists()
 
 
 def test_missing_data_exits_2_before_tracking(env, tmp_path, monkeypatch):

@@ -162,7 +162,7 @@ def test_a_tracking_uri_that_names_no_store_is_one_line(env, monkeypatch, uri, s
         result = CliRunner().invoke(main, args(spec))
         assert result.exit_code == 2, (name, result.output)
         assert says in one_line(result.stderr), name
-    assert not (env / "mlruns").exists()
+    assert not (env / "mlruns").exists() and not (env / "mlflow.db").exists()
 
 
 @pytest.fixture

@@ -423,9 +423,8 @@ class MlflowRuns:
         if MlflowRuns._template is None:
             MlflowRuns._template = Path(tempfile.mkdtemp()) / "mlflow.db"
             open_store(f"sqlite:///{MlflowRuns._template}")
-        (folder / "mlruns").mkdir()
-        shutil.copyfile(MlflowRuns._template, folder / "mlruns" / "mlflow.db")
-        self.uri = f"sqlite:///{folder}/mlruns/mlflow.db"
+        shutil.copyfile(MlflowRuns._template, folder / "mlflow.db")
+        self.uri = f"sqlite:///{folder}/mlflow.db"
         self.reader = MlflowStore(self.uri)
 
     @property

@@ -116,6 +116,22 @@ def test_the_table_says_in_words_how_sure_each_answer_is(store):
     assert "1 run(s) stopped early (pruned) were left out; --include-stopped ranks them too." in out
 
 
+def test_the_table_fits_in_120_characters_unless_asked_for_every_column(store):
+    folder, uri, ids = store
+    out = best(uri, folder / "s.yaml").stdout
+    table = out.split("\n\n")[0].splitlines()
+    assert all(len(line) < 120 for line in table) and "agent_uri" not in out and "epochs" not in table[0]
+    assert table[0].split()[-1] == "run_id" and ids[("relu", 0.1, 1)] in table[1]
+    assert table[1].split()[:2] == ["relu", "0.1"] and " 3 " in table[1]  # numbers as the sentences write them
+    wide = best(uri, folder / "s.yaml", "--wide").stdout.splitlines()
+    assert wide[0].split()[-3:] == ["epochs", "run_id", "agent_uri"] and "/artifacts/mnist_agent.pt" in wide[1]
+    picked = best(uri, folder / "s.yaml", "--columns", "lr,activation,agent_uri").stdout.splitlines()
+    assert picked[0].split() == ["lr", "activation", "agent_uri"] and picked[1].split()[:2] == ["0.1", "relu"]
+    assert "agent_uri" in best(uri, folder / "s.yaml", "--format", "csv").stdout.splitlines()[0]
+    result = CliRunner().invoke(main, ["best", str(folder / "s.yaml"), "--columns", "lr,colour", "--tracking-uri", uri])
+    assert result.exit_code == 2 and "--columns: no column 'colour'; columns: activation, lr," in result.output
+
+
 def test_stopped_runs_join_only_on_request(store):
     folder, uri, ids = store
     table = pd.read_csv(io.StringIO(best(uri, folder / "s.yaml", "--format", "csv", "--include-stopped").stdout))

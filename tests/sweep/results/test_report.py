@@ -190,7 +190,7 @@ def test_a_failed_report_leaves_nothing_behind(seeded, tmp_path, monkeypatch):
 
 
 @pytest.mark.system
-def test_best_skips_the_diverged_run_and_registers_a_servable_model(known, tiny_data, tmp_path):
+def test_best_skips_the_diverged_run_and_registers_a_servable_model(known, tiny_data, tmp_path, monkeypatch):
     spec_path, uri, folder = known
     result = CliRunner().invoke(main, ["best", str(spec_path), "--grid", "lr_by_activation", "--format", "csv",
                                        "--tracking-uri", uri, "--register", "mnist-known"])
@@ -224,8 +224,9 @@ def test_best_skips_the_diverged_run_and_registers_a_servable_model(known, tiny_
                           for d in range(10)), 1.0, atol=1e-4)
 
     # the commands `--register` prints, run as printed in an empty folder with nothing set
-    printed = result.stderr.split("to predict with it on its input example:\n")[1].strip().splitlines()
+    printed = result.stderr.split("to predict with it:\n")[1].strip().splitlines()
     assert [line.split()[0] for line in printed] == ["export", "mlflow", "mlflow"]
+    assert "-m models:/mnist-known@champion " in printed[-1]
     shell = tmp_path / "shell"
     shell.mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
@@ -234,6 +235,23 @@ def test_best_skips_the_diverged_run_and_registers_a_servable_model(known, tiny_
                           timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert len(json.loads(done.stdout.strip().splitlines()[-1])["predictions"]) == 3  # the three example images
+
+    # from the sweep's folder, where the store is ./mlflow.db, MLflow's own commands need nothing set
+    monkeypatch.chdir(folder)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    again = CliRunner().invoke(main, ["best", spec_path.name, "--grid", "lr_by_activation",
+                                      "--register", "mnist-known"])
+    assert again.exit_code == 0, again.output
+    printed = again.stdout.split("to predict with it:\n")[1].strip().splitlines()
+    assert [line.split()[:2] for line in printed] == [["mlflow", "artifacts"], ["mlflow", "models"]]
+    runs = len(MlflowClient(uri).search_runs([MlflowClient(uri).get_experiment_by_name("known").experiment_id]))
+    count = "python -c 'import mlflow; print(len(mlflow.search_runs(experiment_names=[\"known\"])))'"
+    done = subprocess.run(["bash", "-ec", "\n".join([*printed, "echo", count])], cwd=folder, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = done.stdout.strip().splitlines()
+    assert len(json.loads(out[-2])["predictions"]) == 3 and out[-1] == str(runs)
+    assert str(MlflowClient(uri).get_model_version_by_alias("mnist-known", "champion").version) == "2"
 
 
 def torch_tensor(array):

@@ -115,6 +115,7 @@ def test_the_registered_model_is_linked_to_its_run_as_the_ui_reads_it(registered
     versions = client.search_model_versions(f"run_id = '{run_id}'")
     assert [(v.name, str(v.version), v.source) for v in versions] == [("tiny-model", version, f"models:/{model_id}")]
     assert versions[0].description == f"The agent of run {before.info.run_name} ({run_id}): final test error 25.00%"
+    assert str(client.get_model_version_by_alias("tiny-model", "champion").version) == version  # NAME@champion
     after = client.get_run(run_id)
     assert [o.model_id for o in after.outputs.model_outputs] == [model_id]
     # registering does not reopen the run: a run RUNNING again would pass for unfinished to the queue
@@ -122,10 +123,10 @@ def test_the_registered_model_is_linked_to_its_run_as_the_ui_reads_it(registered
     assert after.data.metrics == before.data.metrics and len(client.get_metric_history(run_id, "test_error")) == 1
 
 
-def test_the_registered_version_predicts_what_the_agent_predicts(registered):
+def test_the_registered_version_predicts_what_the_agent_predicts(registered, monkeypatch):
     uri, _, _, _, version, pixels, agent = registered
-    mlflow.set_tracking_uri(uri)
-    model = mlflow.pyfunc.load_model(f"models:/tiny-model/{version}")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)  # where models:/ looks, for this test only
+    model = mlflow.pyfunc.load_model("models:/tiny-model@champion")
     served = model.predict(pd.DataFrame(pixels, columns=[f"pixel_{i}" for i in range(784)]))
     images = torch.tensor((pixels.astype(np.float32) / 255.0 - 0.1307) / 0.3081)
     assert served["digit"].tolist() == load_agent(agent)(images).argmax(1).tolist()
@@ -158,6 +159,11 @@ def free_port() -> int:
 def ui_store(tmp_path, monkeypatch):
     """A store holding experiment 'tiny' (as `sweep run` makes it), a fake `mlflow`, and a browser that records."""
     spec, uri, experiment_id, _ = new_store(tmp_path, "experiment: tiny\ngrids: {g: {lr: [0.1]}}\n")
+    return (spec, uri, experiment_id, tmp_path, fake_ui(tmp_path, monkeypatch))
+
+
+def fake_ui(tmp_path, monkeypatch) -> list:
+    """A fake `mlflow` (FAKE_MLFLOW) and a browser that records the addresses it is asked to open."""
     fake = tmp_path / "mlflow"
     fake.write_text(FAKE_MLFLOW.format(python=sys.executable, record=str(tmp_path / "server-args")))
     fake.chmod(0o755)
@@ -166,10 +172,48 @@ def ui_store(tmp_path, monkeypatch):
     monkeypatch.setattr("webbrowser.open", lambda url, *args, **kwargs: opened.append(url) or True)
     for name in ("BROWSER", "DISPLAY", "WAYLAND_DISPLAY"):
         monkeypatch.delenv(name, raising=False)
-    return spec, uri, experiment_id, tmp_path, opened
+    return opened
 
 
-def test_sweep_ui_prints_and_opens_the_runs_ranked_by_final_test_error(ui_store, monkeypatch):
+def test_sweep_ui_shows_the_best_agent_of_each_question_as_a_model_of_its_run(tmp_path, tiny_data, monkeypatch):
+    from sweep.queue.schema import QUESTION
+
+    spec, uri, experiment_id, parent = new_store(
+        tmp_path, "experiment: q\ndefaults: {epochs: 1}\ngrids:\n  a: {lr: [0.1, 0.2]}\n  b: {lr: [0.3]}\n")
+    model = train(RunConfig(epochs=1, lr=0.1), tiny_data).model
+    error = {0.1: 0.3, 0.2: 0.2, 0.3: 0.25}
+    run_of = {}
+    for run in expand(spec):
+        agent = save_agent(tmp_path / run.key / "mnist_agent.pt", model, run.config, {})
+        run_of[run.config.lr] = log_run(uri, experiment_id, parent, run, spec.name, error[run.config.lr], agent=agent)
+    fake_ui(tmp_path, monkeypatch)
+    client = MlflowClient(uri)
+
+    def show():
+        result = CliRunner().invoke(main, ["ui", spec.path, "--tracking-uri", uri, "--port", str(free_port()),
+                                           "--no-browser"])
+        assert result.exit_code == 0, result.output
+        models = client.search_logged_models(experiment_ids=[experiment_id])
+        return result.output, {m.tags[QUESTION]: (m.source_run_id, m.model_id) for m in models}
+
+    output, models = show()
+    assert "logged the best agent of a, b as a model of its run" in output
+    assert {q: run for q, (run, _) in models.items()} == {"a": run_of[0.2], "b": run_of[0.3]}
+    assert [o.model_id for o in client.get_run(run_of[0.2]).outputs.model_outputs] == [models["a"][1]]
+    served = mlflow.pyfunc.load_model(client.get_logged_model(models["a"][1]).artifact_location)  # MLflow serves it
+    blank = pd.DataFrame(np.zeros((1, 784), dtype=np.float32), columns=[f"pixel_{i}" for i in range(784)])
+    assert list(served.predict(blank)) == ["digit", *[f"p{d}" for d in range(10)]]
+
+    again, same = show()  # logged once per winner
+    assert "logged the best agent" not in again and same == models
+
+    client.delete_run(run_of[0.2])  # another run wins question a: its model replaces the old one
+    later, now = show()
+    assert "logged the best agent of a as a model" in later
+    assert now["a"][0] == run_of[0.1] and now["b"] == models["b"] and now["a"][1] != models["a"][1]
+
+
+def test_sweep_ui_prints_and_opens_the_runs_ranked_as_sweep_best_ranks_them(ui_store, monkeypatch):
     spec, uri, experiment_id, folder, opened = ui_store
     monkeypatch.setenv("DISPLAY", ":0")
     port = free_port()
@@ -184,10 +228,54 @@ def test_sweep_ui_prints_and_opens_the_runs_ranked_by_final_test_error(ui_store,
     assert tags[schema.EXPERIMENT_KIND] == schema.MODEL_TRAINING
     view = json.loads(tags[schema.VIEW_TAG])
     state = json.loads(view["state"])
-    assert (state["orderByKey"], state["orderByAsc"]) == ("metrics.`final_test_error`", True)
+    assert view["name"] == "Sweep: ranked by final_val_error"  # no run holds no images out
+    assert (state["orderByKey"], state["orderByAsc"]) == ("metrics.`final_val_error`", True)
+    settings = [f"params.`{s}`" for s in ("activation", "lr", "depth", "width", "schedule", "seed")]
     assert {"metrics.`final_test_error`", "metrics.`final_val_error`", "attributes.`Dataset`",
-            "attributes.`Models`"} <= set(state["selectedColumns"])
-    assert state["columnOrder"][2:4] == ["metrics.`final_test_error`", "metrics.`final_val_error`"]
+            "attributes.`Models`", *settings} <= set(state["selectedColumns"])
+    assert state["columnOrder"][2:4] == ["metrics.`final_val_error`", "metrics.`final_test_error`"]
+    assert all(state["columnWidths"][c] > 0 for c in settings) and state["columnWidths"]["attributes.`Run Name`"] >= 250
+
+
+def test_the_view_ranks_by_test_error_once_a_run_holds_no_images_out(ui_store):
+    spec, uri, experiment_id, folder, _ = ui_store
+    from sweep import queue
+    from sweep.tracking.mlflow_store import MlflowStore
+
+    parent = queue.parent_run(MlflowStore(uri), experiment_id, spec.name, {})
+    log_run(uri, experiment_id, parent, expand(spec)[0], spec.name, 0.2)  # validation 0: no val error
+    assert tracking.ensure_runs_view(uri, experiment_id) == "final_test_error"
+    state = json.loads(json.loads(MlflowClient(uri).get_experiment(experiment_id).tags[tracking.VIEW_TAG])["state"])
+    assert state["orderByKey"] == "metrics.`final_test_error`"
+
+
+@pytest.mark.system
+def test_sweep_ui_stopped_by_sigterm_stops_its_server(ui_store, tmp_path):
+    import signal
+    import subprocess
+    import time
+
+    spec, uri, _, folder, _ = ui_store
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    record = tmp_path / "server-pid"
+    (bin_dir / "mlflow").write_text(f"#!{sys.executable}\nimport os, time\n"
+                                    f"open({str(record)!r}, 'w').write(str(os.getpid()))\ntime.sleep(600)\n")
+    (bin_dir / "mlflow").chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    proc = subprocess.Popen([sys.executable, "-m", "sweep.cli", "ui", spec.path, "--tracking-uri", uri,
+                             "--no-browser", "--port", str(free_port())], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not record.exists() or not record.read_text():
+        assert time.time() < deadline and proc.poll() is None, proc.communicate()
+        time.sleep(0.1)
+    server = int(record.read_text())
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143 and err.strip().splitlines()[-1] == "interrupted", (out, err)
+    with pytest.raises(ProcessLookupError):
+        os.kill(server, 0)  # ended and reaped: not left running behind the command
 
 
 def test_sweep_ui_without_a_display_only_prints_and_gives_an_old_experiment_its_view(ui_store):

@@ -34,14 +34,71 @@ def assert_complete(db: Path):
 
 # --- which store ---------------------------------------------------------------------------------
 
-def test_store_uri_is_the_given_uri_else_the_environment_else_mlruns(tmp_path, monkeypatch):
+def test_store_uri_is_the_given_uri_else_the_environment_else_where_mlflow_looks(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    assert store.store_uri() == f"sqlite:///{tmp_path}/mlruns/mlflow.db"
+    assert store.store_uri() == f"sqlite:///{tmp_path}/mlflow.db" and store.found_by_mlflow(store.store_uri())
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
-    assert store.store_uri() == "http://127.0.0.1:5000"
+    assert store.store_uri() == "http://127.0.0.1:5000" and store.found_by_mlflow("http://127.0.0.1:5000")
     assert store.store_uri("sqlite:///x/mlflow.db") == "sqlite:///x/mlflow.db"
-    assert not (tmp_path / "mlruns").exists()
+    assert not store.found_by_mlflow("sqlite:///x/mlflow.db")
+    assert not (tmp_path / "mlruns").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+@pytest.mark.system
+def test_the_default_store_is_the_one_mlflow_uses_with_nothing_set(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    mlflow_uri = subprocess.run([sys.executable, "-c", "import mlflow; print(mlflow.get_tracking_uri())"],
+                                cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120).stdout.strip()
+    assert mlflow_uri == store.store_uri()
+
+
+def add_run(db: Path) -> None:
+    client = MlflowClient(uri_of(db))
+    client.create_run(client.create_experiment("e"))
+
+
+def test_a_store_at_the_old_place_is_used_while_it_is_the_only_one_and_said_once(tmp_path, monkeypatch, capfd):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    old, new = tmp_path / "mlruns" / "mlflow.db", tmp_path / "mlflow.db"
+    store.open_store(uri_of(old))
+    add_run(old)
+    assert store.store_uri() == store.store_uri() == uri_of(old)
+    err = capfd.readouterr().err
+    assert err.count("note: using the old store mlruns/mlflow.db (no ./mlflow.db here); `mv mlruns/mlflow.db .` "
+                     "puts it where MLflow looks\n") == 1 and len(err.splitlines()[0]) < 120
+    store.open_store(uri_of(new))  # what `mlflow ui` leaves here: a store without a run
+    assert store.store_uri() == uri_of(old)
+    add_run(new)
+    assert store.store_uri() == uri_of(new)
+    new.unlink()
+    new.touch()  # an empty file: nothing stored
+    assert store.store_uri() == uri_of(old)
+
+
+def test_an_old_place_that_holds_no_run_is_not_used(tmp_path, monkeypatch, capfd):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    store.open_store(uri_of(tmp_path / "mlruns" / "mlflow.db"))
+    assert store.store_uri() == uri_of(tmp_path / "mlflow.db") and "note" not in capfd.readouterr().err
+
+
+def test_artifacts_go_to_mlruns_beside_the_store_as_mlflow_puts_them(tmp_path):
+    from sweep import tracking
+
+    db = tmp_path / "mlflow.db"
+    uri = store.open_store(uri_of(db))
+    experiment = MlflowClient(uri).get_experiment(tracking.ensure_experiment(uri, "my exp"))
+    assert experiment.artifact_location == (tmp_path / "mlruns" / "my_exp").as_uri()
+    assert MlflowClient(uri).get_experiment("0").artifact_location == str(tmp_path / "mlruns" / "0")
+    old = tmp_path / "old" / "mlruns" / "mlflow.db"  # the old layout keeps its artifacts/ folder
+    assert store.artifact_root(old) == tmp_path / "old" / "mlruns" / "artifacts"
 
 
 @pytest.mark.parametrize("uri, words", [
@@ -112,6 +169,7 @@ def test_open_store_creates_a_complete_store_and_its_folders(tmp_path, capfd):
     assert store.open_store(uri_of(db)) == uri_of(db)
     assert_complete(db)
     assert "Creating initial MLflow database tables" not in capfd.readouterr().err
+    assert sorted(p.name for p in db.parent.iterdir()) == ["mlflow.db"]  # no lock file left beside it
     before = db.stat().st_mtime_ns
     assert store.open_store(uri_of(db)) == uri_of(db)  # an existing store is opened as it is
     assert db.stat().st_mtime_ns == before
@@ -243,7 +301,7 @@ def test_status_and_best_read_a_store_they_cannot_write(tmp_path, immutable):
                                                            "grids:\n  g: {lr: [0.1, 0.2]}\n")
     for run in expand(spec)[:3]:
         log_run(uri, experiment_id, parent, run, spec.name, 0.1)
-    folder = tmp_path / "mlruns"
+    folder = tmp_path
     before = sorted(p.name for p in folder.iterdir())
     immutable(folder / "mlflow.db")
     immutable(folder)                      # no file can be made beside the store: its mirror goes in memory
