@@ -29,6 +29,7 @@ from .analysis import (
     setup,
     shown_metrics,
 )
+from .answers import execution_words, question_answers, setup_table, setup_words
 from .best import SETTINGS, best_by, summary_of
 from .figures import (
     COLORS,
@@ -46,15 +47,11 @@ from .words import (
     adaptive_words,
     as_percent,
     conclusions,
-    execution_words,
     format_interval,
     format_p,
     objective_name,
-    question_answers,
     schedule_note,
     search_conclusions,
-    setup_table,
-    setup_words,
     stopping_conclusions,
 )
 

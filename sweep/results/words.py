@@ -15,12 +15,9 @@ from mnist_core.config import SETTING_NAMES, SETTING_TYPES
 from .. import stats
 from ..spec.space import describe_early_stop
 from .analysis import (
-    QUESTION_SETTINGS,
     UNSTABLE_EPOCHS,
-    Execution,
     GridView,
     SearchView,
-    Setup,
     Stopping,
     best_per,
     best_so_far_table,
@@ -68,7 +65,7 @@ def describe(c: stats.Comparison) -> str:
         single = c.ahead if na < 2 else c.behind
         return (f"{c.ahead} is {in_points(c.gap)} below {c.behind}, but {single} has n = 1: "
                 f"no test can be made ({format_n(na, nb)})")
-    p = format_p(c.p) + (f", {_p_value(c.holm_p)} after Holm over {c.family} tests" if c.family > 1 else "")
+    p = format_p(c.p) + (f", {p_phrase(c.holm_p)} after Holm over {c.family} tests" if c.family > 1 else "")
     beats = (f"; a seed of {c.ahead} beats one of {c.behind} with probability {c.prob:.2f} "
              f"(95% CI {c.prob_low:.2f} to {c.prob_high:.2f})")
     if c.distinguishable:
@@ -76,7 +73,7 @@ def describe(c: stats.Comparison) -> str:
     return f"{c.ahead} and {c.behind} are not distinguishable at {format_n(na, nb)} ({p})" + beats + _needed(c)
 
 
-def _p_value(p: float) -> str:
+def p_phrase(p: float) -> str:
     """A p-value without its "p = ": "0.06", "< 0.001"."""
     return format_p(p).removeprefix("p = ").removeprefix("p ")
 
@@ -179,7 +176,7 @@ def search_conclusions(view: SearchView) -> list[str]:
     outcomes = runs["outcome"].value_counts()
     finished = int(outcomes.reindex(["done", "stopped", "duplicate", "diverged"]).fillna(0).sum())
     of = f" of {view.budget}" if view.budget is not None else ""
-    parts = [f"{outcomes.get('stopped', 0)} stopped early", _plural(outcomes.get("duplicate", 0), "duplicate")]
+    parts = [f"{outcomes.get('stopped', 0)} stopped early", plural(outcomes.get("duplicate", 0), "duplicate")]
     if outcomes.get("diverged", 0):
         parts.append(f"{outcomes['diverged']} diverged")
     running = int((runs["state"] == "running").sum())
@@ -196,21 +193,21 @@ def search_conclusions(view: SearchView) -> list[str]:
     else:
         values = ", ".join(label(top, [s]) for s in view.sampled if s != "seed") or "its settings"
         tied = ties(view, top)
-        also = f"; test error {_pct(top['test_error'])}" if view.metric != "test_error" else ""
+        also = f"; test error {pct(top['test_error'])}" if view.metric != "test_error" else ""
         if top["n"] > 1:
-            lines.append(f"Best setting: {values}, {name} {_pct(top[view.metric])} over its {int(top['n'])} seeds "
+            lines.append(f"Best setting: {values}, {name} {pct(top[view.metric])} over its {int(top['n'])} seeds "
                          f"({_spread(summary_of(top, view.metric))}){also}; its best seed is trial {top['trial']} "
-                         f"({_pct(view.runs.loc[view.runs['run_id'] == top['run_id'], view.metric].iloc[0])}).")
+                         f"({pct(view.runs.loc[view.runs['run_id'] == top['run_id'], view.metric].iloc[0])}).")
         else:
-            lines.append(f"Best trial: {top['trial']} ({values}): {name} {_pct(top[view.metric])} (n = 1){also}"
-                         + (f"; {_plural(tied, 'other setting')} tied with it." if tied else "."))
+            lines.append(f"Best trial: {top['trial']} ({values}): {name} {pct(top[view.metric])} (n = 1){also}"
+                         + (f"; {plural(tied, 'other setting')} tied with it." if tied else "."))
         table = best_so_far_table(view)
         steps = table[table["best"].notna() & (table["best"] != table["best"].shift())]
         after = int((table["outcome"].isin(("done", "stopped", "duplicate", "diverged"))
                      & (table["trial"] > steps["trial"].iloc[-1])).sum())
         lines.append(f"Best {name} so far, by trial number: " + ", ".join(
-            f"{_pct(r['best'])} from trial {r['trial']}" for _, r in steps.iterrows())
-            + f" (none better in the {_plural(after, 'finished trial')} after it).")
+            f"{pct(r['best'])} from trial {r['trial']}" for _, r in steps.iterrows())
+            + f" (none better in the {plural(after, 'finished trial')} after it).")
     if view.importance:
         complete = len(view.complete)
         lines.append(f"Importance of each sampled setting for the {name} (Optuna's fANOVA on the {complete} "
@@ -228,7 +225,7 @@ def search_conclusions(view: SearchView) -> list[str]:
     return lines
 
 
-def _plural(n: int, word: str) -> str:
+def plural(n: int, word: str) -> str:
     return f"{n} {word}" + ("" if n == 1 else "s")
 
 
@@ -263,7 +260,7 @@ def schedule_note(view: GridView, stopping: Optional[Stopping]) -> list[str]:
             "without early_stop before choosing one." + (f" Stopped per schedule: {counts}." if counts else "")]
 
 
-def _pct(v: float) -> str:
+def pct(v: float) -> str:
     return f"{100 * v:.2f}%"
 
 
@@ -284,29 +281,29 @@ def conclusions(view: GridView, metric: str) -> list[str]:
         best = best_per(view, metric)
         table = best.table.sort_values(metric, kind="stable").reset_index(drop=True)
         top = table.iloc[0]
-        lines.append(f"Lowest {name}: {label(top, [view.by])} at lr {top['lr']:g}, {_pct(top[metric])} "
+        lines.append(f"Lowest {name}: {label(top, [view.by])} at lr {top['lr']:g}, {pct(top[metric])} "
                      f"({_spread(summary_of(top, metric))}).")
         if best.across is not None:
             rival = table[[label(r, [view.by]) == best.across.behind for _, r in table.iterrows()]].iloc[0]
             lines.append(f"Against the closest rival, {label(rival, [view.by])} at its best lr {rival['lr']:g} "
-                         f"({_pct(rival[metric])}), {_decided(best.across)}: {describe(best.across)}.")
+                         f"({pct(rival[metric])}), {_decided(best.across)}: {describe(best.across)}.")
         lines.append(f"Best learning rate per {view.by}: " + "; ".join(
-            f"{label(r, [view.by])} at lr {r['lr']:g}: {_pct(r[metric])} (n = {r['n']})" for _, r in table.iterrows())
+            f"{label(r, [view.by])} at lr {r['lr']:g}: {pct(r[metric])} (n = {r['n']})" for _, r in table.iterrows())
             + ".")
         lines += _lr_decisions(best, view.by)
         if len(table) >= 3:
             worst = table.iloc[-1]
             values = {label(r, [view.by]): seed_values(view, r, metric) for _, r in table.iloc[[0, -1]].iterrows()}
             (a, va), (b, vb) = values.items()
-            lines.append(f"Worst at its best lr: {label(worst, [view.by])} ({_pct(worst[metric])}); "
+            lines.append(f"Worst at its best lr: {label(worst, [view.by])} ({pct(worst[metric])}); "
                          f"{describe(stats.compare(a, va, b, vb))}.")
     elif view.kind in ("numeric", "schedule"):
         best = best_per(view, metric)
         table = best.table.sort_values(metric, kind="stable").reset_index(drop=True)
         top, worst = table.iloc[0], table.iloc[-1]
         spread = _spread(summary_of(top, metric))
-        lines.append(f"Lowest {name} at {label(top, [view.x])}: {_pct(top[metric])} ({spread})"
-                     + (f"; highest at {label(worst, [view.x])}: {_pct(worst[metric])} (n = {worst['n']}), "
+        lines.append(f"Lowest {name} at {label(top, [view.x])}: {pct(top[metric])} ({spread})"
+                     + (f"; highest at {label(worst, [view.x])}: {pct(worst[metric])} (n = {worst['n']}), "
                         f"{100 * (worst[metric] - top[metric]):.2f} points apart." if len(table) > 1 else "."))
         if best.across is not None:
             lines.append(f"Against the closest rival, {_decided(best.across)}: {describe(best.across)}.")
@@ -330,7 +327,7 @@ def conclusions(view: GridView, metric: str) -> list[str]:
         best = best_by(view.runs, [], metric, seeds=view.seeds)
         if len(best.table):
             top = best.table.iloc[0]
-            lines.append(f"Lowest {name}: {label(top, view.varied)}, {_pct(top[metric])} "
+            lines.append(f"Lowest {name}: {label(top, view.varied)}, {pct(top[metric])} "
                          f"({_spread(summary_of(top, metric))}).")
             if top["closest_rival"]:
                 lines.append(f"Against the closest rival ({top['closest_rival']}): {describe(best.within[''])}.")
@@ -355,96 +352,6 @@ def _lr_decisions(best: Best, by: str) -> list:
     return [line + "."]
 
 
-def setup_words(setup: Setup) -> str:
-    """What the finished runs were: networks, optimiser, data, split and seeds (the report's setup)."""
-    if not setup.runs:
-        return "No run has finished yet."
-    v = setup.values
-
-    def listed(setting: str) -> str:
-        return _listed(v[setting])
-
-    layers = "hidden layer" + ("" if v["depth"] == [1] else "s")
-    held = [x for x in v["validation"] if x]
-    split = (f"{listed('validation')} of the 60,000 training images held out for validation (the same images for "
-             f"every run and seed) and the rest trained on" if held and len(held) == len(v["validation"]) else
-             "trained on all 60,000 training images (no validation split)" if not held else
-             f"training images held out for validation: {listed('validation')} (0: none)")
-    return (f"The runs are MLPs 784 -> {listed('depth')} {layers} of {listed('width')} units -> 10 "
-            f"({listed('activation')}; log-softmax output), trained by SGD (momentum {listed('momentum')}) on the "
-            f"negative log-likelihood with mini-batches of {listed('batch_size')} for {listed('epochs')} epochs, at "
-            f"learning rates {listed('lr')} (schedule {listed('schedule')}); {split}; the test error is measured "
-            f"on the 10,000 test images. Up to {setup.seeds} seed(s) per setting (the seed sets the initial "
-            f"weights and the data order); {_plural(setup.runs, 'finished run')}.")
-
-
-def _listed(values) -> str:
-    return ", ".join(f"{x:g}" if isinstance(x, float) else f"{x:,}" if isinstance(x, int) else str(x)
-                     for x in values)
-
-
-def setup_table(setup: Setup) -> pd.DataFrame:
-    """Per grid, the question it asks (the settings it varies) and the networks it trains: the
-    values of each setting its planned runs take, its seeds, and its runs finished of planned."""
-    q = setup.questions
-    if q.empty:
-        return pd.DataFrame(columns=["grid", "varies"])
-    out = pd.DataFrame({"grid": q["grid"], "varies": q["varies"]})
-    heads = {"activation": "activation", "depth": "hidden layers", "width": "units per layer", "lr": "lr",
-             "schedule": "schedule"}
-    for setting in QUESTION_SETTINGS:
-        out[heads[setting]] = q[setting].map(_listed)
-    out["seeds"] = q["seeds"]
-    out["runs finished"] = [f"{f} of {p}" for f, p in zip(q["finished"], q["planned"])]
-    return out
-
-
-def _duration(seconds: float) -> str:
-    """"42 s", "5 min 25 s", "2 h 03 min"."""
-    seconds = round(seconds)
-    if seconds < 60:
-        return f"{seconds} s"
-    if seconds < 3600:
-        return f"{seconds // 60} min {seconds % 60:02d} s"
-    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
-
-
-DEVICES = {"cpu": "the CPU", "cuda": "a CUDA GPU", "mps": "an Apple GPU (MPS)"}
-
-
-def execution_words(e: Execution) -> str:
-    """Machine, engine and time of the finished runs, saying what the store does not record."""
-    finished = sum(e.fused) + e.solo
-    if not finished:
-        return ("Machine and time: not recorded (the runs name no training process and no start and end time)."
-                if e.unknown else "Machine and time: no run has finished yet.")
-    devices = " and ".join(DEVICES.get(d, d) for d in e.devices) or "an unrecorded device"
-    hosts = ", ".join(e.hosts)
-    where = (f"trained on {devices} of host{'s' if len(e.hosts) > 1 else ''} {hosts} by {e.workers} worker "
-             f"process{'es' if e.workers > 1 else ''} (the store records the device type, not the CPU or GPU "
-             f"model)")
-    day = "" if e.start.date() == e.end.date() else f" on {e.end:%Y-%m-%d}"
-    when = (f"from {e.start:%Y-%m-%d %H:%M} to {e.end:%H:%M}{day} UTC: "
-            f"{_duration(e.wall_seconds)} from the first run's start to the last run's end, of which "
-            f"{_duration(e.training_seconds)} the networks' own training summed over the processes (data loading "
-            f"and logging aside)")
-    if e.fused and e.solo:
-        engine = (f"{sum(e.fused)} runs trained as {_plural(len(e.fused), 'fused group')} of {_span(e.fused)} "
-                  f"networks (one stacked model per group), {e.solo} alone")
-    elif e.fused:
-        engine = (f"every run trained in a fused group ({_plural(len(e.fused), 'group')} of {_span(e.fused)} "
-                  f"networks, one stacked model each)")
-    else:
-        engine = "every run trained alone (the solo engine)"
-    unknown = f"; {_plural(e.unknown, 'run')} name no process or time" if e.unknown else ""
-    return (f"Machine and time: {where}, {when}. Engine: {engine}, as told from the runs each process trained "
-            f"over the same times with the same training time (the store has no engine tag){unknown}.")
-
-
-def _span(sizes: list) -> str:
-    return f"{min(sizes)}" if min(sizes) == max(sizes) else f"{min(sizes)} to {max(sizes)}"
-
-
 UNSTABLE_SHOWN = 6  # unstable runs named in a grid's conclusions; the rest are counted
 
 
@@ -453,10 +360,10 @@ def unstable_conclusions(view: GridView) -> list:
     last epochs' errors."""
     lines = []
     if len(view.unstable):
-        shown = "; ".join(f"{r.name} ({', '.join(_pct(v) for v in r.last)})"
+        shown = "; ".join(f"{r.name} ({', '.join(pct(v) for v in r.last)})"
                           for r in view.unstable.head(UNSTABLE_SHOWN).itertuples())
         more = len(view.unstable) - UNSTABLE_SHOWN
-        lines.append(f"Unstable at the end, {_plural(len(view.unstable), 'run')} (the ranked error rose, within "
+        lines.append(f"Unstable at the end, {plural(len(view.unstable), 'run')} (the ranked error rose, within "
                      f"a run's last {UNSTABLE_EPOCHS} epochs, by more than where the run ended, so its "
                      f"final-epoch number may be luck; the error after each of those epochs): {shown}"
                      + (f"; and {more} more." if more > 0 else "."))
@@ -482,7 +389,7 @@ def _leftovers(view: GridView) -> list:
 
 def aside(stopping: Stopping) -> str:
     """" (2 duplicates, not trained, aside)" where a search's duplicates are left out of its stopping."""
-    return f" ({_plural(stopping.duplicates, 'duplicate')}, not trained, aside)" if stopping.duplicates else ""
+    return f" ({plural(stopping.duplicates, 'duplicate')}, not trained, aside)" if stopping.duplicates else ""
 
 
 def objective_name(stopping: Stopping) -> str:
@@ -490,125 +397,3 @@ def objective_name(stopping: Stopping) -> str:
     with_val = stopping.runs["val_error"].notna()
     return ("validation error" if len(with_val) and with_val.all() else "test error" if not with_val.any()
             else "objective (validation error where held out, else test error)")
-
-
-# --- the report's conclusions: the homework's questions ------------------------------------------------
-
-QUESTIONS = {"activation": "Activation", "lr": "Learning rate", "depth": "Depth", "width": "Width",
-             "schedule": "Schedule"}  # QUESTION_SETTINGS in the homework's order
-
-
-def question_answers(views, metric: str, searches=()) -> list[tuple[str, str]]:
-    """(question, answer) for each of the homework's questions (QUESTION_SETTINGS), in plain words
-    with n and p: the grids that sweep the setting (with lr, or alone) give its best value and
-    whether that is decided against the closest rival (Holm p, P(ahead)); the learning rate is
-    answered per grid that sweeps it with another setting. A question no grid asks says so."""
-    answers = []
-    for setting in QUESTIONS:
-        answering = [v for v in views if not v.done.empty and (v.by or v.x) == setting
-                     and v.kind in ("lr_by_setting", "numeric", "schedule")]
-        if setting == "lr":
-            answering = [v for v in views if not v.done.empty and v.kind == "lr_by_setting"] + answering
-            lines = _lr_lead(answering, metric) + [_lr_answer(v, metric) for v in answering]
-        else:
-            lines = [_setting_answer(v, setting, metric) for v in answering]
-        other = [v for v in views if setting in v.varied and v not in answering]
-        sampled = [s.name for s in searches if setting in s.sampled]
-        lines += [f"Grid '{v.name}' varies it but has no finished run yet." if v.done.empty else
-                  f"Grid '{v.name}' varies it together with {', '.join(s for s in v.varied if s != setting)}: "
-                  f"see its section." for v in other]
-        if sampled:
-            lines.append(f"Sampled by search {', '.join(repr(s) for s in sampled)}: see its section.")
-        if not lines:
-            lines = [f"Not asked: no grid of this sweep varies {setting}."]
-        answers.append((QUESTIONS[setting], " ".join(lines)))
-    return answers
-
-
-def _ns(table: pd.DataFrame) -> str:
-    low, high = int(table["n"].min()), int(table["n"].max())
-    return f"n = {low} seed{'s' if high > 1 else ''} each" if low == high else f"n = {low} to {high} seeds"
-
-
-def _setting_answer(view: GridView, setting: str, metric: str) -> str:
-    name = NAMES.get(metric, metric)
-    best = best_per(view, metric)
-    table = best.table.sort_values(metric, kind="stable").reset_index(drop=True)
-    top = table.iloc[0]
-    at_lr = view.kind == "lr_by_setting"
-    where = f"grid '{view.name}', each {setting} at its best learning rate" if at_lr else f"grid '{view.name}'"
-    ranking = "; ".join(f"{label(r, [setting])}{f' at lr {r.lr:g}' if at_lr else ''}: {_pct(r[metric])}"
-                        for _, r in table.iterrows())
-    ranked = f" By mean {name} ({where}, {_ns(table)}): {ranking}."
-    c = best.across
-    if c is None:
-        return f"Only {label(top, [setting])} has finished runs: nothing to compare." + ranked
-    tested = f"{format_p(c.holm_p).replace('p ', 'Holm p ', 1)}" if c.family > 1 else format_p(c.p)
-    if c.distinguishable:
-        text = (f"{c.ahead}, decided: ahead of the closest rival, {c.behind}, by {in_points(c.gap)} "
-                 f"({tested}); a seed of {c.ahead} beats one of {c.behind} with probability {c.prob:.2f}.")
-    elif c.distinguishable is None:
-        text = (f"Open: {c.ahead} has the lowest mean, but with one seed no test can be made "
-                 f"(run several seeds).")
-    else:
-        needed = (f"; about {c.seeds_needed:.0f} seeds each would tell them apart" if math.isfinite(c.seeds_needed)
-                  else "; at the gap seen, no practical number of seeds would tell them apart"
-                  if math.isinf(c.seeds_needed) else "")
-        text = (f"Not decided: {c.ahead} has the lowest mean, but the sweep cannot tell it from "
-                 f"{c.behind} ({_pct(c.behind_summary.mean)}; {tested}; a seed of {c.ahead} beats one of "
-                 f"{c.behind} with probability {c.prob:.2f}){needed}.")
-    text += ranked
-    if metric != "test_error" and pd.notna(top["test_error"]):
-        text += f" Test error of {label(top, [setting])} (not used to choose): {_pct(top['test_error'])}."
-    shaky = _unstable_in(view, top)
-    if shaky:
-        text += (f" One of {c.ahead}'s seeds spiked in its last epochs ({shaky}): its final number may be luck.")
-    return text
-
-
-def _unstable_in(view: GridView, row) -> str:
-    """The unstable runs among the seeds of the setting `row` stands for, named with their last errors."""
-    if view.unstable.empty:
-        return ""
-    same = view.runs[view.varied].eq(pd.Series({s: row[s] for s in view.varied})).all(axis=1)
-    names = set(view.runs.loc[same, "name"])
-    shaky = view.unstable[view.unstable["name"].isin(names)]
-    return "; ".join(f"{r.name}: {', '.join(_pct(v) for v in r.last)}" for r in shaky.itertuples())
-
-
-def _lr_lead(views, metric: str) -> list:
-    """How often each learning rate was best over the settings the lr grids pair it with, and how
-    many of those choices are decided."""
-    choices = [(r["lr"], c) for v in views if v.kind == "lr_by_setting"
-               for b in (best_per(v, metric),) for _, r in b.table.iterrows()
-               for c in (b.within.get(label(r, [v.by])),)]
-    if not choices:
-        return []
-    counts = pd.Series([lr for lr, _ in choices]).value_counts().sort_index()
-    decided = sum(bool(c is not None and c.distinguishable) for _, c in choices)
-    return [f"The best learning rate depends on the network it trains: over the {len(choices)} settings the grids "
-            f"pair it with, " + ", ".join(f"lr {lr:g} was best for {n}" for lr, n in counts.items())
-            + f"; {decided} of these {len(choices)} choices {'is' if decided == 1 else 'are'} decided."]
-
-
-def _lr_answer(view: GridView, metric: str) -> str:
-    if view.kind != "lr_by_setting":
-        return _setting_answer(view, "lr", metric)
-    best = best_per(view, metric)
-    table = best.table.sort_values(metric, kind="stable")
-    by_lr = table.groupby("lr", sort=True)[view.by].agg(lambda v: ", ".join(label({view.by: x}, [view.by])
-                                                                          for x in v))
-    picks = "; ".join(f"{lr:g} for {values}" for lr, values in by_lr.items())
-    decided = [g for g, c in best.within.items() if c.distinguishable]
-    tested = {g: c for g, c in best.within.items() if c.distinguishable is not None}
-    text = f"In grid '{view.name}' ({_ns(table)}) the best learning rate was {picks}."
-    if tested:
-        text += (f" Decided for {len(decided)} of {len(best.within)} (told apart from every other lr); Holm p "
-                 f"against the closest other lr: " + ", ".join(f"{g} {_p_value(c.holm_p)}" for g, c in tested.items())
-                 + ".")
-    diverged = view.runs[view.runs["outcome"] == "diverged"]
-    if len(diverged):
-        at = diverged.groupby("lr")[view.by].agg(
-            lambda v: ", ".join(label({view.by: x}, [view.by]) for x in sorted(set(v), key=str)))
-        text += " Diverged: " + "; ".join(f"lr {lr:g} for {values}" for lr, values in at.items()) + "."
-    return text

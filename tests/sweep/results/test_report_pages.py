@@ -14,11 +14,11 @@ from test_best import runs_frame  # noqa: E402
 from test_pdf import page_streams, shown  # noqa: E402
 
 from sweep.results.analysis import GridView, execution, unstable_runs  # noqa: E402
+from sweep.results.answers import execution_words, question_answers  # noqa: E402
 from sweep.results.fetch import EXECUTION  # noqa: E402
 from sweep.results.figures import figure_curves, figure_error_vs_setting, figure_lr_by_setting  # noqa: E402
 from sweep.results.pdf import render_pdf  # noqa: E402
 from sweep.results.report import Block  # noqa: E402
-from sweep.results.words import execution_words, question_answers  # noqa: E402
 
 # three seeds per setting; relu at lr 0.1 has one wild seed: its interval reaches far below the means
 ROWS = [("relu", 0.01, s, "done", e) for s, e in ((1, 0.050), (2, 0.052), (3, 0.051))] + \
