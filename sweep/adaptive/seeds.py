@@ -15,13 +15,16 @@ looks at its settings' values over seeds 1..n (a setting dropped earlier keeps t
   not decide it;
 - the leader and the open rivals of every open question get seed n + 1.
 
-The questions look at the data up to `max - min + 1` times, so each look tests at alpha divided by
-that number (Bonferroni over the looks): a question is called decided falsely, whichever look
-decides it, at most alpha of the time (shown by simulation in tests/sweep/adaptive/test_seeds.py).
-Sparing a question only ever ends it undecided, so it costs no error, only chances to decide.
+A question is looked at once per number of seeds its settings have (the most any of them has: a
+question none of whose settings got a seed keeps its data and its last verdict), so at most
+`max - min + 1` times. Each look tests at its share of alpha, a weighted Bonferroni over those looks
+(alpha_at): a question is called decided falsely, whichever look decides it, at most alpha of the
+time (shown by simulation in tests/sweep/adaptive/test_seeds.py). Sparing a question only stops its
+seeds; it spends no alpha.
 
 Everything is replayed from the finished results on every call: any process, resumed or not, wants
-the same runs from the same store; a run that is not finished yet holds its question at its level.
+the same runs from the same store. A run that is not finished yet (or that failed) holds its whole
+grid at its level until it trains: `sweep run` again retries it.
 """
 from __future__ import annotations
 
@@ -127,7 +130,7 @@ def _replay(rule: AdaptiveSeeds, grid: GridQuestions, finished: Mapping[str, flo
             have[s] = n
         need = [k for s, keys in grid.settings.items() for k in keys[:have[s]]]
         allocation.wanted.update(need)
-        if any(k not in finished for k in need):
+        if any(k not in finished for k in need):  # a run not finished (or failed) holds the grid at this level
             allocation.complete = False
             looks = {g: Look(q.leader, q.open, "waiting", q.n, q.p_holm) for g, q in looks.items()} or \
                 {g: Look(None, (), "waiting", n) for g in [*grid.groups, *([""] if grid.across else [])]}
@@ -135,12 +138,15 @@ def _replay(rule: AdaptiveSeeds, grid: GridQuestions, finished: Mapping[str, flo
         values = {s: [finished[k] for k in keys[:have[s]]] for s, keys in grid.settings.items()}
         active = set()
         for group, members in grid.groups.items():
-            looks[group] = look({s: values[s] for s in members}, rule, n)
+            looks[group] = look({s: values[s] for s in members}, rule, max(have[s] for s in members))
         if grid.across:
-            leaders = [q.leader for q in looks.values() if q.leader is not None]
-            looks[""] = look({s: values[s] for s in leaders}, rule, n)
+            leaders = [q.leader for g, q in looks.items() if g and q.leader is not None]
+            if len(leaders) > 1:
+                looks[""] = look({s: values[s] for s in leaders}, rule, max(have[s] for s in leaders))
+            else:
+                looks.pop("", None)
         for q in looks.values():
-            if q.state == "open":
+            if q.state == "open" and q.leader is not None:
                 active.update((q.leader, *q.open))
         if not active:
             break

@@ -23,12 +23,13 @@ class WantedRuns:
         grid_names, _ = select(spec, list(grids))
         self.rule = spec.adaptive
         self.questions = grid_questions(spec, grid_names) if self.rule else []
-        self.adaptive = {k for q in self.questions for keys in q.settings.values() for k in keys}
-        self.metric = {r.key: schema.objective(r.config.validation) for r in expand(spec, grid_names)
-                       if r.key in self.adaptive}
+        asked = {k for q in self.questions for keys in q.settings.values() for k in keys}
+        fixed = {r.key for g in grid_names if "seed" in spec.grids[g] for r in expand(spec, [g])}
+        self.adaptive = asked - fixed     # the runs the rule decides on (a grid with its own seeds wants its own)
+        self.metric = {r.key: schema.objective(r.config.validation) for r in expand(spec, grid_names) if r.key in asked}
         self.index = index or Index(store, experiment_id, spec.experiment)
         self.cursor: Optional[Cursor] = None
-        self.finished: dict = {}            # run_id -> (key, value) of each FINISHED run of an adaptive grid
+        self.finished: dict = {}            # run_id -> (key, end time, value) of each FINISHED run of an adaptive grid
         self.allocation = Allocation(set(), complete=not self.rule)
 
     def read(self, sync: bool = False) -> Allocation:
@@ -51,9 +52,12 @@ class WantedRuns:
                 continue
             value = dict(zip(METRICS, values)).get(self.metric[run.key])
             ranked = run.outcome == "done" and value is not None
-            self.finished[run_id] = (run.key, float(value) if ranked else math.nan)
+            self.finished[run_id] = (run.key, run.end_time or 0, float(value) if ranked else math.nan)
         self.cursor = changes.cursor
-        self.allocation = allocate(self.rule, self.questions, dict(self.finished.values()))
+        values = {}
+        for key, _, value in sorted(self.finished.values(), key=lambda f: f[1], reverse=True):
+            values[key] = value  # a key finished twice (never, by the queue's rules): its first result
+        self.allocation = allocate(self.rule, self.questions, values)
         return self.allocation
 
     def wants(self, key: str) -> bool:
@@ -61,5 +65,16 @@ class WantedRuns:
         return key not in self.adaptive or key in self.allocation.wanted
 
     def spared(self, keys: Iterable[str]) -> list:
-        """Of `keys`, those the rule will not want: none until no finished result can change it."""
-        return [k for k in keys if not self.wants(k)] if self.allocation.complete else []
+        """Of `keys`, those not finished that the rule will not want: none until no finished result
+        can change it. (A run finished before, e.g. under fixed seeds, is done, never spared.)"""
+        if not self.allocation.complete:
+            return []
+        done = {key for key, _, _ in self.finished.values()}
+        return [k for k in keys if not self.wants(k) and k not in done]
+
+    def later(self, keys: Iterable[str]) -> list:
+        """Of `keys`, those not finished that the rule does not want yet but may want later."""
+        if self.allocation.complete:
+            return []
+        done = {key for key, _, _ in self.finished.values()}
+        return [k for k in keys if not self.wants(k) and k not in done]

@@ -68,8 +68,7 @@ def _adaptive(sweep, store, grids, keys: list) -> tuple[set, set]:
 
     wanted = WantedRuns(sweep, store, experiment_id, grids)
     wanted.read(sync=True)
-    spared = set(wanted.spared(keys))
-    return spared, {k for k in keys if not wanted.wants(k)} - spared
+    return set(wanted.spared(keys)), set(wanted.later(keys))
 
 
 def _finished(attempts) -> dict:

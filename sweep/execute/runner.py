@@ -142,7 +142,7 @@ class Sweep:
         attempt, crashes, stalls = 0, 0, 0
         while True:
             todo = self._todo()
-            more = [r.key for r in todo if r.key not in self.todo_keys]
+            more = [r.key for r in todo if r.key not in self.todo_keys] if self.spec.adaptive else []
             if more:  # adaptive seeds: a question is still open after the last round
                 self.todo_keys.update(more)
                 self.summary.to_train += len(more)

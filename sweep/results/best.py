@@ -139,6 +139,8 @@ def best_by(runs: pd.DataFrame, by: list, metric: str = "auto", include_stopped:
     if ok.empty:
         return Best(pd.DataFrame(columns=columns), tuple(by), metric, stopped, include_stopped, notes=notes)
     settings = setting_table(ok, metric).sort_values([metric, *SETTINGS], kind="stable")
+    if seeds:
+        settings = _as_the_rule_saw(settings, runs)
     rows, within, winners = [], {}, []
     for _, group in (settings.groupby(by, dropna=False, sort=True) if by else [((), settings)]):
         winner = group.iloc[0]
@@ -168,6 +170,18 @@ _NO_COMPARISON = {"closest_rival": None, "p_value": float("nan"), "p_holm": floa
                   "p_ahead_ci_high": float("nan"), "seeds_needed": float("nan")}
 
 
+def _as_the_rule_saw(settings: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
+    """Adaptive seeds: each setting's seeds tried (a diverged one too: the look that tested it was at
+    that many seeds), and a setting with fewer than two values ranked after the others, as the rule
+    takes it out of contention."""
+    finished = runs[runs["outcome"].isin(("done", "diverged", "stopped"))]
+    tried = finished.groupby(SETTINGS, dropna=False)["seed"].max().rename("tried").reset_index()
+    merged = settings.merge(tried, on=SETTINGS, how="left")
+    merged["tried"] = merged["tried"].fillna(merged["n"]).astype(int)
+    merged.index = settings.index
+    return merged.sort_values("n", key=lambda n: n < 2, kind="stable")
+
+
 def _closest(winner, settings: list, rivals: pd.DataFrame, metric: str, seeds: Optional[AdaptiveSeeds]) -> tuple:
     """The winner against each rival (rows of a setting table), Welch's p from their summaries,
     Holm-corrected over them: the comparison with the rival it is least told apart from, and that
@@ -178,7 +192,7 @@ def _closest(winner, settings: list, rivals: pd.DataFrame, metric: str, seeds: O
                           rivals[f"{metric}_std"].to_numpy() ** 2, rivals["n"])
     at, corrected, tested = stats.closest_rival(p)
     rival = rivals.iloc[at]
-    alpha = alpha_at(seeds, max(winner["n"], rivals["n"].max())) if seeds else stats.ALPHA
+    alpha = alpha_at(seeds, max(winner["tried"], rivals["tried"].max())) if seeds else stats.ALPHA
     return stats.compare(label(winner, settings), winner["values"], label(rival, settings), rival["values"], p=p[at],
                          holm_p=corrected, family=tested, alpha=alpha), rival
 

@@ -149,3 +149,55 @@ def test_bad_adaptive_seeds_are_one_message_naming_the_key(seeds, says):
     with pytest.raises(ValueError, match="^f.yaml: seeds") as found:
         parse_spec(f"experiment: x\nseeds: {seeds}\ngrids: {{g: {{lr: [0.1, 0.3]}}}}", "f.yaml")
     assert says in str(found.value) and "\n" not in str(found.value)
+
+
+class Valued:
+    """A pool that 'trains' each run at once to a chosen final error (NaN: it diverged)."""
+
+    def __init__(self, error):
+        self.error, self.trained = error, []
+
+    def round(self, jobs, n_jobs):
+        from sweep.execute.worker import Trained, execute
+
+        def agent(folder):
+            path = folder / "mnist_agent.pt"
+            path.write_bytes(b"placeholder")
+            return path
+
+        def train(job, leases, planned_of, judge):
+            configs = [planned_of[lease.run_id].config for lease in leases]
+            self.trained += configs
+            return [Trained({} if math.isnan(e) else {"test_error": e}, 1, math.isnan(e), e, 0.1, agent)
+                    for e in map(self.error, configs)]
+        return Ran(outcome for job in jobs for outcome in execute(job, train=train))
+
+
+def _store(tmp_path):
+    from sweep.queue import MemoryStore
+
+    return MemoryStore(tmp_path / "index.sqlite")
+
+
+def test_a_grid_with_its_own_seeds_trains_them_all_though_an_adaptive_grid_shares_its_runs(tmp_path):
+    spec = parse_spec("experiment: x\nseeds: {min: 2, max: 4}\n"
+                      "grids: {a: {lr: [0.1, 0.3]}, fixed: {lr: [0.1], seed: [1, 2, 3, 4]}}", "t.yaml")
+    pool = Valued(lambda c: {0.1: 0.01, 0.3: 0.05}[c.lr] + 0.0001 * c.seed)
+    summary = Sweep(spec, _store(tmp_path), Settings(jobs=1), pool=pool).run()
+    trained = sorted((c.lr, c.seed) for c in pool.trained)
+    assert trained == [(0.1, 1), (0.1, 2), (0.1, 3), (0.1, 4), (0.3, 1), (0.3, 2)]  # lr 0.3 decided out at n = 2
+    assert summary.exit_code == 0 and summary.spared == 2
+
+
+def test_runs_done_under_fixed_seeds_are_done_never_spared_when_the_file_turns_adaptive(tmp_path):
+    store = _store(tmp_path)
+    pool = Valued(lambda c: {0.1: 0.01, 0.3: 0.05}[c.lr] + 0.0001 * c.seed)
+    fixed = parse_spec("experiment: x\nseeds: [1, 2, 3, 4]\ngrids: {a: {lr: [0.1, 0.3]}}", "t.yaml")
+    Sweep(fixed, store, Settings(jobs=1), pool=pool).run()
+    adaptive = parse_spec("experiment: x\nseeds: {min: 2, max: 4}\ngrids: {a: {lr: [0.1, 0.3]}}", "t.yaml")
+    again = Sweep(adaptive, store, Settings(jobs=1), pool=pool).run()
+    assert again.already_done == 8 and again.to_train == 0 and again.spared == 0
+    wanted = WantedRuns(adaptive, store, again.experiment_id)
+    wanted.read(sync=True)
+    keys = [r.key for r in expand(adaptive)]
+    assert wanted.spared(keys) == [] and wanted.later(keys) == []
