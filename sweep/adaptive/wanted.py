@@ -40,6 +40,7 @@ class WantedRuns:
             self.index.sync()
         changes = self.index.changes(self.cursor, tags=(schema.KEY, schema.DIVERGED, schema.PRUNED),
                                      metrics=METRICS)
+        before = dict(self.finished)
         if changes.reset:
             self.finished = {}
         for run_id in changes.gone:
@@ -54,6 +55,8 @@ class WantedRuns:
             ranked = run.outcome == "done" and value is not None
             self.finished[run_id] = (run.key, run.end_time or 0, float(value) if ranked else math.nan)
         self.cursor = changes.cursor
+        if self.finished == before and self.allocation.questions:
+            return self.allocation  # no run finished or went since the last read: the same allocation
         values = {}
         for key, _, value in sorted(self.finished.values(), key=lambda f: f[1], reverse=True):
             values[key] = value  # a key finished twice (never, by the queue's rules): its first result

@@ -663,8 +663,10 @@ def schedule(seed: int, folder: Path, verbose: bool = False, store: str = "memor
     rng = world.rng
     epochs = rng.randint(1, 3)
     lrs = [0.01 * (i + 1) for i in range(rng.randint(2, 5))]
+    adaptive = rng.random() < 0.25  # seeds given round by round: up to 4 runs a setting, so fewer settings
+    lrs = lrs[:3] if adaptive else lrs
     grids = f"  a: {{lr: {lrs}}}\n" + (f"  b: {{lr: {lrs[:2]}, width: [50, 20]}}\n" if rng.random() < 0.4 else "")
-    seeds = f"seeds: {{min: 2, max: {rng.choice([3, 4])}}}\n" if rng.random() < 0.3 else ""  # adaptive seeds
+    seeds = f"seeds: {{min: 2, max: {rng.choice([3, 4])}}}\n" if adaptive else ""
     text = f"experiment: sim\ndefaults: {{epochs: {epochs}}}\n{seeds}grids:\n{grids}"
     spec = parse_spec(text, "sim.yaml")
     keys = sorted(r.key for r in expand(spec))
