@@ -16,6 +16,7 @@ from typing import Optional
 import numpy as np
 import torch
 
+from .config import TRAIN_SAMPLE
 from .files import (  # noqa: F401
     ENV_VAR,
     FILES,
@@ -35,6 +36,7 @@ MEAN, STD = 0.1307, 0.3081
 # The validation images are the first `validation` of this fixed permutation of the training set,
 # whatever the run's seed: every run with the same validation size holds out the same images.
 VALIDATION_SEED = 20_251_128
+TRAIN_SAMPLE_SEED = 20_261_207
 DIGEST_LENGTH = 8  # hex digits of a data part's digest, as short as MLflow's own dataset digests
 
 
@@ -97,6 +99,18 @@ def holdout(data: MnistTensors, validation: int) -> MnistTensors:
                         val_x=data.train_x[held], val_y=data.train_y[held])
 
 
+@functools.lru_cache(maxsize=8)
+def train_sample(data: MnistTensors, size: int = TRAIN_SAMPLE) -> tuple[torch.Tensor, torch.Tensor]:
+    """(images, labels) of the first `size` of a fixed TRAIN_SAMPLE_SEED permutation of `data`'s
+    training set, in their original order; all of it when it holds no more than `size`."""
+    n = len(data.train_x)
+    if n <= size:
+        return data.train_x, data.train_y
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(TRAIN_SAMPLE_SEED))
+    chosen = order[:size].sort().values.to(data.train_x.device)
+    return data.train_x[chosen], data.train_y[chosen]
+
+
 @dataclass(frozen=True)
 class DataPart:
     """One part of MNIST that a run trains, validates or is tested on, described without its images."""
@@ -126,9 +140,11 @@ def _digest(paths: tuple, split: str = "") -> str:
     return (hashlib.sha256(f"{full} {split}".encode()).hexdigest() if split else full)[:DIGEST_LENGTH]
 
 
-def describe_mnist(data_dir=None, validation: int = 0) -> tuple[DataPart, ...]:
-    """The training set, the validation split when `validation` > 0 (as `holdout` cuts it) and the
-    test set of the IDX files in `data_dir`: what a run with that validation size was measured on."""
+def describe_mnist(data_dir=None, validation: int = 0, train_eval: str = "full") -> tuple[DataPart, ...]:
+    """The training set, the validation split when `validation` > 0 (as `holdout` cuts it), the
+    training images the train numbers are measured on when train_eval "sample" takes fewer than all
+    (as `train_sample` takes them) and the test set of the IDX files in `data_dir`: what a run with
+    those settings was measured on."""
     folder = check_mnist(data_dir)
 
     def part(name, context, files, images, split=""):
@@ -137,14 +153,19 @@ def describe_mnist(data_dir=None, validation: int = 0) -> tuple[DataPart, ...]:
 
     train, test = FILES[:2], FILES[2:]
     n_train, n_test = (check_idx(folder / files[0], IMAGE_MAGIC)[0] for files in (train, test))
-    if not validation:
-        return part("mnist-train", "training", train, n_train), part("mnist-test", "test", test, n_test)
     if validation >= n_train:  # as holdout refuses it
         raise ValueError(f"validation {validation} must be less than the {n_train} training images")
     cut = f"of a fixed permutation (seed {VALIDATION_SEED}) of the {n_train} training images"
-    return (part("mnist-train", "training", train, n_train - validation, f"all but the first {validation} {cut}"),
-            part("mnist-validation", "validation", train, validation, f"the first {validation} {cut}"),
-            part("mnist-test", "test", test, n_test))
+    trained = n_train - validation
+    kept = f"all but the first {validation} {cut}" if validation else ""
+    parts = [part("mnist-train", "training", train, trained, kept)]
+    if validation:
+        parts.append(part("mnist-validation", "validation", train, validation, f"the first {validation} {cut}"))
+    if train_eval == "sample" and trained > TRAIN_SAMPLE:
+        parts.append(part("mnist-train-sample", "train-evaluation", train, TRAIN_SAMPLE,
+                          f"the first {TRAIN_SAMPLE} of a fixed permutation (seed {TRAIN_SAMPLE_SEED}) of the "
+                          f"{trained} training images" + (f" ({parts[0].split})" if validation else "")))
+    return (*parts, part("mnist-test", "test", test, n_test))
 
 
 def open_datasets(root: Path, download: bool = True):

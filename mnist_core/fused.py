@@ -217,12 +217,13 @@ def _train_epoch(members: Members, data: MnistTensors, batch_size: int) -> dict[
     return gone
 
 
-def _measure(members: Members, gone: dict[int, MLP], data: MnistTensors, batch_size: int) -> dict[int, dict]:
+def _measure(members: Members, gone: dict[int, MLP], data: MnistTensors, batch_size: int,
+             train_eval: str) -> dict[int, dict]:
     """Each member's epoch numbers (EpochResult fields), by id: from the stacked model, or for
     members that left during the epoch from their own model, as their solo run measures them."""
-    numbers = {i: measure(evaluate, model, data, batch_size) for i, model in gone.items()}
+    numbers = {i: measure(evaluate, model, data, batch_size, train_eval) for i, model in gone.items()}
     if members.ids:
-        stacked = measure(evaluate_fused, members.model, data, batch_size)
+        stacked = measure(evaluate_fused, members.model, data, batch_size, train_eval)
         for p, i in enumerate(members.ids):
             numbers[i] = {name: values[p] for name, values in stacked.items()}
     return numbers
@@ -269,7 +270,7 @@ def train_fused(configs: Sequence[RunConfig], data: MnistTensors, device: torch.
         gone = _train_epoch(members, data, configs[0].batch_size)
         models.update(gone)
         finite = dict(zip(members.ids, torch.isfinite(members.running).tolist()))
-        numbers = _measure(members, gone, data, configs[0].test_batch_size)
+        numbers = _measure(members, gone, data, configs[0].test_batch_size, configs[0].train_eval)
         leaving = _record(results, trained, epoch, numbers, finite, time.perf_counter() - started, on_epoch,
                           on_group)
         models.update(members.drop([i for i in leaving if i not in gone]))

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import RunConfig
-from .data import MnistTensors, holdout
+from .data import MnistTensors, holdout, train_sample
 from .model import MLP
 from .schedule import lr_at
 
@@ -28,7 +28,7 @@ class EpochResult:
     epoch: int
     lr: float
     train_loss: float
-    train_error: float  # fraction of the whole training set misclassified, in eval mode
+    train_error: float  # fraction of the training set (or its fixed sample) misclassified, in eval mode
     test_loss: float
     test_error: float
     seconds: float  # wall time of this epoch's training and evaluation
@@ -120,11 +120,13 @@ def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_siz
     return loss.item() / len(x), wrong.item() / len(x)
 
 
-def measure(evaluator, model, data: MnistTensors, batch_size: int) -> dict:
-    """`evaluator`'s (loss, error) on the training set, test set and held-out images (when there are
-    any), as EpochResult fields: {"train_loss": ..., "train_error": ..., "test_loss": ..., ...}."""
+def measure(evaluator, model, data: MnistTensors, batch_size: int, train_eval: str = "full") -> dict:
+    """`evaluator`'s (loss, error) on the training set (all of it, or its fixed sample for
+    train_eval "sample"), the test set and the held-out images (when there are any), as EpochResult
+    fields: {"train_loss": ..., "train_error": ..., "test_loss": ..., ...}."""
+    train_x, train_y = (data.train_x, data.train_y) if train_eval == "full" else train_sample(data)
     out = {}
-    for name, x, y in (("train", data.train_x, data.train_y), ("test", data.test_x, data.test_y),
+    for name, x, y in (("train", train_x, train_y), ("test", data.test_x, data.test_y),
                        ("val", data.val_x, data.val_y)):
         if x is not None:
             out[f"{name}_loss"], out[f"{name}_error"] = evaluator(model, x, y, batch_size)
@@ -188,7 +190,7 @@ def train(config: RunConfig, data: MnistTensors, device: torch.device | str = "c
         lr = lr_at(config, epoch)
         optimizer.lr = lr
         finite = train_one_epoch(model, optimizer, data, order, config.batch_size)
-        numbers = measure(evaluate, model, data, config.test_batch_size)
+        numbers = measure(evaluate, model, data, config.test_batch_size, config.train_eval)
         record = EpochResult(epoch, lr, seconds=time.perf_counter() - epoch_start, **numbers)
         result.history.append(record)
         result.stopped = on_epoch is not None and on_epoch(record) is False

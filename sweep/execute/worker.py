@@ -133,7 +133,8 @@ def train_runs(job: Job, leases: list[Lease], planned_of: dict, judge: Judge) ->
             lease.log_params({**config.as_params(), "device": device.type})
         data = load_mnist(job.data_dir, device)
         for lease, config in zip(leases, configs):  # what each run trains, validates and is tested on
-            job.store.log_inputs(lease.run_id, describe_mnist(job.data_dir, config.validation))
+            job.store.log_inputs(lease.run_id, describe_mnist(job.data_dir, config.validation,
+                                                                   config.train_eval))
         judged = any(rule for _, rule in judge.members.values())
 
         def log_epoch(i, record):  # False stops this run: its lease is lost

@@ -146,7 +146,8 @@ def ranking_metric(results: SweepResults) -> str:
     return resolve_metric(candidates(results.runs), "auto")[0]
 
 
-SETUP_SETTINGS = ("activation", "depth", "width", "lr", "momentum", "schedule", "batch_size", "epochs", "validation")
+SETUP_SETTINGS = ("activation", "depth", "width", "lr", "momentum", "schedule", "batch_size", "epochs", "validation",
+                  "train_eval")
 QUESTION_SETTINGS = ("activation", "depth", "width", "lr", "schedule")  # the homework's questions, in its order
 TRAINED = ("done", "diverged", "stopped")
 

@@ -8,6 +8,8 @@ import math
 
 import pandas as pd
 
+from mnist_core.config import TRAIN_SAMPLE
+
 from .analysis import QUESTION_SETTINGS, Execution, GridView, Setup, best_per
 from .best import label
 from .words import NAMES, format_p, in_points, p_phrase, pct, plural
@@ -28,6 +30,10 @@ def setup_words(setup: Setup) -> str:
              f"every run and seed) and the rest trained on" if held and len(held) == len(v["validation"]) else
              "trained on all 60,000 training images (no validation split)" if not held else
              f"training images held out for validation: {listed('validation')} (0: none)")
+    train_eval = {"sample": f"a fixed sample of {TRAIN_SAMPLE:,} of the images trained on",
+                  "full": "every image trained on"}
+    measured = " or ".join(train_eval[x] for x in v["train_eval"] if x in train_eval)
+    split += f"; the train error after each epoch is measured on {measured}" if measured else ""
     return (f"The runs are MLPs 784 -> {listed('depth')} {layers} of {listed('width')} units -> 10 "
             f"({listed('activation')}; log-softmax output), trained by SGD (momentum {listed('momentum')}) on the "
             f"negative log-likelihood with mini-batches of {listed('batch_size')} for {listed('epochs')} epochs, at "

@@ -17,7 +17,8 @@ from .space import SearchSpec, cut, shown
 # Short tags for the settings that a run name shows only when they differ from the default; a
 # setting without a tag shows under its own name.
 _NAME_TAGS = {"momentum": "m", "gamma": "g", "restart_period": "p", "epochs": "e",
-              "batch_size": "b", "test_batch_size": "tb", "seed": "s", "validation": "val"}
+              "batch_size": "b", "test_batch_size": "tb", "seed": "s", "validation": "val",
+              "train_eval": "eval"}
 _NAME_HEAD = ("activation", "lr", "depth", "width", "schedule")
 # The settings every run key hashes. A setting added to RunConfig after these is hashed only when it
 # differs from its default, so that the keys of the runs already in a store stay what they were.

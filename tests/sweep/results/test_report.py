@@ -73,7 +73,8 @@ def test_report_outputs_numbers_missing_and_diverged(known):
     assert ("The runs are MLPs 784 -> 1, 2 hidden layers of 50 units -> 10 (relu, tanh; log-softmax output), "
             "trained by SGD (momentum 0) on the negative log-likelihood with mini-batches of 64 for 3 epochs, at "
             "learning rates 0.01, 0.03, 0.1, 1 (schedule cosine, fixed); trained on all 60,000 training images (no "
-            "validation split); the test error is measured on the 10,000 test images. Up to 1 seed(s) per setting "
+            "validation split); the train error after each epoch is measured on a fixed sample of 10,000 of the images "
+            "trained on; the test error is measured on the 10,000 test images. Up to 1 seed(s) per setting "
             "(the seed sets the initial weights and the data order); 9 finished runs.") in md  # depth 3 never ran
     assert ("Against the closest rival, tanh at its best lr 0.1 (3.50%), no test: n = 1 per setting: no interval "
             "can be given.") in md

@@ -1,0 +1,124 @@
+"""The default sweep end to end, against the arithmetic it must do at this machine's matmul rate.
+
+Runs `sweep run SPEC` (README's main job) as a subprocess in a fresh folder, timed from start to
+exit, then reads the finished runs from its store and adds up their arithmetic: per epoch trained,
+6 x weights x images trained on (forward and backward), plus 2 x weights x images evaluated (the
+train images measured, all of them or the train_eval sample, the validation and the test images).
+The floor is that arithmetic at the float32 rate of one large matrix product here; the ratio is the
+wall time over the floor. With --train-eval the spec's defaults are overridden (full or sample), and
+`--train-eval both` runs the sweep twice, side by side.
+
+    python benchmarks/default_sweep.py [--spec sweeps.yaml] [--train-eval default|full|sample|both]
+                                       [--data-dir DIR] [--keep DIR]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+from mnist_core.config import TRAIN_SAMPLE, RunConfig
+from mnist_core.data import resolve_data_dir
+
+ROOT = Path(__file__).resolve().parent.parent
+TRAIN_IMAGES, TEST_IMAGES = 60_000, 10_000
+
+
+def matmul_rate(size: int = 4096, repeats: int = 5) -> float:
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * size**3 * repeats / (time.perf_counter() - start)
+
+
+def weights(config: RunConfig) -> int:
+    w = config.width
+    return 784 * w + (config.depth - 1) * w * w + 10 * w  # multiply-adds per image (biases aside)
+
+
+def epoch_flops(config: RunConfig) -> tuple[float, float]:
+    """(training, evaluation) FLOPs of one epoch of `config`."""
+    trained = TRAIN_IMAGES - config.validation
+    measured = trained if config.train_eval == "full" else min(trained, TRAIN_SAMPLE)
+    n = weights(config)
+    return 6 * n * trained, 2 * n * (measured + config.validation + TEST_IMAGES)
+
+
+def finished_runs(folder: Path, experiment: str) -> list[tuple[RunConfig, int]]:
+    """(settings, epochs completed) of every finished training run in the sweep's store."""
+    from mlflow import MlflowClient
+
+    from sweep.queue import schema
+
+    client = MlflowClient(f"sqlite:///{folder / 'mlflow.db'}")  # not set_tracking_uri: the next sweep would inherit it
+    experiment_id = client.get_experiment_by_name(experiment).experiment_id
+    runs = client.search_runs([experiment_id], "attributes.status = 'FINISHED'", max_results=50_000)
+    out = []
+    for run in runs:
+        if schema.KEY not in run.data.tags or "epochs_completed" not in run.data.metrics:
+            continue  # the parent run
+        settings = schema.settings(run.data.params)
+        out.append((RunConfig(**settings), int(run.data.metrics["epochs_completed"])))
+    return out
+
+
+def one_sweep(spec_path: Path, train_eval: str, data_dir: str, keep: str | None) -> dict:
+    spec = yaml.safe_load(spec_path.read_text())
+    if train_eval != "default":
+        spec.setdefault("defaults", {})["train_eval"] = train_eval
+    if keep:
+        folder = Path(keep) / train_eval
+        folder.mkdir(parents=True)
+    else:
+        folder = Path(tempfile.mkdtemp(prefix="default-sweep-"))
+    (folder / "sweeps.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    env = {**os.environ, "MNIST_DATA": data_dir}
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "sweep.cli", "run", "sweeps.yaml"], cwd=folder, env=env,
+                          stdout=subprocess.DEVNULL)
+    wall = time.perf_counter() - start
+    if done.returncode != 0:
+        raise SystemExit(f"sweep run ended with exit status {done.returncode} in {folder}")
+    runs = finished_runs(folder, spec["experiment"])
+    training = sum(epoch_flops(c)[0] * e for c, e in runs)
+    evaluation = sum(epoch_flops(c)[1] * e for c, e in runs)
+    return {"train_eval": train_eval, "wall": wall, "runs": len(runs), "epochs": sum(e for _, e in runs),
+            "training": training, "evaluation": evaluation, "folder": folder}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--spec", default=str(ROOT / "sweeps.yaml"))
+    parser.add_argument("--train-eval", choices=("default", "full", "sample", "both"), default="default")
+    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--keep", default=None, help="keep each sweep's folder under this folder")
+    args = parser.parse_args()
+    data_dir = str(resolve_data_dir(args.data_dir))
+    modes = ("full", "sample") if args.train_eval == "both" else (args.train_eval,)
+    rate = matmul_rate()
+    print(f"{os.cpu_count()} cores, torch {torch.__version__}, float32 matmul {rate / 1e9:.0f} GFLOP/s; "
+          f"spec {args.spec}; default train_eval: {RunConfig().train_eval}")
+    results = [one_sweep(Path(args.spec), mode, data_dir, args.keep) for mode in modes]
+    print(f"\n{'train_eval':>10} {'runs':>5} {'epochs':>6} {'TFLOP':>7} {'of it eval':>10} {'floor s':>8} "
+          f"{'wall s':>7} {'wall/floor':>10}")
+    for r in results:
+        total = r["training"] + r["evaluation"]
+        floor = total / rate
+        print(f"{r['train_eval']:>10} {r['runs']:5d} {r['epochs']:6d} {total / 1e12:7.1f} "
+              f"{r['evaluation'] / total:10.0%} {floor:8.0f} {r['wall']:7.0f} {r['wall'] / floor:9.2f}x")
+    if len(results) == 2:
+        full, sample = ((r["training"] + r["evaluation"]) for r in results)
+        print(f"sample / full: wall {results[1]['wall'] / results[0]['wall']:.2f}, arithmetic {sample / full:.2f}")
+
+
+if __name__ == "__main__":
+    main()
