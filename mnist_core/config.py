@@ -68,6 +68,9 @@ _RANGES = {
     "seed": (lambda v: v >= 0, ">= 0"),
     "validation": (lambda v: v >= 0, ">= 0"),
 }
+# Settings that change what a run measures, not what it trains: runs that differ only in them are
+# seeds of one setting (runs stored before train_eval existed have no value for it).
+MEASURED_ONLY = ("train_eval",)
 CHOICES = {"activation": ACTIVATIONS, "schedule": SCHEDULES, "train_eval": TRAIN_EVALS}
 
 

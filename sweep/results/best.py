@@ -12,13 +12,13 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 
-from mnist_core.config import SETTING_NAMES, SETTING_TYPES
+from mnist_core.config import MEASURED_ONLY, SETTING_NAMES, SETTING_TYPES
 
 from .. import stats
 from ..spec import AdaptiveSeeds
 from .fetch import FINAL_METRICS
 
-SETTINGS = [s for s in SETTING_NAMES if s != "seed"]
+SETTINGS = [s for s in SETTING_NAMES if s != "seed" and s not in MEASURED_ONLY]
 RANKABLE = tuple(m for m in FINAL_METRICS if m != "epochs_completed")
 ERROR_COLUMNS = ("test_error", "train_error", "best_test_error", "val_error", "final_val_error", "best_val_error")
 

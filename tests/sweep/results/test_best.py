@@ -197,6 +197,13 @@ def test_one_seed_per_setting_gives_no_interval_and_says_so():
            "(give the sweep file several seeds, e.g. seeds: [1, 2, 3])." in best_words(result)
 
 
+def test_seeds_measured_on_all_or_a_sample_of_the_training_images_are_one_setting():
+    runs = runs_frame([("relu", 0.1, 1, "done", 0.03), ("relu", 0.1, 2, "done", 0.031), ("relu", 0.1, 3, "done", 0.032)])
+    runs["train_eval"] = [None, "full", "sample"]  # stored before train_eval existed, then each way
+    result = best_by(runs, ["activation"])
+    assert list(result.table["n"]) == [3] and "train_eval" not in result.table
+
+
 def test_auto_falls_back_to_test_error_when_some_runs_lack_validation():
     runs = runs_frame([("relu", 0.1, 1, "done", 0.03, 0.02), ("relu", 0.01, 1, "done", 0.04)])
     result = best_by(runs, [])
