@@ -20,7 +20,8 @@ checked against ours (within one grid step).
 
     pip install -e '.[peers]'
     python benchmarks/peers.py [--epochs 2] [--systems ours,optuna,ray,plain] [--data-dir DIR]
-                               [--train-eval full|sample] [--activations relu,tanh] [--lrs 0.1,1.0]
+                               [--train-eval full|sample] [--peer-threads N]
+                               [--activations relu,tanh] [--lrs 0.1,1.0]
 """
 from __future__ import annotations
 
