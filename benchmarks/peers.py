@@ -40,14 +40,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mnist_core.config import TRAIN_SAMPLE
+
 ACTIVATIONS = ["relu", "tanh", "sigmoid", "leaky_relu"]
 LRS = [0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0]
 SYSTEMS = ["ours", "optuna", "ray", "plain"]
 WIDTH, BATCH, EVAL_BATCH, VALIDATION, SEED = 50, 64, 1000, 10_000, 1
 EXPERIMENT = "peers"
-# What `--train-eval` adds to our sweep file's defaults: the one place to wire our train_eval
-# setting (add "sample" here once `sweep run` accepts it).
-OUR_TRAIN_EVAL = {"full": ""}
+# What `--train-eval` adds to our sweep file's defaults (our runs' train_eval setting).
+OUR_TRAIN_EVAL = {"full": "train_eval: full", "sample": "train_eval: sample"}
 
 
 # ---- the peers' training loop ----------------------------------------------------------------
@@ -303,9 +304,10 @@ def main() -> None:
                         help=f"comma-separated subset of {','.join(SYSTEMS)} [default: all]")
     parser.add_argument("--activations", type=listed(str), default=ACTIVATIONS, help="[default: all four]")
     parser.add_argument("--lrs", type=listed(float), default=LRS, help="[default: the 7 of the grid]")
-    parser.add_argument("--train-eval", choices=["full", "sample"], default="full",
-                        help="each epoch's training error on the whole training set or on a fixed sample")
-    parser.add_argument("--train-sample", type=int, default=10_000,
+    parser.add_argument("--train-eval", choices=["full", "sample"], default="sample",
+                        help="each epoch's training error on the whole training set or on a fixed sample "
+                             "(our runs' train_eval; default: README's) [default: %(default)s]")
+    parser.add_argument("--train-sample", type=int, default=TRAIN_SAMPLE,
                         help="training images in that sample [default: %(default)s]")
     parser.add_argument("--peer-threads", type=int, default=0,
                         help="torch threads in the peers' processes [default: 0, what each peer's users get]")
@@ -317,8 +319,8 @@ def main() -> None:
     unknown = [s for s in args.systems if s not in SYSTEMS] + [a for a in args.activations if a not in ACTIVATIONS]
     if unknown:
         parser.error(f"unknown system(s) or activation(s): {', '.join(unknown)}")
-    if "ours" in args.systems and args.train_eval not in OUR_TRAIN_EVAL:
-        parser.error(f"--train-eval {args.train_eval}: our runs have no such setting yet (see OUR_TRAIN_EVAL)")
+    if "ours" in args.systems and args.train_eval == "sample" and args.train_sample != TRAIN_SAMPLE:
+        parser.error(f"--train-sample {args.train_sample}: our runs' sample is {TRAIN_SAMPLE} images")
     if not (Path(args.data_dir) / "MNIST" / "raw").is_dir():
         parser.error(f"no MNIST/raw/ under {args.data_dir}: pass --data-dir or set $MNIST_DATA")
 
