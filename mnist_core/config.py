@@ -93,8 +93,9 @@ def check_setting(name: str, value):
     return value
 
 
-# Settings that must be equal inside a fused group: the shape, and what fixes the steps.
-GROUP_SETTINGS = ("activation", "depth", "width", "batch_size", "test_batch_size", "epochs", "validation")
+# Settings that must be equal inside a fused group: the shape, and what fixes the steps. Activations
+# may differ (each member's on its slice): larger fused models cost less per network (docs/fused.md).
+GROUP_SETTINGS = ("depth", "width", "batch_size", "test_batch_size", "epochs", "validation")
 
 # Networks per fused model in a sweep: a larger batched model costs less per network-epoch, with
 # returns that fall off (docs/benchmarks.md); 16 keeps most of the gain while leaving several jobs
