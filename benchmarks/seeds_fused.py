@@ -2,8 +2,9 @@
 rates x 3 seeds = 84 reference networks, 1 epoch each), trained solo and fused in this one process on
 the same torch threads, with the same whole-set train and test evaluation every epoch.
 
-Fused, the networks of one activation form a group (21 with three seeds); as `sweep run` does, a
-group over --chunk-size networks (default DEFAULT_CHUNK_SIZE, 16) is split into near-equal chunks
+Fused, the networks of one activation form a group (21 with three seeds; `sweep run` now fuses
+across activations too: benchmarks/activation_fused.py measures that); as `sweep run` does, a group
+over --chunk-size networks (default DEFAULT_CHUNK_SIZE, 16) is split into near-equal chunks
 (21 -> 11 + 10). The members of a chunk differ in seed, so each one's batch is gathered apart,
 (K, 64, 784), and goes through batched products.
 

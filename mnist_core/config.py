@@ -103,9 +103,10 @@ def check_setting(name: str, value):
     return value
 
 
-# Settings that must be equal inside a fused group: the shape, and what fixes the steps.
-GROUP_SETTINGS = ("activation", "depth", "width", "batch_size", "test_batch_size", "epochs", "validation",
-                  "train_eval")
+# Settings that must be equal inside a fused group: the shape, and what fixes the steps and what is
+# measured. Activations may differ (each member's on its slice): larger fused models cost less per
+# network (docs/fused.md).
+GROUP_SETTINGS = ("depth", "width", "batch_size", "test_batch_size", "epochs", "validation", "train_eval")
 
 # Networks per fused model in a sweep: a larger batched model costs less per network-epoch, with
 # returns that fall off (docs/benchmarks.md); 16 keeps most of the gain while leaving several jobs

@@ -1,13 +1,14 @@
 """Train a group of same-shape runs as one batched model (the HFTA idea, MLSys 2021).
 
-K networks that share activation, depth, width and what fixes their steps (batch size, epochs,
-validation split) live in stacked weights. Each member starts from its solo run's weights and sees
-its solo run's batches in its solo run's order (its seed's permutation). When the members share a
-seed they share every mini-batch, which goes through the K first layers as one (784 x K*width)
-matrix product; otherwise each member's batch is gathered into (K, B, 784) for batched products.
-The later layers are batched products either way. The loss is the sum of each member's mean NLL,
-so each member's gradient is its solo gradient, and each member's own lr, momentum and schedule
-apply in the update: a member's numbers are its solo run's up to rounding (in float64, ~1e-15).
+K networks that share depth, width and what fixes their steps (batch size, epochs, validation
+split) live in stacked weights; their activations may differ, each applied to its members' slice.
+Each member starts from its solo run's weights and sees its solo run's batches in its solo run's
+order (its seed's permutation). When the members share a seed they share every mini-batch, which
+goes through the K first layers as one (784 x K*width) matrix product; otherwise each member's
+batch is gathered into (K, B, 784) for batched products. The later layers are batched products
+either way. The loss is the sum of each member's mean NLL, so each member's gradient is its solo
+gradient, and each member's own lr, momentum and schedule apply in the update: a member's numbers
+are its solo run's up to rounding (in float64, ~1e-15).
 
 A member whose loss turns NaN or infinite (diverged), or whose callback returns False (stopped),
 leaves the stacked model, keeping the weights it had; the others go on and cost no more than alone.
@@ -38,31 +39,45 @@ def take(tensors: Sequence[torch.Tensor], dims: Sequence[int], keep: torch.Tenso
     return [t.detach().index_select(d, keep) for t, d in zip(tensors, dims)]
 
 
+def activation_slices(activations: Sequence[nn.Module]) -> list[tuple[nn.Module, int, int]]:
+    """(activation, start, stop) for each run of consecutive members whose activations are alike."""
+    slices: list[tuple[nn.Module, int, int]] = []
+    for k, activation in enumerate(activations):
+        if slices and repr(slices[-1][0]) == repr(activation):  # e.g. "LeakyReLU(negative_slope=0.01)"
+            slices[-1] = (slices[-1][0], slices[-1][1], k + 1)
+        else:
+            slices.append((activation, k, k + 1))
+    return slices
+
+
 class FusedMLP(nn.Module):
     """K MLPs of one shape as stacked weights; forward gives (K, batch, 10) log-probabilities.
 
     The first layer's weight is (784, K, width): seen as (784, K*width) it takes a batch shared by
     every member in one product, seen as (K, 784, width) one batch per member. Every later layer's
-    weight is (K, fan_in, fan_out) and its bias (K, 1, fan_out).
+    weight is (K, fan_in, fan_out) and its bias (K, 1, fan_out). `activations` holds each member's
+    activation; each run of alike ones is applied to its slice of the members in one call.
     """
 
-    def __init__(self, weights: Sequence[torch.Tensor], biases: Sequence[torch.Tensor], activation: nn.Module):
+    def __init__(self, weights: Sequence[torch.Tensor], biases: Sequence[torch.Tensor],
+                 activations: Sequence[nn.Module]):
         super().__init__()
         self.weights = nn.ParameterList(nn.Parameter(w) for w in weights)
         self.biases = nn.ParameterList(nn.Parameter(b) for b in biases)
-        self.activation = activation
+        self.activations = tuple(activations)
+        self.slices = activation_slices(self.activations)
 
     @classmethod
     def stack(cls, members: Sequence[MLP]) -> "FusedMLP":
         linears = [[m for m in net.layers if isinstance(m, nn.Linear)] for net in members]
-        activation = next(m for m in members[0].layers if not isinstance(m, nn.Linear))
+        activations = [next(m for m in net.layers if not isinstance(m, nn.Linear)) for net in members]
         with torch.no_grad():
             weights = [torch.stack([ls[0].weight.t() for ls in linears], dim=1)]
             biases = [torch.stack([ls[0].bias for ls in linears])]
             for i in range(1, len(linears[0])):
                 weights.append(torch.stack([ls[i].weight.t() for ls in linears]))
                 biases.append(torch.stack([ls[i].bias for ls in linears]).unsqueeze(1))
-        return cls(weights, biases, activation)
+        return cls(weights, biases, activations)
 
     @property
     def k(self) -> int:
@@ -74,13 +89,21 @@ class FusedMLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, 784) shared by every member, or (K, B, 784) one batch per member -> (K, B, 10)."""
-        h = self.activation(self._first_layer(x))
+        h = self._activate(self._first_layer(x))
         last = len(self.weights) - 1
         for i in range(1, last + 1):
             h = torch.baddbmm(self.biases[i], h, self.weights[i])
             if i < last:
-                h = self.activation(h)
+                h = self._activate(h)
         return F.log_softmax(h, dim=2)
+
+    def _activate(self, h: torch.Tensor) -> torch.Tensor:
+        """h: (K, B, width); each member's activation on its slice of the members."""
+        if len(self.slices) == 1:
+            return self.slices[0][0](h)
+        # split, not indexing: its backward is one cat, where slices' backward would pad and add
+        parts = h.split([stop - start for _, start, stop in self.slices])
+        return torch.cat([activation(part) for (activation, _, _), part in zip(self.slices, parts)])
 
     def _first_layer(self, x: torch.Tensor) -> torch.Tensor:
         w, b = self.weights[0], self.biases[0]
@@ -92,7 +115,8 @@ class FusedMLP(nn.Module):
     def select(self, keep: torch.Tensor) -> "FusedMLP":
         """A new model of the members `keep` (indices) alone, with copies of their weights."""
         taken = take(list(self.parameters()), self.member_dims(), keep)
-        return FusedMLP(taken[:len(self.weights)], taken[len(self.weights):], self.activation)
+        activations = [self.activations[k] for k in keep.tolist()]
+        return FusedMLP(taken[:len(self.weights)], taken[len(self.weights):], activations)
 
     def member_state_dict(self, k: int) -> dict:
         """Member k's weights as an ordinary MLP state dict (what load_agent expects)."""
@@ -135,14 +159,16 @@ def _per_member(values: torch.Tensor, param: torch.Tensor, dim: int) -> torch.Te
 
 
 class Members:
-    """The members still training: their ids (positions in the group), the stacked model, the
-    momentum buffers and, within an epoch, each one's lr, batch order and running loss."""
+    """The members still training: their ids (positions in the group) in the stacked model's
+    order, the stacked model, the momentum buffers and, within an epoch, each one's lr, batch order
+    and running loss. The stacked model holds the members sorted by activation (stable), so that
+    each activation is one slice."""
 
     def __init__(self, configs: Sequence[RunConfig], device: torch.device, dtype: torch.dtype):
         self.configs = list(configs)
-        self.ids = list(range(len(configs)))
-        self.model = FusedMLP.stack([init_model(c, device, dtype) for c in configs])
-        self.momentum = torch.tensor([c.momentum for c in configs], device=device, dtype=dtype)
+        self.ids = sorted(range(len(configs)), key=lambda i: configs[i].activation)
+        self.model = FusedMLP.stack([init_model(configs[i], device, dtype) for i in self.ids])
+        self.momentum = torch.tensor([configs[i].momentum for i in self.ids], device=device, dtype=dtype)
         params = list(self.model.parameters())
         self.buffers = [torch.zeros_like(p) for p in params] if any(c.momentum for c in configs) else []
 
@@ -265,7 +291,7 @@ def train_fused(configs: Sequence[RunConfig], data: MnistTensors, device: torch.
     results = [TrainResult(config=c, model=None) for c in configs]
     models = {}  # the trained models of the members that left, by id
     for epoch, orders in enumerate(_orders(configs, len(data.train_x)), 1):
-        started, trained = time.perf_counter(), list(members.ids)
+        started, trained = time.perf_counter(), sorted(members.ids)  # called back in the group's order
         members.start_epoch(epoch, orders)
         gone = _train_epoch(members, data, configs[0].batch_size)
         models.update(gone)

@@ -51,10 +51,10 @@ def mixed_group(activation, seeds, epochs=3, **common):
 
 
 def test_jobs_group_same_shape_runs_and_split_big_groups():
-    runs = [planned(lr=lr / 100, activation=a) for a in ("relu", "tanh") for lr in range(1, 11)]
+    runs = [planned(lr=lr / 100, activation=a) for a in ("relu", "tanh") for lr in range(1, 10)]
     runs.append(planned(width=7))
     jobs = plan_jobs(runs, "auto", chunk_size=4)
-    assert sorted(len(j) for j in jobs) == [1, 3, 3, 3, 3, 4, 4]  # 10 -> 4+3+3 per activation, the odd one alone
+    assert sorted(len(j) for j in jobs) == [1, 3, 3, 4, 4, 4]  # both activations' 18 -> 4+4+4+3+3, the odd one alone
     assert all(len({group_key(r.config) for r in job}) == 1 for job in jobs)
     assert sorted(r.key for job in jobs for r in job) == sorted(r.key for r in runs)
     assert [len(j) for j in plan_jobs(runs, "solo")] == [1] * len(runs)
@@ -62,32 +62,53 @@ def test_jobs_group_same_shape_runs_and_split_big_groups():
         plan_jobs(runs, "turbo")
 
 
-def test_seeds_fuse_but_shapes_and_validation_split_groups():
-    assert "seed" not in GROUP_SETTINGS and "validation" in GROUP_SETTINGS
+def test_seeds_and_activations_fuse_but_shapes_and_validation_split_groups():
+    assert "seed" not in GROUP_SETTINGS and "activation" not in GROUP_SETTINGS and "validation" in GROUP_SETTINGS
     assert group_key(RunConfig(seed=1, lr=0.1)) == group_key(RunConfig(seed=2, lr=0.3, momentum=0.9))
+    assert group_key(RunConfig(activation="tanh")) == group_key(RunConfig(activation="leaky_relu"))
+    assert group_key(RunConfig(depth=3)) != group_key(RunConfig())
     assert group_key(RunConfig(validation=100)) != group_key(RunConfig())
 
 
+def interleaved_activations_group(seeds, epochs=3, **common):
+    """Eight members, two of each activation, given out of order (relu, tanh, sigmoid, leaky_relu,
+    relu, ...): lrs, momentum, cosine and exponential schedules, and `seeds`."""
+    settings = [dict(lr=0.05), dict(lr=0.2, momentum=0.5), dict(lr=0.1, schedule="cosine"),
+                dict(lr=0.1, schedule="exponential", gamma=0.5)]
+    return [RunConfig(activation=ACTIVATIONS[i % 4], epochs=epochs, seed=seeds[i], **settings[(i + i // 4) % 4],
+                      **common) for i in range(8)]
+
+
+@pytest.mark.parametrize("activations, slices",
+                         [(("tanh",) * 3, 1), (("relu", "sigmoid", "sigmoid", "relu", "tanh"), 4)],
+                         ids=["one-activation", "interleaved-activations"])
 @pytest.mark.parametrize("batched", [False, True], ids=["shared-batch", "batch-per-member"])
-def test_fused_forward_equals_each_member(batched, pinned_threads):
-    members = [init_model(RunConfig(depth=3, width=9, activation="tanh", seed=s), "cpu", torch.float64)
-               for s in (1, 2, 3)]
+def test_fused_forward_equals_each_member(batched, activations, slices, pinned_threads):
+    members = [init_model(RunConfig(depth=3, width=9, activation=a, seed=s), "cpu", torch.float64)
+               for s, a in enumerate(activations, 1)]
     fused = FusedMLP.stack(members)
-    x = torch.randn(3, 5, 784, dtype=torch.float64) if batched else torch.randn(5, 784, dtype=torch.float64)
+    assert len(fused.slices) == slices  # one activation call per run of alike members
+    k = len(members)
+    x = torch.randn(k, 5, 784, dtype=torch.float64) if batched else torch.randn(5, 784, dtype=torch.float64)
     out = fused(x)
-    assert out.shape == (3, 5, 10)
+    assert out.shape == (k, 5, 10)
     for k, member in enumerate(members):
         assert torch.allclose(out[k], member(x[k] if batched else x), rtol=TOLERANCE, atol=0)
         assert all(torch.equal(v, member.state_dict()[n]) for n, v in fused.member_state_dict(k).items())
 
 
 def test_select_keeps_the_chosen_members_and_drops_their_cost():
-    members = [init_model(RunConfig(width=6, seed=s), "cpu") for s in (1, 2, 3, 4)]
+    activations = ("relu", "relu", "tanh", "sigmoid")
+    members = [init_model(RunConfig(width=6, seed=s, activation=a), "cpu") for s, a in enumerate(activations, 1)]
     fused = FusedMLP.stack(members)
     kept = fused.select(torch.tensor([0, 2, 3]))
     assert kept.k == 3 and sum(p.numel() for p in kept.parameters()) == 3 * sum(p.numel() for p in members[0].parameters())
     for k, original in zip(range(3), (0, 2, 3)):
         assert all(torch.equal(v, members[original].state_dict()[n]) for n, v in kept.member_state_dict(k).items())
+    assert [(type(a).__name__, start, stop) for a, start, stop in kept.slices] == [
+        ("ReLU", 0, 1), ("Tanh", 1, 2), ("Sigmoid", 2, 3)]
+    x = torch.randn(4, 784)
+    assert torch.equal(kept(x), fused(x)[[0, 2, 3]])
 
 
 @pytest.mark.parametrize("seeds", [(1, 1, 1, 1), (1, 2, 3, 2)], ids=["one-seed", "mixed-seeds"])
@@ -102,6 +123,33 @@ def test_members_are_their_solo_runs_in_float64(activation, seeds, tiny_data64, 
         assert_same_run(result, train(config, tiny_data64))
 
 
+@pytest.mark.parametrize("seeds", [(1,) * 8, (1, 2, 3, 2, 1, 3, 2, 1)], ids=["one-seed", "mixed-seeds"])
+def test_members_of_different_activations_are_their_solo_runs_in_float64(seeds, tiny_data64, pinned_threads):
+    configs = interleaved_activations_group(seeds)
+    seen = []
+    fused = train_fused(configs, tiny_data64, on_epoch=lambda i, r: seen.append((i, r.epoch)))
+    assert seen == [(i, e) for e in (1, 2, 3) for i in range(8)]  # in the group's order, each epoch
+    for config, result in zip(configs, fused):
+        solo = train(config, tiny_data64)
+        assert result.config == config and repr(result.model) == repr(solo.model)  # its own activation
+        assert_same_run(result, solo)
+
+
+def test_members_of_different_activations_leave_and_the_others_are_unchanged(tiny_data64, pinned_threads):
+    # batch 4: 80 steps an epoch; relu at lr 1e20 diverges mid-epoch 1, the tanh member is stopped
+    # after epoch 1: each is its activation's only member, so its slice goes with it
+    configs = [RunConfig(activation=a, epochs=3, batch_size=4, lr=lr, seed=s)
+               for a, lr, s in (("sigmoid", 0.05, 1), ("relu", 1e20, 2), ("leaky_relu", 0.02, 1),
+                                ("tanh", 0.02, 3), ("sigmoid", 0.1, 2))]
+    fused = train_fused(configs, tiny_data64, on_epoch=lambda i, r: i != 3)
+    assert [r.diverged for r in fused] == [False, True, False, False, False]
+    assert [r.stopped for r in fused] == [False, False, False, True, False]
+    assert_same_run(fused[3], train(configs[3], tiny_data64, on_epoch=lambda r: False))
+    assert len(fused[1].history) == len(train(configs[1], tiny_data64).history) == 1
+    for i in (0, 2, 4):
+        assert_same_run(fused[i], train(configs[i], tiny_data64))
+
+
 def test_member_lr_is_the_schedules_python_float(tiny_data):
     configs = [RunConfig(epochs=2, lr=0.03), RunConfig(epochs=2, lr=0.1, schedule="cosine")]
     for config, result in zip(configs, train_fused(configs, tiny_data)):
@@ -112,6 +160,7 @@ def test_member_lr_is_the_schedules_python_float(tiny_data):
 
 def test_members_with_validation_are_their_solo_runs(tiny_data64, pinned_threads):
     configs = mixed_group("relu", (1, 2, 1, 3), epochs=2, validation=64)
+    configs += interleaved_activations_group((2, 1, 3, 1, 2, 2, 1, 3), epochs=2, validation=64)
     for config, result in zip(configs, train_fused(configs, tiny_data64)):
         assert all(r.val_error is not None for r in result.history)
         assert_same_run(result, train(config, tiny_data64))
@@ -181,7 +230,9 @@ def test_members_are_their_solo_runs_on_real_mnist_for_one_epoch(real_data_dir, 
     # difference (1e-16) grows about 10x every 50 steps, to ~1e-6 of the weights in one epoch.
     groups = [[RunConfig(epochs=1, lr=0.03, seed=1), RunConfig(epochs=1, lr=0.1, momentum=0.5, seed=2),
                RunConfig(epochs=1, lr=0.05, seed=3)],                                # a batch per member
-              [RunConfig(activation="tanh", epochs=1, lr=lr) for lr in (0.03, 0.1)]]  # one shared batch
+              [RunConfig(activation="tanh", epochs=1, lr=lr) for lr in (0.03, 0.1)],  # one shared batch
+              [RunConfig(activation=a, epochs=1, lr=lr) for a, lr in (("sigmoid", 0.1), ("relu", 0.03),
+                                                                      ("leaky_relu", 0.1), ("tanh", 0.05))]]
     for configs in groups:
         for config, result in zip(configs, train_fused(configs, data)):
             assert_same_run(result, train(config, data))
