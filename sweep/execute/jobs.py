@@ -14,9 +14,12 @@ def expected_cost(run: PlannedRun) -> float:
     return c.epochs * (784 * c.width + (c.depth - 1) * c.width * c.width + 10 * c.width)
 
 
-def plan_jobs(runs: list[PlannedRun], engine: str = "auto", chunk_size: int = DEFAULT_CHUNK_SIZE) -> list[tuple]:
+def plan_jobs(runs: list[PlannedRun], engine: str = "auto", chunk_size: int = DEFAULT_CHUNK_SIZE,
+              workers: int = 1) -> list[tuple]:
     """Runs per job, the most expensive jobs first so that the slowest does not start last:
-    each run alone (solo), or same-shape groups in chunks of at most `chunk_size` (fused)."""
+    each run alone (solo), or same-shape groups in chunks of at most `chunk_size` (fused). A fused
+    job that would cost more than a worker's share of the whole (of `workers`) is halved until none
+    does, or it is one run: a smaller model costs a little more per network, a waiting core all of its time."""
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
     if engine == "solo" or chunk_size < 2:
@@ -28,10 +31,27 @@ def plan_jobs(runs: list[PlannedRun], engine: str = "auto", chunk_size: int = DE
         jobs = []
         for members in groups.values():
             n_chunks = -(-len(members) // chunk_size)
-            base, extra = divmod(len(members), n_chunks)  # near-equal chunks, none over chunk_size
-            start = 0
-            for i in range(n_chunks):
-                size = base + (i < extra)
-                jobs.append(tuple(members[start:start + size]))
-                start += size
-    return sorted(jobs, key=lambda job: sum(expected_cost(r) for r in job), reverse=True)
+            jobs += _chunks(members, n_chunks)
+        share = sum(map(job_cost, jobs)) / max(1, workers)
+        while len(jobs) > 0 and workers > 1:
+            largest = max(jobs, key=job_cost)
+            if len(largest) < 2 or job_cost(largest) <= share:
+                break
+            jobs.remove(largest)
+            jobs += _chunks(list(largest), 2)
+    return sorted(jobs, key=job_cost, reverse=True)
+
+
+def job_cost(job: tuple) -> float:
+    return sum(expected_cost(r) for r in job)
+
+
+def _chunks(members: list, n_chunks: int) -> list[tuple]:
+    """`members` in `n_chunks` near-equal chunks, in order."""
+    base, extra = divmod(len(members), n_chunks)
+    chunks, start = [], 0
+    for i in range(n_chunks):
+        size = base + (i < extra)
+        chunks.append(tuple(members[start:start + size]))
+        start += size
+    return chunks

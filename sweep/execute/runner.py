@@ -149,11 +149,11 @@ class Sweep:
                 self.todo_keys.update(more)
                 self.summary.to_train += len(more)
                 self.progress.more(len(more))
-            jobs = plan_jobs(todo, self.settings.engine, self.settings.chunk_size)
+            jobs = plan_jobs(todo, self.settings.engine, self.settings.chunk_size, self.summary.jobs)
             asked = self.trials.ask(max(0, self.summary.jobs - len(jobs)), todo) if self.trials.searches else []
             if asked:
                 todo += asked
-                jobs = plan_jobs(todo, self.settings.engine, self.settings.chunk_size)
+                jobs = plan_jobs(todo, self.settings.engine, self.settings.chunk_size, self.summary.jobs)
             if todo:
                 attempt += 1
                 round_ = self._dispatch(jobs, attempt)

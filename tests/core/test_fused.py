@@ -15,6 +15,7 @@ from mnist_core.fused import GROUP_SETTINGS, FusedMLP, group_key, train_fused
 from mnist_core.trainer import init_model
 from sweep.cli import main
 from sweep.execute import plan_jobs
+from sweep.execute.jobs import job_cost
 from sweep.queue import schema
 from sweep.spec import PlannedRun, run_key, run_name
 
@@ -60,6 +61,18 @@ def test_jobs_group_same_shape_runs_and_split_big_groups():
     assert [len(j) for j in plan_jobs(runs, "solo")] == [1] * len(runs)
     with pytest.raises(ValueError, match="unknown engine"):
         plan_jobs(runs, "turbo")
+
+
+@pytest.mark.parametrize("workers", [2, 3, 4])
+def test_no_job_costs_more_than_a_workers_share_unless_it_is_one_run(workers):
+    grid = [planned(lr=lr / 100, activation=a) for a in ("relu", "tanh", "sigmoid", "leaky_relu") for lr in (1, 3, 10, 30)]
+    assert [len(j) for j in plan_jobs(grid, "auto", chunk_size=16)] == [16]  # one worker would do it all
+    jobs = plan_jobs(grid, "auto", chunk_size=16, workers=workers)
+    assert max(job_cost(j) for j in jobs) <= sum(job_cost(j) for j in jobs) / workers
+    assert len(jobs) >= workers and sorted(r.key for job in jobs for r in job) == sorted(r.key for r in grid)
+    wide = [planned(width=200, lr=0.1)] + [planned(width=10, lr=lr / 100) for lr in range(1, 5)]
+    jobs = plan_jobs(wide, "auto", chunk_size=16, workers=2)
+    assert [len(j) for j in jobs] == [1, 4]  # the wide run alone costs more than the share: nothing to halve
 
 
 def test_seeds_and_activations_fuse_but_shapes_and_validation_split_groups():

@@ -51,9 +51,9 @@ def test_a_sweep_run_here_tracks_every_run_once_while_a_status_reads_beside_it(e
     summary = Sweep(spec, MlflowStore(uri), Settings(jobs=2), progress=reading, pool=Here()).run()
     keys = {r.key for r in expand(spec)}
     assert summary.exit_code == 0 and summary.count("done") == len(keys) == 10
-    # auto engine: each shape's runs train as one model, whatever their activation (width 50: relu and
-    # tanh, 8; width 20: 2)
-    assert sorted(o.together for o in summary.outcomes.values()) == [2, 2] + [8] * 8
+    # auto engine: each shape's runs train as one model, whatever their activation (width 20: 2), but
+    # none costs more than one of the two workers' share (width 50's 8, relu and tanh: halved)
+    assert sorted(o.together for o in summary.outcomes.values()) == [2, 2] + [4] * 8
     assert_each_key_finished_once(training_runs(), keys)
     done = [sum(state == "done" for state in read.values()) for read in reading.read]
     assert done == sorted(done) and done[-1] == len(keys)  # each read as new as the store: never behind
