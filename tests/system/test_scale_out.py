@@ -1,11 +1,7 @@
 """Scale-out for real on this machine: an MLflow tracking server on 127.0.0.1 and a dask (and ray)
 cluster on loopback, running a small sweep on tiny IDX data."""
 import os
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from collections import Counter
 
 import pytest
@@ -16,40 +12,18 @@ from mnist_core import load_agent
 from sweep.cli import main
 from sweep.queue import schema
 
+from servers import free_port, mlflow_server
+
 pytestmark = pytest.mark.system  # subprocesses, signals, clusters, store races
 
 SPEC = "experiment: {name}\ndefaults: {{epochs: 2}}\ngrids:\n  g: {{lr: [0.05, 0.1, 0.2], width: [16, 32]}}\n"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def tracking_server(tmp_path_factory):
     folder = tmp_path_factory.mktemp("server")
-    port = free_port()
-    mlflow_bin = os.path.join(os.path.dirname(sys.executable), "mlflow")
-    proc = subprocess.Popen([mlflow_bin, "server", "--host", "127.0.0.1", "--port", str(port),
-                             "--backend-store-uri", f"sqlite:///{folder}/mlflow.db",
-                             "--artifacts-destination", str(folder / "artifacts"), "--workers", "1"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 90
-    while True:
-        try:
-            urllib.request.urlopen(f"{url}/health", timeout=2)
-            break
-        except OSError:
-            if time.time() > deadline or proc.poll() is not None:
-                proc.kill()
-                pytest.fail("mlflow server did not start")
-            time.sleep(0.5)
-    yield url
-    proc.terminate()
-    proc.wait(timeout=20)
+    with mlflow_server(f"sqlite:///{folder}/mlflow.db", folder / "artifacts") as url:
+        yield url
 
 
 def check_sweep_arrived(url, experiment, tmp_path):
