@@ -10,7 +10,6 @@ import signal
 import socket
 import sys
 import threading
-import warnings
 from typing import Iterator, Optional
 from urllib.parse import urlsplit
 
@@ -19,7 +18,7 @@ from joblib.parallel import get_active_backend
 
 from ..errors import SweepError
 from .settings import BACKENDS
-from .worker import Job, Outcome, execute, warm_up
+from .worker import Job, Outcome, execute
 
 KNOCK_SECONDS = 5      # is anything listening at the address at all
 CONNECT_SECONDS = 10   # for a dask scheduler that listens to answer
@@ -100,25 +99,8 @@ class JoblibPool:
 
     def __init__(self, backend: str = "loky"):
         self.backend, self.used = backend, False
-        self.warming = None
-
-    def warm(self, workers: int, data_dir: Optional[str], device: str) -> None:
-        """Start `workers` local workers (the pool a round of that many jobs runs on) loading torch,
-        MLflow and MNIST now, so that this comes off the first round's path; the first round waits
-        for them. Remote backends start their workers themselves."""
-        if self.backend != "loky" or workers < 1:
-            return
-        _start_resource_tracker_deaf_to_hangups()
-        self.used = True
-        with parallel_config(backend="loky", n_jobs=max(2, workers)):  # as Round asks for it
-            self.warming = Parallel(return_as="generator_unordered")(
-                delayed(warm_up)(data_dir, device) for _ in range(workers))
 
     def round(self, jobs: list[Job], n_jobs: int) -> "Round":
-        if self.warming is not None:  # consumed, not dropped: joblib stops the workers of a dropped call
-            warming, self.warming = self.warming, None
-            for _ in warming:
-                pass
         if self.backend == "loky":
             _start_resource_tracker_deaf_to_hangups()
         self.used = True
@@ -127,11 +109,6 @@ class JoblibPool:
     def close(self) -> None:
         """Stop the local worker processes that joblib keeps for reuse, so that a finished sweep
         leaves no process behind (holding its output open, or cleaning up after it at exit)."""
-        if self.warming is not None:  # no round came: stop the warming call as joblib does
-            warming, self.warming = self.warming, None
-            with warnings.catch_warnings():  # joblib's "tasks ... have been cancelled": what was asked
-                warnings.simplefilter("ignore")
-                warming.close()
         if self.backend == "loky" and self.used:
             from joblib.externals.loky import get_reusable_executor
 

@@ -61,13 +61,11 @@ def run_sweep(spec: SweepSpec, uri: str, settings: Settings = Settings(), grids=
     done in the tracking store at `uri`, and nothing else."""
     from ..tracking.mlflow_store import MlflowStore
 
-    planned = expand(spec, grids)  # an unknown grid or search, or too many runs, is refused before anything is written
+    expand(spec, grids)  # an unknown grid or search, or too many runs, is refused before anything is written
     check_settings(settings, uri)
     with backend_session(settings.backend, settings.address):  # an unreachable cluster fails before any write
         pool = JoblibPool(settings.backend)
         try:
-            jobs = settings.jobs or default_jobs(gpu_count(), available_cores())
-            pool.warm(min(jobs, max(1, len(planned))), settings.data_dir, settings.device)
             return Sweep(spec, MlflowStore(open_store(uri)), settings, grids, progress, pool).run()
         finally:
             pool.close()

@@ -162,21 +162,6 @@ def train_runs(job: Job, leases: list[Lease], planned_of: dict, judge: Judge) ->
     return [trained(result) for result in results]
 
 
-def warm_up(data_dir: Optional[str], device: str) -> None:
-    """Load ahead what every job of this worker process needs, while the sweep's process opens the
-    store: torch, MLflow's client modules and, when training on the CPU, MNIST in memory (as the
-    jobs will ask for it). Touches no store; a failure here is left for the job to meet and report."""
-    with contextlib.suppress(Exception):
-        import mlflow.store.tracking.sqlalchemy_store  # noqa: F401  (the client's store, with sqlalchemy)
-        import torch  # noqa: F401
-
-        from mnist_core import load_mnist, resolve_device
-
-        resolved = resolve_device(device)
-        if resolved.type == "cpu":
-            load_mnist(data_dir, resolved)
-
-
 def _failed(lease: Lease, planned, exc: BaseException) -> Outcome:
     """Mark the run FAILED (if it is still ours), keeping the error and its traceback, and say so."""
     with contextlib.suppress(queue.TrackingError):
