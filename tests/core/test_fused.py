@@ -243,9 +243,8 @@ def test_members_are_their_solo_runs_on_real_mnist_for_one_epoch(real_data_dir, 
     # difference (1e-16) grows about 10x every 50 steps, to ~1e-6 of the weights in one epoch.
     groups = [[RunConfig(epochs=1, lr=0.03, seed=1), RunConfig(epochs=1, lr=0.1, momentum=0.5, seed=2),
                RunConfig(epochs=1, lr=0.05, seed=3)],                                # a batch per member
-              [RunConfig(activation="tanh", epochs=1, lr=lr) for lr in (0.03, 0.1)],  # one shared batch
-              [RunConfig(activation=a, epochs=1, lr=lr) for a, lr in (("sigmoid", 0.1), ("relu", 0.03),
-                                                                      ("leaky_relu", 0.1), ("tanh", 0.05))]]
+              [RunConfig(activation=a, epochs=1, lr=lr) for a, lr in (("sigmoid", 0.1), ("relu", 0.03),  # one
+                                                                      ("leaky_relu", 0.1), ("tanh", 0.05))]]  # batch
     for configs in groups:
         for config, result in zip(configs, train_fused(configs, data)):
             assert_same_run(result, train(config, data))

@@ -750,7 +750,8 @@ def check_world(world: World, sweeps: list, spec, text: str) -> None:
     last = start_sweep(world2, plan, "resume", Settings(jobs=2, lease_seconds=6.0), world2.now)
     world2.run()
     if last.exit_code != 0:
-        raise Failure(f"the resume after the schedule exited {last.exit_code}")
+        stalled = f" (stalled: {last.summary.stalled})" if last.summary is not None and last.summary.stalled else ""
+        raise Failure(f"the resume after the schedule exited {last.exit_code}{stalled}")
     runs = [r for r in world.memory.runs() if not r.deleted]
     training = [schema.decode(r) for r in runs if r.tags.get(schema.KIND) == schema.TRAIN]
     finished = Counter(a.key for a in training if a.status == "FINISHED")

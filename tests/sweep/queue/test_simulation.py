@@ -13,7 +13,7 @@ from conftest import ROOT
 
 HERE = Path(__file__).parent
 SWEEP = ROOT / "sweep"
-SCHEDULES = int(os.environ.get("SIM_SCHEDULES", 1500))  # what CI explores; README says so
+SCHEDULES = int(os.environ.get("SIM_SCHEDULES", 1000))  # what CI explores; README says so
 
 
 def simulate(schedules: int, first_seed: int = 0, pythonpath: str = "", parts: int = 2,
