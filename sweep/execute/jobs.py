@@ -33,7 +33,7 @@ def plan_jobs(runs: list[PlannedRun], engine: str = "auto", chunk_size: int = DE
             n_chunks = -(-len(members) // chunk_size)
             jobs += _chunks(members, n_chunks)
         share = sum(map(job_cost, jobs)) / max(1, workers)
-        while len(jobs) > 0 and workers > 1:
+        while workers > 1 and jobs:
             largest = max(jobs, key=job_cost)
             if len(largest) < 2 or job_cost(largest) <= share:
                 break
