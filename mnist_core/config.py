@@ -6,6 +6,7 @@ is a plain int, float or str.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass, field
 
 ACTIVATIONS = ("relu", "tanh", "sigmoid", "leaky_relu")
@@ -40,8 +41,12 @@ class RunConfig:
                                "(10,000 fixed training images) or full (every training image)")
 
     def __post_init__(self):
-        for f in dataclasses.fields(self):
-            object.__setattr__(self, f.name, check_setting(f.name, getattr(self, f.name)))
+        settings = vars(self)  # frozen: the checked values go in through the instance's dict
+        for name, value in settings.items():
+            try:
+                settings[name] = _checked(name, value)
+            except TypeError:  # an unhashable value: check_setting says what is wrong with it
+                settings[name] = check_setting(name, value)
 
     def replace(self, **changes) -> "RunConfig":
         return dataclasses.replace(self, **changes)
@@ -72,6 +77,13 @@ _RANGES = {
 # seeds of one setting (runs stored before train_eval existed have no value for it).
 MEASURED_ONLY = ("train_eval",)
 CHOICES = {"activation": ACTIVATIONS, "schedule": SCHEDULES, "train_eval": TRAIN_EVALS}
+
+
+# A grid of N runs builds N configs from a few values per setting: each value is checked once.
+# typed: 1, 1.0 and True are checked apart (an int setting refuses 1.0 and True).
+@functools.lru_cache(maxsize=4096, typed=True)
+def _checked(name: str, value):
+    return check_setting(name, value)
 
 
 def check_setting(name: str, value):

@@ -9,7 +9,7 @@ import itertools
 import json
 from dataclasses import dataclass
 
-from mnist_core.config import DEFAULTS, SETTING_NAMES, RunConfig
+from mnist_core.config import DEFAULTS, RunConfig
 
 from .file import SpecError, SweepSpec, check_count, select
 from .space import SearchSpec, cut, shown
@@ -38,11 +38,8 @@ class PlannedRun:
 
 
 def run_key(config: RunConfig) -> str:
-    params = {}
-    for setting in SETTING_NAMES:
-        value = getattr(config, setting)
-        if setting in _KEYED_ALWAYS or value != DEFAULTS[setting]:
-            params[setting] = value
+    params = {setting: value for setting, value in vars(config).items()
+              if setting in _KEYED_ALWAYS or value != DEFAULTS[setting]}
     return hashlib.sha256(_KEY_JSON(params).encode()).hexdigest()[:16]
 
 
@@ -50,8 +47,7 @@ def run_name(config: RunConfig) -> str:
     parts = [config.activation, f"lr{config.lr:g}", f"d{config.depth}", f"w{config.width}"]
     if config.schedule != DEFAULTS["schedule"]:
         parts.append(config.schedule)
-    for setting in SETTING_NAMES:
-        value = getattr(config, setting)
+    for setting, value in vars(config).items():
         if setting not in _NAME_HEAD and value != DEFAULTS[setting]:
             tag = _NAME_TAGS.get(setting, setting)
             parts.append(f"{tag}{value:g}" if isinstance(value, float) else f"{tag}{value}")

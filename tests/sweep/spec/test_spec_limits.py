@@ -170,8 +170,6 @@ def test_run_key_is_the_hash_of_the_first_settings():
 def test_a_new_setting_changes_no_key_until_it_is_used(monkeypatch):
     config = RunConfig(lr=0.1, seed=2)
     key = run_key(config)
-    names = spec_module.SETTING_NAMES + ("holdout",)
-    monkeypatch.setattr(spec_module, "SETTING_NAMES", names)
     monkeypatch.setattr(spec_module, "DEFAULTS", {**spec_module.DEFAULTS, "holdout": 0})
     at_default = types.SimpleNamespace(**config.as_params(), holdout=0)
     used = types.SimpleNamespace(**config.as_params(), holdout=5000)
