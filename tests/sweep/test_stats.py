@@ -155,6 +155,19 @@ def test_p_ahead_is_the_mann_whitney_share_of_pairs_and_its_bootstrap_interval_i
     assert math.isnan(stats.prob_ahead([], [0.03]))
 
 
+@pytest.mark.parametrize("a, b", [([0.030, 0.031, 0.035], [0.031, 0.033, 0.036, 0.040]),
+                                  ([0.02, 0.02], [0.02, 0.03]), ([0.1, 0.3, 0.2, 0.5, 0.4], [0.25, 0.35])])
+def test_the_bootstrap_interval_is_scipys_percentile_bootstrap(a, b):
+    def ahead(x, y, axis):  # the share of pairs in which x's value is lower, ties half
+        x, y = np.moveaxis(x, axis, -1)[..., :, None], np.moveaxis(y, axis, -1)[..., None, :]
+        return (x < y).mean(axis=(-2, -1)) + (x == y).mean(axis=(-2, -1)) / 2
+
+    found = scipy_stats.bootstrap((np.array(a), np.array(b)), ahead,
+                                  n_resamples=stats.BOOTSTRAP_RESAMPLES, method="percentile", vectorized=True,
+                                  rng=np.random.default_rng(stats.BOOTSTRAP_SEED))
+    assert stats.prob_ahead_interval(a, b) == pytest.approx(tuple(found.confidence_interval), abs=1e-12)
+
+
 @pytest.mark.parametrize("effect, seeds", [(1.0, 17), (0.5, 64), (0.8, 26)])
 def test_seeds_needed_matches_the_textbook_table(effect, seeds):
     # Cohen's table for a two-sided two-sample t-test at alpha 0.05 and 80% power: d 0.5 -> 64, 0.8 -> 26, 1.0 -> 17
