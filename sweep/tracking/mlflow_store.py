@@ -8,6 +8,7 @@ from typing import Iterable, Optional
 from .. import interrupts, tracking
 from ..queue.base import LOCAL, Host, Query, RunRow, Store
 from ..queue.index import index_path
+from .sqlite_read import reader
 
 _IDS_PER_SEARCH = 100
 
@@ -30,6 +31,11 @@ class MlflowStore(Store):
         return tracking.ensure_experiment(self.uri, name)
 
     def find_experiment(self, name: str) -> Optional[str]:
+        direct = reader(self.uri)
+        if direct is not None:
+            answered, experiment_id = direct.find_experiment(name)
+            if answered:
+                return experiment_id
         return tracking.find_experiment(self.uri, name)
 
     def create_run(self, experiment_id: str, name: str, tags: dict) -> str:
@@ -54,6 +60,9 @@ class MlflowStore(Store):
     def find(self, experiment_id: str, query: Query) -> list[RunRow]:
         if query.tags:
             tracking.index_tag_values(self.uri)  # so that a lookup by tag reads those runs alone
+        direct = reader(self.uri)
+        if direct is not None:  # a local SQLite store: read with SQL, without importing MLflow
+            return direct.find(experiment_id, query)
         order = ["attributes.start_time ASC"] if query.oldest_first else None
         if query.run_ids is None:
             return tracking.search(self.uri, experiment_id, filter_string(query), query.view, query.limit, order)

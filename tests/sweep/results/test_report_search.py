@@ -125,7 +125,7 @@ def test_best_so_far_ignores_trials_without_a_result():
 def test_fetch_results_reads_curves_and_trials_from_the_one_read(searched, monkeypatch):
     _, spec, uri, ids = searched
     calls = []
-    for owner, name in ((Index, "sync"), (tracking, "find_experiment"), (queue, "find_parent"),
+    for owner, name in ((Index, "sync"), (MlflowStore, "find_experiment"), (queue, "find_parent"),
                         (tracking, "metric_history")):
         original = getattr(owner, name)
         monkeypatch.setattr(owner, name, lambda *a, _f=original, _n=name: calls.append((_n, a)) or _f(*a))

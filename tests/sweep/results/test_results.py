@@ -12,6 +12,7 @@ from sweep.results import words
 from sweep.results.analysis import GridView, unstable_runs
 from sweep.results.fetch import COLUMNS, fetch_results
 from sweep.spec import SpecError, expand
+from sweep.tracking.mlflow_store import MlflowStore
 
 from conftest import log_run, new_store
 
@@ -84,7 +85,7 @@ def test_a_grid_narrows_the_runs_and_an_unknown_grid_fails_before_the_store_is_r
 def test_the_experiment_is_read_once_and_histories_in_the_same_step(store, monkeypatch):
     spec, uri, _, _, ids = store
     calls = []
-    for owner, name in ((Index, "sync"), (tracking, "metric_history"), (tracking, "find_experiment"),
+    for owner, name in ((Index, "sync"), (tracking, "metric_history"), (MlflowStore, "find_experiment"),
                         (queue, "find_parent")):
         original = getattr(owner, name)
         monkeypatch.setattr(owner, name, lambda *a, _f=original, _n=name: calls.append(_n) or _f(*a))
