@@ -51,10 +51,11 @@ def command(spec, grids, tracking_uri):
         click.echo(f"search {name}: {len(done)} of {len(keys)} trials done ({stopped} stopped early, {duplicates} "
                    f"duplicate{'' if duplicates == 1 else 's'}), {running} running"
                    + (f", {failed} failed" if failed else ""))
-    errors = queue.last_errors(read.attempts)
-    names = {**_latest_names(read.attempts), **{r.key: r.name for r in runs}}
-    for key, state in read.states.items():
-        if state == schema.FAILED:
+    failed = [key for key, state in read.states.items() if state == schema.FAILED]
+    if failed:
+        errors = queue.last_errors(read.attempts)
+        names = {**_latest_names(read.attempts), **{r.key: r.name for r in runs}}
+        for key in failed:
             error = errors.get(key, "")
             click.echo(f"  failed: {names.get(key, key)}: {error.splitlines()[0] if error else '?'}")
 
