@@ -108,8 +108,10 @@ def encode_curve(values: Iterable[float]) -> str:
 def decode_curve(text: Optional[str]) -> tuple:
     """The per-epoch values of a curve tag (NaN where an epoch had none); () for none or a tag edited
     beyond reading."""
+    if not text:
+        return ()
     try:
-        values = json.loads(text or "[]")
+        values = json.loads(text)
         return tuple(math.nan if v is None else float(v) for v in values)
     except (ValueError, TypeError):
         return ()
@@ -135,13 +137,13 @@ def setting(name: str, text: str):
 def setting_column(name: str, texts) -> list:
     """A setting's values from the logged params of many runs (None where a run has none, or one that
     is not a value of the setting)."""
-    decoded = []
-    for text in texts:
+    values = {}  # a sweep's runs share a few values of each setting: each text is decoded once
+    for text in set(texts):
         try:
-            decoded.append(None if text is None else setting(name, text))
+            values[text] = None if text is None else setting(name, text)
         except ValueError:
-            decoded.append(None)
-    return decoded
+            values[text] = None
+    return [values[text] for text in texts]
 
 
 def settings(params: dict) -> dict:
