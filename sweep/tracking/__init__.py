@@ -244,22 +244,28 @@ def download_artifact(uri: str, run_id: str, path: str, dst: str | os.PathLike) 
     return client(uri).download_artifacts(run_id, path, str(dst))
 
 
-_TAG_INDEX = "create index if not exists sweep_tags_key_value on tags (key, value)"
+_INDEXES = ("create index if not exists sweep_tags_key_value on tags (key, value)",
+            # what a sync of the mirror asks: runs ended since, runs RUNNING, runs deleted
+            "create index if not exists sweep_runs_end on runs (experiment_id, end_time)",
+            "create index if not exists sweep_runs_status on runs (experiment_id, status, lifecycle_stage)",
+            "create index if not exists sweep_runs_lifecycle on runs (experiment_id, lifecycle_stage, status)")
 _tags_indexed: set = set()
 
 
 def index_tag_values(uri: str) -> None:
-    """Give a local store an index on its tags' values (once per process), so that finding a key's
-    runs, a session's or the sweep's parent reads those runs alone. MLflow indexes its tags table
-    by (key, run) only: without this, each claim reads the tags of every run in the store, and a
-    claim's cost grows with the number of runs. A tracking server's database needs the same index
-    from its administrator (see docs/scaling.md)."""
+    """Give a local store indexes on its tags' values and on the runs' end time, status and
+    lifecycle (once per process), so that finding a key's runs, a session's or the sweep's parent
+    reads those runs alone, and so does a sync of the mirror. MLflow indexes its tags table by
+    (key, run) only: without this, each claim reads the tags of every run in the store, and a
+    claim's cost grows with the number of runs. A tracking server's database needs the tags'
+    index from its administrator (see docs/scaling.md)."""
     path = local_path(uri)
     if uri in _tags_indexed or path is None or not path.exists():
         return
     try:
         with contextlib.closing(sqlite3.connect(path, timeout=30)) as db:
-            db.execute(_TAG_INDEX)
+            for index in _INDEXES:
+                db.execute(index)
             db.commit()
     except sqlite3.Error:
         return  # MLflow has not made its tables yet, or the store is read-only: lookups work, only slower

@@ -58,8 +58,7 @@ class MlflowStore(Store):
         tracking.log_inputs(self.uri, run_id, parts)
 
     def find(self, experiment_id: str, query: Query) -> list[RunRow]:
-        if query.tags:
-            tracking.index_tag_values(self.uri)  # so that a lookup by tag reads those runs alone
+        tracking.index_tag_values(self.uri)  # so that a lookup by tag, or a sync, reads those runs alone
         direct = reader(self.uri)
         if direct is not None:  # a local SQLite store: read with SQL, without importing MLflow
             return direct.find(experiment_id, query)
