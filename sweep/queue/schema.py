@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
-from typing import Iterable, Optional
+from typing import Iterable, NamedTuple, Optional
 
 from mnist_core.config import SETTING_NAMES, SETTING_TYPES
 
@@ -200,9 +199,9 @@ def note(text: str) -> dict:
 
 # --- reading ---------------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class Attempt:
-    """One MLflow run of a sweep, decoded: a training run's attempt at its key, or the parent run."""
+class Attempt(NamedTuple):
+    """One MLflow run of a sweep, decoded: a training run's attempt at its key, or the parent run.
+    (A named tuple: a reader decodes one per run of the experiment, tens of thousands at a time.)"""
     run_id: str
     status: str                   # RUNNING, FINISHED, FAILED or KILLED
     start_time: int = 0           # ms since the epoch
