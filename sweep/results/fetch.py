@@ -27,6 +27,8 @@ OUTCOMES = (*schema.FINISHED_OUTCOMES, "failed", "spared", "missing")  # a plann
 COLUMNS = ["key", "name", "grids", *SETTING_NAMES, "outcome", "state", "run_id", *FINAL_METRICS, "agent_uri",
            "search", "trial"]
 STORE_METRICS = (*FINAL_METRICS, "lr")
+TAGS = tuple(dict.fromkeys((*schema.RESULT_TAGS, *schema.QUEUE_TAGS)))  # a run's outcome, and its key's state
+PARAMS = (*SETTING_NAMES, "device")
 
 
 @dataclass(frozen=True)
@@ -49,7 +51,7 @@ class SweepResults:
     searches: tuple = ()                   # the names in `grids` that are searches
     curves: Mapping[str, tuple] = field(default_factory=dict)  # run_id -> its objective after each epoch
     trials: Mapping[str, dict] = field(default_factory=dict)   # search -> {number: search.Trial}, with a spec
-    execution: pd.DataFrame = field(default_factory=lambda: execution_frame([]))  # where and when each run trained
+    execution: pd.DataFrame = field(default_factory=lambda: execution_frame([], []))  # where and when each run trained
 
     def grid_runs(self, grid: str) -> pd.DataFrame:
         """The runs that belong to `grid`."""
@@ -79,11 +81,12 @@ def fetch_results(spec: Optional[SweepSpec], uri: str, grids: Iterable[str] = ()
     experiment_id = source.find_experiment(experiment)
     if experiment_id is None:
         raise tracking.TrackingError(f"no experiment '{experiment}' in tracking store {uri}; run `sweep run` first")
-    view = queue.QueueView(source, experiment_id, experiment)
-    index = view.index
+    index = queue.Index(source, experiment_id, experiment)
     index.sync()  # only what changed since the last read; the rest comes from the index beside the store
-    store = store_frame(index.table(tags=schema.RESULT_TAGS, params=SETTING_NAMES, metrics=STORE_METRICS))
-    execution = execution_frame(index.table(tags=(schema.HOLDER,), params=("device",)))
+    table = index.table(tags=TAGS, params=PARAMS, metrics=STORE_METRICS)  # one read: the results and the states
+    attempts = attempts_of(table)
+    store = store_frame(table, attempts)
+    execution = execution_frame(table, attempts)
     if spec is not None:
         selected = grids or (*spec.grids, *spec.searches)
         found = queue.find_parent(source, experiment_id, spec.name)
@@ -94,7 +97,7 @@ def fetch_results(spec: Optional[SweepSpec], uri: str, grids: Iterable[str] = ()
         planned = found_frame(store, grids)
         selected, parent = grids, None
         searches = tuple(dict.fromkeys(s for s in planned["search"] if s))
-    states = view.refresh(sync=False).states(planned["key"])
+    states = queue.states(planned["key"], attempts, source.host.now(), source.host.alive)
     runs = join_outcomes(planned, store, states)
     if spec is not None and spec.adaptive:
         from ..adaptive.wanted import WantedRuns
@@ -133,18 +136,21 @@ def _history(uri: str, store: pd.DataFrame, run_id: str) -> pd.DataFrame:
     return frame
 
 
-def store_frame(table: list) -> pd.DataFrame:
+def attempts_of(table: list) -> list:
+    """The attempts of the tuples of Index.table(tags=TAGS, ...), decoded once for every use."""
+    return [schema.attempt(*row[:5], tags=dict(zip(TAGS, row[len(BASE):len(BASE) + len(TAGS)]))) for row in table]
+
+
+def store_frame(table: list, attempts: Optional[list] = None) -> pd.DataFrame:
     """One typed row per MLflow run (every attempt, any status), from the tuples of
-    Index.table(tags=schema.RESULT_TAGS, params=SETTING_NAMES, metrics=STORE_METRICS): index.BASE,
-    then those fields, None where a run has none."""
-    width = len(BASE) + len(schema.RESULT_TAGS) + len(SETTING_NAMES) + len(STORE_METRICS)
+    Index.table(tags=TAGS, params=PARAMS, metrics=STORE_METRICS) (index.BASE, then those fields,
+    None where a run has none) and the attempts decoded from them (attempts_of(table))."""
+    runs = attempts_of(table) if attempts is None else attempts
+    width = len(BASE) + len(TAGS) + len(PARAMS) + len(STORE_METRICS)
     columns = [list(column) for column in zip(*table)] if table else [[] for _ in range(width)]
     base = dict(zip(BASE, columns[:len(BASE)]))
-    tags = columns[len(BASE):len(BASE) + len(schema.RESULT_TAGS)]
-    runs = [schema.attempt(run_id, status, tags=dict(zip(schema.RESULT_TAGS, values)))
-            for run_id, status, *values in zip(base["run_id"], base["status"], *tags)]
-    params = dict(zip(SETTING_NAMES, columns[len(BASE) + len(schema.RESULT_TAGS):]))
-    metrics = dict(zip(STORE_METRICS, columns[len(BASE) + len(schema.RESULT_TAGS) + len(SETTING_NAMES):]))
+    params = dict(zip(PARAMS, columns[len(BASE) + len(TAGS):]))
+    metrics = dict(zip(STORE_METRICS, columns[len(BASE) + len(TAGS) + len(PARAMS):]))
 
     out = pd.DataFrame({
         "run_id": base["run_id"],
@@ -173,12 +179,13 @@ def store_frame(table: list) -> pd.DataFrame:
 EXECUTION = ("run_id", "start_time", "end_time", "holder", "device")
 
 
-def execution_frame(table: list) -> pd.DataFrame:
-    """Where and when each MLflow run trained, from the tuples of Index.table(tags=(schema.HOLDER,),
-    params=("device",)): run_id, start and end time (ms since the epoch), its holder (the process
-    that trained it, host:pid:start) and the device type it logged (cpu, cuda, mps; None if none)."""
-    at = [BASE.index(c) for c in EXECUTION[:3]]
-    rows = [(*(r[i] for i in at), r[len(BASE)] or "", r[len(BASE) + 1]) for r in table]
+def execution_frame(table: list, attempts: list) -> pd.DataFrame:
+    """Where and when each MLflow run trained, from the tuples of Index.table(tags=TAGS,
+    params=PARAMS, ...) and their attempts: run_id, start and end time (ms since the epoch), its
+    holder (the process that trained it, host:pid:start) and the device type it logged (cpu, cuda,
+    mps; None if none)."""
+    device = len(BASE) + len(TAGS) + PARAMS.index("device")
+    rows = [(a.run_id, row[2], row[3], a.holder, row[device]) for row, a in zip(table, attempts)]
     frame = pd.DataFrame(rows, columns=list(EXECUTION))
     return frame.astype({"start_time": "Int64", "end_time": "Int64"})
 

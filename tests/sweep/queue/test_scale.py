@@ -9,13 +9,12 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from mnist_core.config import SETTING_NAMES
 from sweep import queue, tracking
 from sweep.cli import main
 from sweep.queue import Host, Index, index_path, schema
 from sweep.queue.index import BASE
 from sweep.results.best import best_by
-from sweep.results.fetch import STORE_METRICS, fetch_results, join_outcomes, planned_frame, store_frame
+from sweep.results.fetch import PARAMS, STORE_METRICS, TAGS, fetch_results, join_outcomes, planned_frame, store_frame
 from sweep.spec import expand
 from sweep.tracking.mlflow_store import MlflowStore
 
@@ -94,8 +93,8 @@ def store_truth(spec, uri, experiment_id):
 
 def as_table(rows) -> list:
     """The store's rows as Index.table gives them to the read side."""
-    return [(*(getattr(r, c) for c in BASE), *(r.tags.get(n) for n in schema.RESULT_TAGS),
-             *(r.params.get(n) for n in SETTING_NAMES), *(r.metrics.get(n) for n in STORE_METRICS)) for r in rows]
+    return [(*(getattr(r, c) for c in BASE), *(r.tags.get(n) for n in TAGS),
+             *(r.params.get(n) for n in PARAMS), *(r.metrics.get(n) for n in STORE_METRICS)) for r in rows]
 
 
 def mirrored(uri, experiment_id):

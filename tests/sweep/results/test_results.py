@@ -4,7 +4,6 @@ import math
 import pandas as pd
 import pytest
 
-from mnist_core.config import SETTING_NAMES
 from sweep import queue, tracking
 from sweep.queue import Index, schema
 from sweep.results import fetch as results_module
@@ -124,8 +123,8 @@ def test_a_missing_experiment_and_an_empty_one(store, tmp_path):
 
 def test_store_rows_are_typed_and_decoded():
     tags = {schema.KEY: "k", schema.CURVE: "[0.5, null]", schema.PRUNED: schema.flag(True)}
-    table = [("a", "FINISHED", 1_000, 2_000, "r", "file:///x", *(tags.get(n) for n in schema.RESULT_TAGS),
-              *({"depth": "3", "lr": "0.1", "activation": "tanh"}.get(n) for n in SETTING_NAMES),
+    table = [("a", "FINISHED", 1_000, 2_000, "r", "file:///x", *(tags.get(n) for n in results_module.TAGS),
+              *({"depth": "3", "lr": "0.1", "activation": "tanh"}.get(n) for n in results_module.PARAMS),
               *({"test_error": 0.02}.get(n) for n in results_module.STORE_METRICS))]
     rows = results_module.store_frame(table)
     assert rows.loc[0, "depth"] == 3 and rows.loc[0, "lr"] == 0.1 and rows.loc[0, "activation"] == "tanh"
