@@ -1,0 +1,91 @@
+"""The fused engine's training pass against the same engine at another git revision, side by side.
+
+Both train the same groups of reference networks (784-50-50-10, batch 64) on the MNIST training set
+in one process, taking turns, and are timed in CPU seconds (time.process_time) on one thread, so a
+busy machine slows them alike. Each group: K members of the four activations, lrs 0.01-0.1; one
+seed (a mini-batch shared by every member), two seeds (as a sweep's first two seeds), or a seed per
+member; without momentum, and with momentum 0.5 at one seed.
+
+    python benchmarks/fused_step.py [--baseline REV] [--members 7,16] [--steps N] [--repeats R]
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import itertools
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from mnist_core import RunConfig, load_mnist
+from mnist_core.data import holdout, resolve_data_dir
+from mnist_core.fused import __file__ as FUSED_FILE
+
+ACTIVATIONS = ["relu", "tanh", "sigmoid", "leaky_relu"]
+
+
+def engine_at(revision: str):
+    """mnist_core.fused as it was at `revision`, loaded beside today's (the rest of mnist_core is today's)."""
+    root = Path(FUSED_FILE).resolve().parent.parent
+    source = subprocess.run(["git", "show", f"{revision}:mnist_core/fused.py"], cwd=root, check=True,
+                            capture_output=True, text=True).stdout
+    path = Path(tempfile.mkdtemp()) / "fused_baseline.py"
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location("mnist_core.fused_baseline", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def group(k: int, seeds: int, momentum: float) -> list[RunConfig]:
+    return [RunConfig(activation=ACTIVATIONS[i % 4], lr=(0.01, 0.03, 0.1)[i % 3], momentum=momentum,
+                      seed=i % seeds + 1, epochs=1) for i in range(k)]
+
+
+def train_pass(engine, configs, data, steps: int) -> float:
+    """CPU seconds of `steps` SGD steps of the group (the start of its first epoch)."""
+    batch = configs[0].batch_size
+    data = data.__class__(data.train_x[:steps * batch], data.train_y[:steps * batch], data.test_x, data.test_y)
+    members = engine.Members(configs, torch.device("cpu"), data.dtype)
+    members.start_epoch(1, next(engine._orders(configs, len(data.train_x))))
+    start = time.process_time()
+    engine._train_epoch(members, data, batch)
+    return time.process_time() - start
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-dir", default=None, help="MNIST folder [default: $MNIST_DATA, else ./data]")
+    parser.add_argument("--baseline", default="main", help="git revision of the engine to compare with [main]")
+    parser.add_argument("--members", default="7,16", help="group sizes K, comma-separated [7,16]")
+    parser.add_argument("--steps", type=int, default=200, help="SGD steps timed per group and engine [200]")
+    parser.add_argument("--repeats", type=int, default=5, help="turns per engine; the median is kept [5]")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    data = holdout(load_mnist(resolve_data_dir(args.data_dir), "cpu", download=False), 0)
+    engines = {args.baseline: engine_at(args.baseline), "this tree": sys.modules["mnist_core.fused"]}
+
+    print(f"torch {torch.__version__}, 1 thread, {args.steps} steps of batch 64 per timing, "
+          f"median of {args.repeats}; CPU seconds per network-epoch (938 steps)")
+    print(f"{'K':>3} {'seeds':>5} {'momentum':>8} " + " ".join(f"{name:>12}" for name in engines) + "  speed-up")
+    cases = [(1, 0.0), (2, 0.0), (None, 0.0), (1, 0.5)]
+    for k, (seeds, momentum) in itertools.product(map(int, args.members.split(",")), cases):
+        seeds = seeds or k
+        configs = group(k, seeds, momentum)
+        times = {name: [] for name in engines}
+        for _ in range(args.repeats):
+            for name, engine in engines.items():
+                times[name].append(train_pass(engine, configs, data, args.steps) * 938 / args.steps / k)
+        medians = [statistics.median(t) for t in times.values()]
+        print(f"{k:3d} {seeds:5d} {momentum:8.1f} "
+              + " ".join(f"{m:12.4f}" for m in medians) + f"  {medians[0] / medians[1]:7.2f}x")
+
+
+if __name__ == "__main__":
+    main()
