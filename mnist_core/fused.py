@@ -17,7 +17,9 @@ leaves the stacked model, keeping the weights it had; the others go on and cost 
 """
 from __future__ import annotations
 
+import itertools
 import time
+from collections import Counter
 from typing import Callable, Iterable, Iterator, Optional, Sequence
 
 import torch
@@ -209,15 +211,25 @@ def _per_member(values: torch.Tensor, param: torch.Tensor, dim: int) -> torch.Te
     return values.view([-1 if d == dim else 1 for d in range(param.dim())])
 
 
+def stacking_order(configs: Sequence[RunConfig]) -> list[int]:
+    """The members' order in the stacked model: the members of a seed together (a block, one batch),
+    then by activation (one slice each); first the seeds of one member, all by activation."""
+    members = Counter(c.seed for c in configs)
+
+    def key(i: int) -> tuple:
+        seed = configs[i].seed
+        return (members[seed] > 1, seed if members[seed] > 1 else 0, configs[i].activation)
+    return sorted(range(len(configs)), key=key)
+
+
 class Members:
     """The members still training: their ids (positions in the group) in the stacked model's
     order, the stacked model, the momentum buffers and, within an epoch, each one's lr, batch order
-    and running loss. The stacked model holds the members sorted by seed, then activation, so that
-    each seed is one block and each seed's activations are slices."""
+    and running loss, in stacking_order."""
 
     def __init__(self, configs: Sequence[RunConfig], device: torch.device, dtype: torch.dtype):
         self.configs = list(configs)
-        self.ids = sorted(range(len(configs)), key=lambda i: (configs[i].seed, configs[i].activation))
+        self.ids = stacking_order(configs)
         self.model = FusedMLP.stack([init_model(configs[i], device, dtype) for i in self.ids])
         self.momentum = torch.tensor([configs[i].momentum for i in self.ids], device=device, dtype=dtype)
         momentum = any(c.momentum for c in configs)
@@ -238,10 +250,10 @@ class Members:
         self.descent_views = [_per_member(-self.lrs, p, d) for p, d in zip(self.params, dims)]
         self.momentum_views = [_per_member(self.momentum, p, d) for p, d in zip(self.params, dims)]
         seeds = [self.configs[i].seed for i in self.ids]
-        distinct = list(dict.fromkeys(seeds))
-        self.blocks = [seeds.count(s) for s in distinct]
-        self.block_of = torch.tensor([distinct.index(s) for s in seeds], device=self.lrs.device)
-        self.order = self.orders[seeds[0]] if len(distinct) == 1 else torch.stack([self.orders[s] for s in distinct])
+        runs = [(seed, len(list(members))) for seed, members in itertools.groupby(seeds)]
+        self.blocks = [n for _, n in runs]
+        self.block_of = torch.tensor([j for j, (_, n) in enumerate(runs) for _ in range(n)], device=self.lrs.device)
+        self.order = self.orders[seeds[0]] if len(runs) == 1 else torch.stack([self.orders[s] for s, _ in runs])
 
     @torch.no_grad()
     def step(self, data: MnistTensors, start: int, batch_size: int) -> None:

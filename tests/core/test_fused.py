@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from mlflow import MlflowClient
 
 from mnist_core import ACTIVATIONS, RunConfig, load_agent, lr_at, train
-from mnist_core.fused import GROUP_SETTINGS, FusedMLP, group_key, train_fused
+from mnist_core.fused import GROUP_SETTINGS, FusedMLP, group_key, stacking_order, train_fused
 from mnist_core.trainer import init_model
 from sweep.cli import main
 from sweep.execute import plan_jobs
@@ -138,6 +138,13 @@ def test_the_written_out_backward_gives_each_members_autograd_gradient(blocks, d
     fused.add_gradients(x, blocks, outs, delta, got)
     for g, w in zip(got, want):
         assert torch.allclose(g - 1, w, rtol=1e-12, atol=1e-15)
+
+
+def test_stacking_order_keeps_each_seeds_members_together_and_each_activation_in_few_slices():
+    settings = ((5, "tanh"), (1, "relu"), (7, "relu"), (1, "tanh"), (2, "sigmoid"), (5, "relu"), (3, "tanh"))
+    configs = [RunConfig(seed=s, activation=a) for s, a in settings]
+    # seeds 7, 2 and 3 have one member each (relu, sigmoid, tanh: three slices); then seeds 1 and 5
+    assert stacking_order(configs) == [2, 4, 6, 1, 3, 5, 0]
 
 
 def test_select_keeps_the_chosen_members_and_drops_their_cost():
