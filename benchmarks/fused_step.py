@@ -1,10 +1,12 @@
-"""The fused engine's training pass against the same engine at another git revision, side by side.
+"""The fused engine's training pass against the same engine at another git revision, side by side
+(and the solo trainer's, for one network).
 
 Both train the same groups of reference networks (784-50-50-10, batch 64) on the MNIST training set
 in one process, taking turns, and are timed in CPU seconds (time.process_time) on one thread, so a
 busy machine slows them alike. Each group: K members of the four activations, lrs 0.01-0.1; one
 seed (a mini-batch shared by every member), two seeds (as a sweep's first two seeds), or a seed per
-member; without momentum, and with momentum 0.5 at one seed.
+member; without momentum, and with momentum 0.5 at one seed. The last row is one relu network
+(lr 0.03) in the solo trainer's train_one_epoch, of each revision.
 
     python benchmarks/fused_step.py [--baseline REV] [--members 7,16] [--steps N] [--repeats R]
 """
@@ -25,18 +27,19 @@ import torch
 from mnist_core import RunConfig, load_mnist
 from mnist_core.data import holdout, resolve_data_dir
 from mnist_core.fused import __file__ as FUSED_FILE
+from mnist_core.trainer import SGD, init_model
 
 ACTIVATIONS = ["relu", "tanh", "sigmoid", "leaky_relu"]
 
 
-def engine_at(revision: str):
-    """mnist_core.fused as it was at `revision`, loaded beside today's (the rest of mnist_core is today's)."""
+def module_at(revision: str, name: str):
+    """mnist_core.`name` as it was at `revision`, loaded beside today's (the rest of mnist_core is today's)."""
     root = Path(FUSED_FILE).resolve().parent.parent
-    source = subprocess.run(["git", "show", f"{revision}:mnist_core/fused.py"], cwd=root, check=True,
+    source = subprocess.run(["git", "show", f"{revision}:mnist_core/{name}.py"], cwd=root, check=True,
                             capture_output=True, text=True).stdout
-    path = Path(tempfile.mkdtemp()) / "fused_baseline.py"
+    path = Path(tempfile.mkdtemp()) / f"{name}_baseline.py"
     path.write_text(source)
-    spec = importlib.util.spec_from_file_location("mnist_core.fused_baseline", path)
+    spec = importlib.util.spec_from_file_location(f"mnist_core.{name}_baseline", path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
@@ -62,6 +65,16 @@ def train_pass(engine, configs, data, steps: int) -> float:
     return time.process_time() - start
 
 
+def solo_pass(trainer, data, steps: int) -> float:
+    """CPU seconds of one network's first `steps` SGD steps in the solo trainer."""
+    config = RunConfig(epochs=1)
+    model = init_model(config, torch.device("cpu"))
+    order = torch.randperm(len(data.train_x), generator=torch.Generator().manual_seed(1))
+    start = time.process_time()
+    trainer.train_one_epoch(model, SGD(model.parameters(), lr=config.lr), data, order[:steps * 64], 64)
+    return time.process_time() - start
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", default=None, help="MNIST folder [default: $MNIST_DATA, else ./data]")
@@ -72,7 +85,8 @@ def main():
     args = parser.parse_args()
     torch.set_num_threads(1)
     data = holdout(load_mnist(resolve_data_dir(args.data_dir), "cpu", download=False), 0)
-    engines = {args.baseline: engine_at(args.baseline), "this tree": sys.modules["mnist_core.fused"]}
+    engines = {args.baseline: module_at(args.baseline, "fused"), "this tree": sys.modules["mnist_core.fused"]}
+    trainers = {args.baseline: module_at(args.baseline, "trainer"), "this tree": sys.modules["mnist_core.trainer"]}
 
     print(f"torch {torch.__version__}, 1 thread, {args.steps} steps of batch 64 per timing, "
           f"median of {args.repeats}; CPU seconds per network-epoch (938 steps); speed-up: "
@@ -87,10 +101,19 @@ def main():
         for _ in range(args.repeats):
             for name, engine in engines.items():
                 times[name].append(train_pass(engine, configs, data, args.steps) * 938 / args.steps / k)
-        medians = [statistics.median(t) for t in times.values()]
-        ratios = [a / b for a, b in zip(*times.values())]  # each repeat's pair ran next to each other
-        print(f"{k:3d} {seeds:5d} {momentum:8.1f} " + " ".join(f"{m:12.4f}" for m in medians)
-              + f"  {statistics.median(ratios):5.2f}x [{min(ratios):.2f}-{max(ratios):.2f}]")
+        report(f"{k:3d} {seeds:5d} {momentum:8.1f}", times)
+    times = {name: [] for name in trainers}
+    for _ in range(args.repeats):
+        for name, trainer in trainers.items():
+            times[name].append(solo_pass(trainer, data, args.steps) * 938 / args.steps)
+    report("solo trainer       ", times)
+
+
+def report(label: str, times: dict[str, list[float]]) -> None:
+    medians = [statistics.median(t) for t in times.values()]
+    ratios = [a / b for a, b in zip(*times.values())]  # each repeat's pair ran next to each other
+    print(f"{label} " + " ".join(f"{m:12.4f}" for m in medians)
+          + f"  {statistics.median(ratios):5.2f}x [{min(ratios):.2f}-{max(ratios):.2f}]")
 
 
 if __name__ == "__main__":
