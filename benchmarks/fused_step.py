@@ -6,7 +6,9 @@ in one process, taking turns, and are timed in CPU seconds (time.process_time) o
 busy machine slows them alike. Each group: K members of the four activations, lrs 0.01-0.1; one
 seed (a mini-batch shared by every member), two seeds (as a sweep's first two seeds), or a seed per
 member; without momentum, and with momentum 0.5 at one seed. The last row is one relu network
-(lr 0.03) in the solo trainer's train_one_epoch, of each revision.
+(lr 0.03) in the solo trainer's train_one_epoch, of each revision. The floor is a network-epoch's
+training arithmetic (6 x 42,310 parameters x 60,000 samples) at one thread's rate, in CPU seconds,
+in a large matrix product.
 
     python benchmarks/fused_step.py [--baseline REV] [--members 7,16] [--steps N] [--repeats R]
 """
@@ -23,6 +25,7 @@ import time
 from pathlib import Path
 
 import torch
+from fused_speed import PARAMS  # this script's folder is on sys.path when it runs
 
 from mnist_core import RunConfig, load_mnist
 from mnist_core.data import holdout, resolve_data_dir
@@ -44,6 +47,16 @@ def module_at(revision: str, name: str):
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
+
+
+def matmul_rate(size: int = 2048, repeats: int = 20) -> float:
+    """FLOP per CPU second of a large float32 matrix product."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b
+    start = time.process_time()
+    for _ in range(repeats):
+        a @ b
+    return 2 * size**3 * repeats / (time.process_time() - start)
 
 
 def group(k: int, seeds: int, momentum: float) -> list[RunConfig]:
@@ -107,6 +120,8 @@ def main():
         for name, trainer in trainers.items():
             times[name].append(solo_pass(trainer, data, args.steps) * 938 / args.steps)
     report("solo trainer       ", times)
+    rate = matmul_rate()
+    print(f"floor: {6 * PARAMS * 60_000 / rate:.4f} s per network-epoch ({rate / 1e9:.1f} GFLOP/s on 1 thread)")
 
 
 def report(label: str, times: dict[str, list[float]]) -> None:
