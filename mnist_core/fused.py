@@ -214,11 +214,11 @@ def _per_member(values: torch.Tensor, param: torch.Tensor, dim: int) -> torch.Te
 def stacking_order(configs: Sequence[RunConfig]) -> list[int]:
     """The members' order in the stacked model: the members of a seed together (a block, one batch),
     then by activation (one slice each); first the seeds of one member, all by activation."""
-    members = Counter(c.seed for c in configs)
+    seed_members = Counter(c.seed for c in configs)
 
     def key(i: int) -> tuple:
-        seed = configs[i].seed
-        return (members[seed] > 1, seed if members[seed] > 1 else 0, configs[i].activation)
+        seed, shared = configs[i].seed, seed_members[configs[i].seed] > 1
+        return (shared, seed if shared else 0, configs[i].activation)
     return sorted(range(len(configs)), key=key)
 
 
