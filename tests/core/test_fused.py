@@ -7,11 +7,12 @@ import os
 
 import pytest
 import torch
+import torch.nn.functional as F
 from click.testing import CliRunner
 from mlflow import MlflowClient
 
 from mnist_core import ACTIVATIONS, RunConfig, load_agent, lr_at, train
-from mnist_core.fused import GROUP_SETTINGS, FusedMLP, group_key, train_fused
+from mnist_core.fused import GROUP_SETTINGS, FusedMLP, group_key, stacking_order, train_fused
 from mnist_core.trainer import init_model
 from sweep.cli import main
 from sweep.execute import plan_jobs
@@ -108,6 +109,42 @@ def test_fused_forward_equals_each_member(batched, activations, slices, pinned_t
     for k, member in enumerate(members):
         assert torch.allclose(out[k], member(x[k] if batched else x), rtol=TOLERANCE, atol=0)
         assert all(torch.equal(v, member.state_dict()[n]) for n, v in fused.member_state_dict(k).items())
+
+
+@pytest.mark.parametrize("depth", [1, 3])
+@pytest.mark.parametrize("blocks", [None, (1,) * 6, (2, 1, 3)], ids=["shared-batch", "batch-per-member", "blocks"])
+def test_the_written_out_backward_gives_each_members_autograd_gradient(blocks, depth, pinned_threads):
+    activations = ("relu", "sigmoid", "sigmoid", "leaky_relu", "tanh", "relu")
+    members = [init_model(RunConfig(depth=depth, width=9, activation=a, seed=s), "cpu", torch.float64)
+               for s, a in enumerate(activations, 1)]
+    fused = FusedMLP.stack(members)
+    k, b = len(members), 5
+    if blocks is None:
+        x, y = torch.randn(b, 784, dtype=torch.float64), torch.randint(0, 10, (b,))
+        batches = [(x, y)] * k
+    else:  # block j's members share batch j
+        x, y = torch.randn(len(blocks), b, 784, dtype=torch.float64), torch.randint(0, 10, (len(blocks), b))
+        batches = [(x[j], y[j]) for j, n in enumerate(blocks) for _ in range(n)]
+    for member, (xk, yk) in zip(members, batches):  # each member's own gradient, by autograd, in its weights' place
+        loss = F.nll_loss(member(xk), yk)
+        for p, g in zip(member.parameters(), torch.autograd.grad(loss, list(member.parameters()))):
+            p.data = g
+    want = list(FusedMLP.stack(members).parameters())
+    outs = fused.outputs(x, blocks)
+    assert torch.allclose(F.log_softmax(outs[-1], 2), fused(x, blocks))
+    targets = torch.stack([yk for _, yk in batches])
+    delta = (outs[-1].softmax(2) - F.one_hot(targets, 10)) / b  # d(mean NLL)/d(logits), per member
+    got = [torch.full_like(p, 1.0) for p in fused.parameters()]  # the gradients are added to what is there
+    fused.add_gradients(x, blocks, outs, delta, got)
+    for g, w in zip(got, want):
+        assert torch.allclose(g - 1, w, rtol=1e-12, atol=1e-15)
+
+
+def test_stacking_order_keeps_each_seeds_members_together_and_each_activation_in_few_slices():
+    settings = ((5, "tanh"), (1, "relu"), (7, "relu"), (1, "tanh"), (2, "sigmoid"), (5, "relu"), (3, "tanh"))
+    configs = [RunConfig(seed=s, activation=a) for s, a in settings]
+    # seeds 7, 2 and 3 have one member each (relu, sigmoid, tanh: three slices); then seeds 1 and 5
+    assert stacking_order(configs) == [2, 4, 6, 1, 3, 5, 0]
 
 
 def test_select_keeps_the_chosen_members_and_drops_their_cost():
@@ -207,6 +244,31 @@ def test_a_diverging_member_leaves_and_the_others_are_unchanged(seeds, tiny_data
     assert solo.diverged and len(fused[1].history) == len(solo.history) == 1
     for i in (0, 2):
         assert_same_run(fused[i], train(configs[i], tiny_data64))
+
+
+@pytest.mark.parametrize("depth", [1, 3])
+@pytest.mark.parametrize("seeds", [(1,) * 8, (1, 2, 3, 2, 1, 3, 2, 1)], ids=["one-seed", "mixed-seeds"])
+def test_members_of_any_depth_with_a_short_last_batch_are_their_solo_runs(seeds, depth, tiny_data64, pinned_threads):
+    # 320 images in batches of 48: the last batch holds 32, and its mean NLL divides by 32
+    configs = interleaved_activations_group(seeds, depth=depth, width=12, batch_size=48)
+    for config, result in zip(configs, train_fused(configs, tiny_data64)):
+        assert_same_run(result, train(config, tiny_data64))
+
+
+@pytest.mark.parametrize("seeds", [(1, 1, 1, 1), (1, 2, 3, 2)], ids=["one-seed", "mixed-seeds"])
+def test_diverging_members_with_momentum_leave_when_their_solo_runs_stop(seeds, tiny_data64, pinned_threads):
+    # batch 4: 80 steps an epoch; the leaky_relu members' losses turn NaN before the check at step 50
+    configs = [RunConfig(activation=a, epochs=3, batch_size=4, lr=lr, momentum=m, seed=s)
+               for (a, lr, m), s in zip((("tanh", 0.05, 0.9), ("leaky_relu", 0.4, 0.5), ("sigmoid", 0.1, 0.0),
+                                         ("leaky_relu", 6.0, 0.0)), seeds)]
+    fused = train_fused(configs, tiny_data64)
+    assert [r.diverged for r in fused] == [False, True, False, True]
+    for config, result in zip(configs, fused):
+        solo = train(config, tiny_data64)
+        if solo.diverged:  # its losses are NaN: the epochs it had and its ending are compared
+            assert (len(result.history), result.diverged) == (len(solo.history), True)
+        else:
+            assert_same_run(result, solo)
 
 
 def test_training_ends_when_every_member_is_gone(tiny_data):
