@@ -10,8 +10,8 @@ its N runs already is not filled again (an interrupted fill resumes). Then it ti
   train, each a `python -m sweep.cli` subprocess (imports count): warm (the index beside the store
   synced by the previous command) and cold (the index deleted first);
 - one claim of a new key (queue.claim, then withdrawing it), in process;
-- one dispatch round as the runner does it between rounds (re-read the queue through the index, the
-  state of every planned run, this session's orphans), in process;
+- the runner's bookkeeping between jobs: `Sweep.todo()` (its view of the queue refreshed, the runs
+  not finished looked at) and this session's orphans, in process;
 - the store time of logging one 10-epoch run (claim, 10 epochs, finish) through the lease, next to
   the sequence of calls the worker made before the lease (written out below with tracking's
   functions), in process.
@@ -218,11 +218,13 @@ def copy_runs(uri: str, experiment_id: str, planned: list) -> int:
         runs = {row[0]: row for row in db.execute("select * from runs where experiment_id = ?", (int(experiment_id),))}
         out = {t: [] for t in columns}
         now = int(time.time() * 1000)
+        ends = sorted(runs[t][columns["runs"].index("end_time")] for t in templates)
+        pace = max(1, (ends[-1] - ends[0]) // len(ends))  # ms between two runs ending
         for i, run in enumerate(planned):
             template, new = templates[i % len(templates)], uuid.uuid4().hex
             record = dict(zip(columns["runs"], runs[template]))
-            end = now - 50 * (len(planned) - i)  # twenty a second up to now, after the runs written (a sync
-            # reads what ended since its last read, and again what ended in the last 10 s)
+            end = now - pace * (len(planned) - i)  # ending up to now at the pace the queue wrote the templates (a
+            # sync reads what ended since its last read, and again what ended in its last 10 s)
             record.update(run_uuid=new, name=run.name, artifact_uri=record["artifact_uri"].replace(template, new),
                           start_time=end - (record["end_time"] - record["start_time"]), end_time=end)
             out["runs"].append(tuple(record[c] for c in columns["runs"]))
@@ -337,7 +339,8 @@ def log_lease_way(uri, experiment_id, parent, planned, sweep_name, session, agen
 def in_process(folder: Path, uri: str, repeats: int) -> dict:
     """Claim, dispatch round and logging, timed in this process; the runs made here are removed after."""
     from sweep import queue, tracking
-    from sweep.spec import expand, load_spec
+    from sweep.execute.runner import Sweep
+    from sweep.spec import load_spec
     from sweep.tracking.mlflow_store import MlflowStore
 
     spec = load_spec(folder / "sweeps.yaml")
@@ -362,11 +365,11 @@ def in_process(folder: Path, uri: str, repeats: int) -> dict:
                 planned = new_run(1000 + 2 * i + (way is log_lease_way), tag)
                 with clock:
                     made.append(way(uri, experiment_id, parent, planned, spec.name, "bench", agent))
-    view = queue.QueueView(store, experiment_id, spec.experiment).refresh()
-    keys = [r.key for r in expand(spec)]
+    sweep = Sweep(spec, store)
+    sweep.todo()  # its first look at the queue reads every run
     for _ in range(repeats):
-        with rounds:  # what the runner's loop does around each round: its view refreshed and read, ...
-            todo = [k for k, state in view.refresh().states(keys).items() if state in ("pending", "failed")]
+        with rounds:  # what the runner does between jobs: the runs to train now (its view refreshed), ...
+            todo = sweep.todo()
             queue.session_attempts(store, experiment_id, "bench")  # ... and its session's runs (orphans)
         assert not todo
     purge(uri, made)

@@ -95,13 +95,14 @@ class Sweep:
         self.summary.threads = threads_per_worker(self.summary.jobs, cores)
         self.remote = is_remote_backend(settings.backend)
         self._grids_of: Optional[dict] = None      # key -> every grid of the whole sweep it belongs to
+        self._unfinished, self._reopened = list(self.planned), self.view.reopened  # narrowed as runs finish
         self._progressed = False
 
     def run(self) -> SweepSummary:
         s = self.summary
         self.view.refresh()
         state = self.view.states(self._keys())
-        todo = self._todo(refresh=False)
+        todo = self.todo(refresh=False)
         s.already_done = sum(v == schema.DONE for v in state.values())
         s.spared = len(self.wanted.spared(r.key for r in self.planned))
         s.held_elsewhere = sum(v == schema.RUNNING for v in state.values())
@@ -141,7 +142,7 @@ class Sweep:
     def _loop(self) -> None:
         attempt, crashes, stalls = 0, 0, 0
         while True:
-            todo = self._todo()
+            todo = self.todo()
             more = [r.key for r in todo if r.key not in self.todo_keys] if self.spec.adaptive else []
             if more:  # adaptive seeds: a question is still open after the last round
                 self.todo_keys.update(more)
@@ -253,15 +254,19 @@ class Sweep:
         """The queue keys of the selected grid runs and of every slot of the selected searches."""
         return [r.key for r in self.planned] + self.trials.keys()
 
-    def _todo(self, refresh: bool = True) -> list[PlannedRun]:
+    def todo(self, refresh: bool = True) -> list[PlannedRun]:
         """Grid runs to train now (a failed one while retries are left; with adaptive seeds, those
         the rule wants as the finished runs stand)."""
         if refresh:
             self.view.refresh()
         self.wanted.read()
-        state = self.view.states([r.key for r in self.planned])
-        return [r for r in self.planned if state[r.key] in (schema.PENDING, schema.FAILED) and self.wanted.wants(r.key)
-                and self.view.failures(r.key, self.session) <= self.settings.retries]
+        if self.view.reopened != self._reopened:  # a finished run deleted, or the mirror rebuilt: look at all
+            self._unfinished, self._reopened = list(self.planned), self.view.reopened
+        # a key once done stays done: each call looks at the runs not finished, not at the whole sweep
+        self._unfinished = [r for r in self._unfinished if not self.view.done(r.key)]
+        state = self.view.states([r.key for r in self._unfinished])
+        return [r for r in self._unfinished if state[r.key] in (schema.PENDING, schema.FAILED)
+                and self.wanted.wants(r.key) and self.view.failures(r.key, self.session) <= self.settings.retries]
 
     # --- the end ------------------------------------------------------------------------------------
 

@@ -25,6 +25,7 @@ class QueueView:
         self._runs: dict[str, Attempt] = {}
         self._keyed: dict[str, dict[str, Attempt]] = {}
         self._done: set = set()   # keys with a FINISHED attempt: done whatever the clock says
+        self.reopened = 0         # times a key done lost its finished run (deleted) or the mirror was rebuilt
 
     def refresh(self, sync: bool = True) -> "QueueView":
         """Read what changed in the store (or, without `sync`, what the mirror held at its last sync)."""
@@ -33,6 +34,7 @@ class QueueView:
         changes = self.index.changes(self.cursor, tags=schema.QUEUE_TAGS)
         if changes.reset:
             self._runs, self._keyed, self._done = {}, {}, set()
+            self.reopened += 1
         touched = set()
         for run_id in changes.gone:
             old = self._runs.pop(run_id, None)
@@ -51,8 +53,9 @@ class QueueView:
         for key in touched:
             if any(a.status == "FINISHED" for a in self._keyed.get(key, {}).values()):
                 self._done.add(key)
-            else:
+            elif key in self._done:
                 self._done.discard(key)
+                self.reopened += 1
         self.cursor = changes.cursor
         return self
 
@@ -63,6 +66,10 @@ class QueueView:
     def attempts(self, key: Optional[str] = None) -> list[Attempt]:
         """Every attempt of the experiment, or of one key."""
         return list(self._runs.values() if key is None else self._keyed.get(key, {}).values())
+
+    def done(self, key: str) -> bool:
+        """Whether `key` has a finished run, as last read (until `reopened` changes, it stays done)."""
+        return key in self._done
 
     def states(self, keys: Iterable[str], now: Optional[float] = None) -> dict[str, str]:
         now = self.host.now() if now is None else now
