@@ -6,6 +6,7 @@ import os
 from sweep import queue
 from sweep.execute import Progress, Settings, Sweep
 from sweep.execute.worker import execute
+from sweep.queue import schema
 from sweep.spec import expand, load_spec
 from sweep.tracking.location import open_store
 from sweep.tracking.mlflow_store import MlflowStore
@@ -61,3 +62,13 @@ def test_a_sweep_run_here_tracks_every_run_once_while_a_status_reads_beside_it(e
     assert parent.status == "FINISHED"
     again = Sweep(spec, MlflowStore(uri), Settings(jobs=2), pool=Here()).run()
     assert again.to_train == 0 and again.already_done == len(keys) and again.exit_code == 0
+
+
+def test_a_finished_run_deleted_is_wanted_again_by_the_sweep_that_saw_it_done(env, pinned_threads):
+    spec = load_spec(write_spec(env, SPEC))
+    uri = open_store(os.environ["MLFLOW_TRACKING_URI"])
+    sweep = Sweep(spec, MlflowStore(uri), Settings(jobs=2), pool=Here())
+    assert sweep.run().exit_code == 0 and sweep.todo() == []
+    gone = training_runs()[0]
+    MlflowStore(uri).delete_run(gone.info.run_id)
+    assert [r.key for r in sweep.todo()] == [gone.data.tags[schema.KEY]]
