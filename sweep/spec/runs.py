@@ -3,6 +3,7 @@ and its name. Pure: no torch, no MLflow, no Optuna."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import hashlib
 import itertools
@@ -24,7 +25,6 @@ _NAME_HEAD = ("activation", "lr", "depth", "width", "schedule")
 # differs from its default, so that the keys of the runs already in a store stay what they were.
 _KEYED_ALWAYS = frozenset(("activation", "depth", "width", "lr", "momentum", "schedule", "gamma",
                            "restart_period", "epochs", "batch_size", "test_batch_size", "seed"))
-_KEY_JSON = json.JSONEncoder(sort_keys=True).encode  # json.dumps(params, sort_keys=True), its encoder made once
 
 
 @dataclass(frozen=True)
@@ -38,20 +38,34 @@ class PlannedRun:
 
 
 def run_key(config: RunConfig) -> str:
-    params = {setting: value for setting, value in vars(config).items()
-              if setting in _KEYED_ALWAYS or value != DEFAULTS[setting]}
-    return hashlib.sha256(_KEY_JSON(params).encode()).hexdigest()[:16]
+    """The sha256 of json.dumps(params, sort_keys=True), params being the settings always keyed and
+    the others that differ from their default, written out from each setting's cached part."""
+    parts = filter(None, itertools.starmap(_key_part, sorted(vars(config).items())))
+    return hashlib.sha256(("{" + ", ".join(parts) + "}").encode()).hexdigest()[:16]
 
 
 def run_name(config: RunConfig) -> str:
     parts = [config.activation, f"lr{config.lr:g}", f"d{config.depth}", f"w{config.width}"]
     if config.schedule != DEFAULTS["schedule"]:
         parts.append(config.schedule)
-    for setting, value in vars(config).items():
-        if setting not in _NAME_HEAD and value != DEFAULTS[setting]:
-            tag = _NAME_TAGS.get(setting, setting)
-            parts.append(f"{tag}{value:g}" if isinstance(value, float) else f"{tag}{value}")
+    parts += filter(None, itertools.starmap(_name_part, vars(config).items()))
     return "-".join(parts)
+
+
+# A grid of N runs has a few values per setting: each one's part of a key and of a name is made once.
+# typed: 1 and 1.0 are written apart ("1", "1.0").
+@functools.lru_cache(maxsize=4096, typed=True)
+def _key_part(setting: str, value) -> str:
+    keyed = setting in _KEYED_ALWAYS or value != DEFAULTS[setting]
+    return f"{json.dumps(setting)}: {json.dumps(value)}" if keyed else ""
+
+
+@functools.lru_cache(maxsize=4096, typed=True)
+def _name_part(setting: str, value) -> str:
+    if setting in _NAME_HEAD or value == DEFAULTS[setting]:
+        return ""
+    tag = _NAME_TAGS.get(setting, setting)
+    return f"{tag}{value:g}" if isinstance(value, float) else f"{tag}{value}"
 
 
 def _grid_runs(spec: SweepSpec, grid_name: str) -> list[tuple]:

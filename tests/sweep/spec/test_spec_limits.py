@@ -11,6 +11,7 @@ import pytest
 
 import sweep.spec.runs as spec_module
 from mnist_core import RunConfig
+from mnist_core.config import DEFAULTS
 from sweep.spec import (
     MAX_FILE_BYTES,
     MAX_RUNS,
@@ -165,6 +166,18 @@ def test_run_key_is_the_hash_of_the_first_settings():
              "gamma": 0.7, "restart_period": 2, "epochs": 10, "batch_size": 64, "test_batch_size": 1000, "seed": 1}
     expected = hashlib.sha256(json.dumps(first, sort_keys=True).encode()).hexdigest()[:16]
     assert run_key(RunConfig(activation="tanh", depth=3, lr=0.1)) == expected
+
+
+def test_run_key_is_the_hash_of_the_json_of_its_keyed_settings_for_every_kind_of_value():
+    always = ("activation", "depth", "width", "lr", "momentum", "schedule", "gamma", "restart_period", "epochs",
+              "batch_size", "test_batch_size", "seed")
+    for changes in ({}, {"lr": 1e-05}, {"lr": 0.1 + 0.2, "momentum": 0.9}, {"lr": 1, "gamma": 1},
+                    {"validation": 10_000}, {"train_eval": "full", "seed": 0}, {"schedule": "cosine", "lr": 3e16},
+                    {"activation": "leaky_relu", "width": 7, "depth": 5, "validation": 0, "train_eval": "sample"}):
+        config = RunConfig(**changes)
+        params = {k: v for k, v in config.as_params().items() if k in always or v != DEFAULTS[k]}
+        expected = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
+        assert run_key(config) == expected, changes
 
 
 def test_a_new_setting_changes_no_key_until_it_is_used(monkeypatch):
