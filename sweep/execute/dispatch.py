@@ -18,7 +18,7 @@ from joblib.parallel import get_active_backend
 
 from ..errors import SweepError
 from .settings import BACKENDS
-from .worker import Job, Outcome, execute
+from .worker import Job, Outcome, execute, warm_up
 
 KNOCK_SECONDS = 5      # is anything listening at the address at all
 CONNECT_SECONDS = 10   # for a dask scheduler that listens to answer
@@ -99,12 +99,31 @@ class JoblibPool:
 
     def __init__(self, backend: str = "loky"):
         self.backend, self.used = backend, False
+        self.executor_args: dict = {}   # loky's: each worker's warm-up
+        self._starting = None
+
+    def start(self, n_jobs: int, uri: str, data_dir: Optional[str], device: str) -> None:
+        """Start the local workers now, each loading what its jobs need (worker.warm_up) while this
+        process opens the store; the rounds run on them (one pool: the same size and warm-up)."""
+        if self.backend != "loky":
+            return
+        _start_resource_tracker_deaf_to_hangups()
+        self.used = True
+        self.executor_args = {"initializer": warm_up, "initargs": (uri, data_dir, device)}
+        with parallel_config(backend="loky", n_jobs=max(2, n_jobs), **self.executor_args):
+            self._starting = Parallel(return_as="generator_unordered", max_nbytes=None)(
+                delayed(int)() for _ in range(max(2, n_jobs)))  # a task each: loky starts its workers for them
 
     def round(self, jobs: list[Job], n_jobs: int) -> "Round":
         if self.backend == "loky":
             _start_resource_tracker_deaf_to_hangups()
         self.used = True
-        return Round(jobs, n_jobs, self.backend)
+        if self._starting is not None:  # the started workers are ready (or the round says why not)
+            starting, self._starting = self._starting, None
+            with contextlib.suppress(Exception):
+                for _ in starting:
+                    pass
+        return Round(jobs, n_jobs, self.backend, self.executor_args)
 
     def close(self) -> None:
         """Stop the local worker processes that joblib keeps for reuse, so that a finished sweep
@@ -156,13 +175,15 @@ class Round:
     stops the round's workers.
     """
 
-    def __init__(self, jobs: list[Job], n_jobs: int, backend: str = "loky"):
+    def __init__(self, jobs: list[Job], n_jobs: int, backend: str = "loky", executor_args: Optional[dict] = None):
         self.jobs, self.n_jobs, self.backend = jobs, n_jobs, backend
+        self.executor_args = executor_args or {}
         self.crash: Optional[str] = None
 
     def __iter__(self) -> Iterator[Outcome]:
         batches = [[job] for job in self.jobs] if self.n_jobs == 1 else [self.jobs]
-        with parallel_config(backend=self.backend, n_jobs=max(2, self.n_jobs) if self.n_jobs > 0 else self.n_jobs):
+        with parallel_config(backend=self.backend, n_jobs=max(2, self.n_jobs) if self.n_jobs > 0 else self.n_jobs,
+                             **self.executor_args):
             # ray's joblib backend cannot stream results: its outcomes all arrive at the end
             streams = getattr(get_active_backend()[0], "supports_return_generator", False)
             for batch in batches:

@@ -26,7 +26,7 @@ from ..errors import SweepError
 from ..interrupts import signum_of
 from ..queue import Store, schema
 from ..spec import PlannedRun, SweepSpec, expand, select
-from ..tracking.location import open_store
+from ..tracking.location import open_store, store_uri
 from .accounting import SweepInterrupted, SweepSummary, parent_status, settle
 from .devices import available_cores, default_jobs, gpu_count, threads_per_worker
 from .dispatch import JoblibPool, backend_session, is_remote_backend
@@ -61,11 +61,15 @@ def run_sweep(spec: SweepSpec, uri: str, settings: Settings = Settings(), grids=
     done in the tracking store at `uri`, and nothing else."""
     from ..tracking.mlflow_store import MlflowStore
 
-    expand(spec, grids)  # an unknown grid or search, or too many runs, is refused before anything is written
+    planned = len(expand(spec, grids))  # an unknown grid or search, or too many runs, is refused before any write
     check_settings(settings, uri)
+    uri = store_uri(uri)
     with backend_session(settings.backend, settings.address):  # an unreachable cluster fails before any write
         pool = JoblibPool(settings.backend)
         try:
+            trials = sum(spec.searches[name].trials for name in select(spec, grids)[1])
+            jobs = settings.jobs or default_jobs(gpu_count(), available_cores())
+            pool.start(min(jobs, planned + trials), uri, settings.data_dir, settings.device)
             return Sweep(spec, MlflowStore(open_store(uri)), settings, grids, progress, pool).run()
         finally:
             pool.close()
@@ -107,6 +111,10 @@ class Sweep:
         s.held_elsewhere = sum(v == schema.RUNNING for v in state.values())
         s.to_train = len(todo) + sum(len(self.trials.free(search)) for search in self.trials.searches)
         self.todo_keys = {r.key for r in todo}
+        if 0 < s.to_train < s.jobs and not (self.settings.jobs or self.remote or self.spec.adaptive
+                                             or self.trials.searches):
+            s.jobs = s.to_train  # fewer runs than workers (and no more to come): each worker gets more threads
+            s.threads = threads_per_worker(s.jobs, available_cores())
         self.progress.start(s)
         if not s.to_train and (not s.held_elsewhere or not self.settings.wait):
             self._settle()

@@ -106,6 +106,24 @@ def execute(job: Job, train: Optional[Train] = None) -> list[Outcome]:
         return outcomes + [_failed(lease, planned_of[lease.run_id], exc) for lease in leases]
 
 
+def warm_up(uri: str, data_dir: Optional[str], device: str) -> None:
+    """Run in each local worker process as it starts (loky's initializer), while the sweep's process
+    opens the store: load what every job needs, MLflow's client for the store, torch, the trainer and
+    MNIST on the job's device, so that the first job starts at once. Whatever fails here is left for
+    the job to report; an interrupt ends the warm-up quietly (the sweep stops its workers)."""
+    try:
+        from ..tracking import preload
+
+        preload(uri)
+        import mnist_core.fused  # noqa: F401
+        from mnist_core import load_mnist, resolve_device
+
+        if not (device == "auto" and gpu_count() >= 2):  # else each job is given its GPU as it starts
+            load_mnist(data_dir, resolve_device(device), download=False)
+    except (Exception, KeyboardInterrupt):
+        pass
+
+
 @contextlib.contextmanager
 def _device_for(job: Job):
     """With two or more GPUs on this host and device auto, hold one GPU to this run alone."""
