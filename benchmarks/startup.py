@@ -64,9 +64,12 @@ def store_time(events: list) -> tuple[float, float, int]:
     requests = [e for e in events if e["pid"] in workers and e["kind"] == "call"
                 and e["name"].rsplit(".", 1)[-1] in RUN_REQUESTS and e["name"].startswith("sweep.tracking.")]
     clients = [e for e in events if e["pid"] in workers and e["name"] == OPENING]
-    imports = [e for e in events if e["pid"] in workers and e["kind"] == "import"  # e.g. of MLflow, by a request
-               and any(r["pid"] == e["pid"] and r["start"] <= e["start"] and e["end"] <= r["end"] for r in requests)
-               and not any(c["pid"] == e["pid"] and c["start"] <= e["start"] and e["end"] <= c["end"] for c in clients)]
+    def inside(e, outer):
+        return any(o is not e and o["pid"] == e["pid"] and o["start"] <= e["start"] and e["end"] <= o["end"]
+                   for o in outer)
+
+    loaded = [e for e in events if e["pid"] in workers and e["kind"] == "import"]
+    imports = [e for e in loaded if inside(e, requests) and not inside(e, clients) and not inside(e, loaded)]
     opening = sum(e["end"] - e["start"] for e in clients + imports)
     return sum(e["end"] - e["start"] for e in requests) - opening, opening, len(requests)
 

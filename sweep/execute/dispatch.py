@@ -10,6 +10,7 @@ import signal
 import socket
 import sys
 import threading
+import warnings
 from typing import Iterator, Optional
 from urllib.parse import urlsplit
 
@@ -103,13 +104,18 @@ class JoblibPool:
         self._starting = None
 
     def start(self, n_jobs: int, uri: str, data_dir: Optional[str], device: str) -> None:
-        """Start the local workers now, each loading what its jobs need (worker.warm_up) while this
-        process opens the store; the rounds run on them (one pool: the same size and warm-up)."""
+        """Start the local workers for a first round of `n_jobs` jobs now, each loading what its job
+        needs (worker.warm_up) while this process opens the store; the rounds run on them (one pool:
+        the same size and warm-up). A pool has two workers at least: with one job, the second waits."""
         if self.backend != "loky":
             return
+        from joblib.externals.loky.backend.context import get_context
+
         _start_resource_tracker_deaf_to_hangups()
         self.used = True
-        self.executor_args = {"initializer": warm_up, "initargs": (uri, data_dir, device)}
+        loky = get_context("loky")
+        self.executor_args = {"initializer": warm_up,
+                              "initargs": (uri, data_dir, device, loky.Semaphore(n_jobs), loky.Semaphore(0))}
         with parallel_config(backend="loky", n_jobs=max(2, n_jobs), **self.executor_args):
             self._starting = Parallel(return_as="generator_unordered", max_nbytes=None)(
                 delayed(int)() for _ in range(max(2, n_jobs)))  # a task each: loky starts its workers for them
@@ -128,6 +134,11 @@ class JoblibPool:
     def close(self) -> None:
         """Stop the local worker processes that joblib keeps for reuse, so that a finished sweep
         leaves no process behind (holding its output open, or cleaning up after it at exit)."""
+        if self._starting is not None:  # no round ran: the workers' start-up tasks end with them, unsaid
+            starting, self._starting = self._starting, None
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                starting.close()
         if self.backend == "loky" and self.used:
             from joblib.externals.loky import get_reusable_executor
 

@@ -15,6 +15,7 @@ says so. Waiting for runs held elsewhere ends when their holders finish or their
 from __future__ import annotations
 
 import signal
+import sqlite3
 import uuid
 from typing import Optional, Protocol
 
@@ -67,12 +68,29 @@ def run_sweep(spec: SweepSpec, uri: str, settings: Settings = Settings(), grids=
     with backend_session(settings.backend, settings.address):  # an unreachable cluster fails before any write
         pool = JoblibPool(settings.backend)
         try:
-            trials = sum(spec.searches[name].trials for name in select(spec, grids)[1])
-            jobs = settings.jobs or default_jobs(gpu_count(), available_cores())
-            pool.start(min(jobs, planned + trials), uri, settings.data_dir, settings.device)
+            if _work_left_as_last_read(spec, grids, uri):
+                trials = sum(spec.searches[name].trials for name in select(spec, grids)[1])
+                jobs = settings.jobs or default_jobs(gpu_count(), available_cores())
+                pool.start(min(jobs, planned + trials), uri, settings.data_dir, settings.device)
             return Sweep(spec, MlflowStore(open_store(uri)), settings, grids, progress, pool).run()
         finally:
             pool.close()
+
+
+def _work_left_as_last_read(spec: SweepSpec, grids, uri: str) -> bool:
+    """Whether the store's mirror, as its last sync left it (read without the store, nor MLflow),
+    holds a run of the sweep not done, or cannot tell: the workers are then started before the store
+    is read. A sweep found done is told so without starting them."""
+    if spec.searches or spec.adaptive:
+        return True
+    try:
+        index = queue.Index.last_read(queue.index_path(uri), spec.experiment)
+        if index is None:
+            return True
+        read = queue.last_read_states(index, [r.key for r in expand(spec, grids)])
+    except (OSError, sqlite3.Error):
+        return True
+    return any(state != schema.DONE for state in read.states.values())
 
 
 class Sweep:

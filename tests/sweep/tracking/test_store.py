@@ -376,3 +376,24 @@ def test_status_and_best_read_a_store_they_cannot_write(tmp_path, immutable):
     best = CliRunner().invoke(main, ["best", str(tmp_path / "s.yaml"), "--by", "lr", "--tracking-uri", uri])
     assert best.exit_code == 0 and "Traceback" not in best.output, best.output
     assert sorted(p.name for p in folder.iterdir()) == before
+
+
+def test_an_artifact_lands_where_mlflow_puts_it_whichever_process_created_the_run(tmp_path):
+    """A run this process created: its artifact is copied straight to its folder (no read of the run
+    first); any other run: through MLflow's client. MLflow finds both."""
+    from sweep import tracking
+
+    uri = store.open_store(uri_of(tmp_path / "mlflow.db"))
+    experiment = tracking.ensure_experiment(uri, "art")
+    ours = tracking.create_run(uri, experiment, "ours", {})
+    theirs = MlflowClient(uri).create_run(experiment).info.run_id  # as another process would
+    agent = tmp_path / "mnist_agent.pt"
+    agent.write_bytes(b"weights")
+    for run_id in (ours, theirs, ours):  # the second time, ours is no longer remembered: MLflow's client
+        tracking.log_artifact(uri, run_id, agent)
+        listed = MlflowClient(uri).list_artifacts(run_id)
+        assert [a.path for a in listed] == ["mnist_agent.pt"]
+        (tmp_path / run_id).mkdir(exist_ok=True)
+        fetched = MlflowClient(uri).download_artifacts(run_id, "mnist_agent.pt", str(tmp_path / run_id))
+        assert Path(fetched).read_bytes() == b"weights"
+    assert (tmp_path / "mlruns" / "art" / ours / "artifacts" / "mnist_agent.pt").exists()
