@@ -9,7 +9,7 @@ inputs, metrics, agent, finish; issue 21: at most 50 ms), measured under the tra
 and apart from them what opening the store cost that process. With --breakdown the traced sweep's
 timeline is printed too: imports, store calls, worker start, data, claim, training, agent.
 
-    python benchmarks/startup.py [--repeats 5] [--data-dir DIR] [--breakdown]
+    python benchmarks/startup.py [--repeats 5] [--data-dir DIR] [--threads N] [--breakdown]
 """
 from __future__ import annotations
 
@@ -79,6 +79,9 @@ def main():
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per command (medians taken)")
     parser.add_argument("--data-dir", default=os.environ.get("MNIST_DATA"),
                         help="the MNIST folder [default: $MNIST_DATA]")
+    parser.add_argument("--threads", type=int, help="train with this many torch threads in both (mnist_core "
+                        "--threads N, the sweep --jobs CORES/N): on a busy machine 1 keeps the training alike "
+                        "[default: each command's own choice: all cores for one run]")
     parser.add_argument("--breakdown", action="store_true", help="print the traced sweep's timeline too")
     args = parser.parse_args()
     if not args.data_dir:
@@ -92,8 +95,10 @@ def main():
     try:
         plain, swept, first = ("python -m mnist_core --epochs 1", "sweep run (1 run x 1 epoch, fresh folder)",
                                "  the same, this user's first store")
-        commands = {plain: [sys.executable, "-m", "mnist_core", "--epochs", "1", "--no-download", *data],
-                    swept: [*SWEEP, "run", "one.yaml", *data], first: [*SWEEP, "run", "one.yaml", *data]}
+        threads = ["--threads", str(args.threads)] if args.threads else []
+        jobs = ["--jobs", str(max(1, len(os.sched_getaffinity(0)) // args.threads))] if args.threads else []
+        commands = {plain: [sys.executable, "-m", "mnist_core", "--epochs", "1", "--no-download", *data, *threads],
+                    swept: [*SWEEP, "run", "one.yaml", *data, *jobs], first: [*SWEEP, "run", "one.yaml", *data, *jobs]}
         figures = {name: [] for name in commands}
         for i in range(args.repeats + 1):  # the first round is the uncounted warm-up
             for name, command in commands.items():
@@ -107,7 +112,8 @@ def main():
         run_store, opening, requests = store_time(events)
 
         print(f"{os.cpu_count()} CPU(s), load average {os.getloadavg()[0]:.1f} at the end; medians of "
-              f"{args.repeats} runs after one warm-up each, the two commands taking turns")
+              f"{args.repeats} runs after one warm-up each, the commands taking turns; "
+              f"{args.threads or 'default'} torch thread(s)")
         print(f"\n{'command':44} {'wall s':>7} {'CPU s':>7}")
         medians = {}
         for name, runs in figures.items():

@@ -1,7 +1,8 @@
 """A thin layer over joblib: run jobs in parallel on loky, dask or ray, hand back each outcome.
 
 No cluster code of our own: dask goes through joblib's dask backend on a `dask.distributed`
-client, ray through `ray.util.joblib`.
+client, ray through `ray.util.joblib`. Local (loky) workers can be started before the first round,
+each loading what its job needs while the sweep's process opens the store (worker.warm_up).
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from joblib import Parallel, delayed, parallel_config
 from joblib.parallel import get_active_backend
 
 from ..errors import SweepError
+from ..interrupts import deferred
 from .settings import BACKENDS
 from .worker import Job, Outcome, execute, warm_up
 
@@ -116,7 +118,8 @@ class JoblibPool:
         loky = get_context("loky")
         self.executor_args = {"initializer": warm_up,
                               "initargs": (uri, data_dir, device, loky.Semaphore(n_jobs), loky.Semaphore(0))}
-        with parallel_config(backend="loky", n_jobs=max(2, n_jobs), **self.executor_args):
+        # A Ctrl-C inside loky's start leaves its executor unable to shut down: it acts once started.
+        with deferred(), parallel_config(backend="loky", n_jobs=max(2, n_jobs), **self.executor_args):
             self._starting = Parallel(return_as="generator_unordered", max_nbytes=None)(
                 delayed(int)() for _ in range(max(2, n_jobs)))  # a task each: loky starts its workers for them
 
