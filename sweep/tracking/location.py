@@ -252,12 +252,12 @@ def _copy_template(temporary: Path, artifacts: Path) -> bool:
     its Default experiment moved to `artifacts`: building one migrates the schema in about a hundred
     steps, a second or more. False, and nothing left at `temporary`, when there is no usable template
     (a damaged one is removed, to be made again next time)."""
-    template = _template_path()
     try:
+        template = _template_path()
         if not template.exists():
             _create(f"{SQLITE}{template.as_posix()}", template, from_template=False)
         shutil.copyfile(template, temporary)
-    except (OSError, StoreError):
+    except (OSError, StoreError, ImportError, RuntimeError):  # RuntimeError: no home folder
         temporary.unlink(missing_ok=True)
         return False  # no cache folder to keep it in: MLflow builds this store
     placeholder = str(artifact_root(template).absolute())
