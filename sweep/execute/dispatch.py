@@ -1,7 +1,8 @@
 """A thin layer over joblib: run jobs in parallel on loky, dask or ray, hand back each outcome.
 
 No cluster code of our own: dask goes through joblib's dask backend on a `dask.distributed`
-client, ray through `ray.util.joblib`.
+client, ray through `ray.util.joblib`. Local (loky) workers can be started before the first round,
+each loading what its job needs while the sweep's process opens the store (worker.warm_up).
 """
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import signal
 import socket
 import sys
 import threading
+import warnings
 from typing import Iterator, Optional
 from urllib.parse import urlsplit
 
@@ -17,8 +19,9 @@ from joblib import Parallel, delayed, parallel_config
 from joblib.parallel import get_active_backend
 
 from ..errors import SweepError
+from ..interrupts import deferred
 from .settings import BACKENDS
-from .worker import Job, Outcome, execute
+from .worker import Job, Outcome, execute, warm_up
 
 KNOCK_SECONDS = 5      # is anything listening at the address at all
 CONNECT_SECONDS = 10   # for a dask scheduler that listens to answer
@@ -99,16 +102,46 @@ class JoblibPool:
 
     def __init__(self, backend: str = "loky"):
         self.backend, self.used = backend, False
+        self.executor_args: dict = {}   # loky's: each worker's warm-up
+        self._starting = None
+
+    def start(self, n_jobs: int, uri: str, data_dir: Optional[str], device: str) -> None:
+        """Start the local workers for a first round of `n_jobs` jobs now, each loading what its job
+        needs (worker.warm_up) while this process opens the store; the rounds run on them (one pool:
+        the same size and warm-up). A pool has two workers at least: with one job, the second waits."""
+        if self.backend != "loky":
+            return
+        from joblib.externals.loky.backend.context import get_context
+
+        _start_resource_tracker_deaf_to_hangups()
+        self.used = True
+        loky = get_context("loky")
+        self.executor_args = {"initializer": warm_up,
+                              "initargs": (uri, data_dir, device, loky.Semaphore(n_jobs), loky.Semaphore(0))}
+        # A Ctrl-C inside loky's start leaves its executor unable to shut down: it acts once started.
+        with deferred(), parallel_config(backend="loky", n_jobs=max(2, n_jobs), **self.executor_args):
+            self._starting = Parallel(return_as="generator_unordered", max_nbytes=None)(
+                delayed(int)() for _ in range(max(2, n_jobs)))  # a task each: loky starts its workers for them
 
     def round(self, jobs: list[Job], n_jobs: int) -> "Round":
         if self.backend == "loky":
             _start_resource_tracker_deaf_to_hangups()
         self.used = True
-        return Round(jobs, n_jobs, self.backend)
+        if self._starting is not None:  # the started workers are ready (or the round says why not)
+            starting, self._starting = self._starting, None
+            with contextlib.suppress(Exception):
+                for _ in starting:
+                    pass
+        return Round(jobs, n_jobs, self.backend, self.executor_args)
 
     def close(self) -> None:
         """Stop the local worker processes that joblib keeps for reuse, so that a finished sweep
         leaves no process behind (holding its output open, or cleaning up after it at exit)."""
+        if self._starting is not None:  # no round ran: the workers' start-up tasks end with them, unsaid
+            starting, self._starting = self._starting, None
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                starting.close()
         if self.backend == "loky" and self.used:
             from joblib.externals.loky import get_reusable_executor
 
@@ -156,13 +189,15 @@ class Round:
     stops the round's workers.
     """
 
-    def __init__(self, jobs: list[Job], n_jobs: int, backend: str = "loky"):
+    def __init__(self, jobs: list[Job], n_jobs: int, backend: str = "loky", executor_args: Optional[dict] = None):
         self.jobs, self.n_jobs, self.backend = jobs, n_jobs, backend
+        self.executor_args = executor_args or {}
         self.crash: Optional[str] = None
 
     def __iter__(self) -> Iterator[Outcome]:
         batches = [[job] for job in self.jobs] if self.n_jobs == 1 else [self.jobs]
-        with parallel_config(backend=self.backend, n_jobs=max(2, self.n_jobs) if self.n_jobs > 0 else self.n_jobs):
+        with parallel_config(backend=self.backend, n_jobs=max(2, self.n_jobs) if self.n_jobs > 0 else self.n_jobs,
+                             **self.executor_args):
             # ray's joblib backend cannot stream results: its outcomes all arrive at the end
             streams = getattr(get_active_backend()[0], "supports_return_generator", False)
             for batch in batches:

@@ -15,6 +15,7 @@ says so. Waiting for runs held elsewhere ends when their holders finish or their
 from __future__ import annotations
 
 import signal
+import sqlite3
 import uuid
 from typing import Optional, Protocol
 
@@ -26,7 +27,7 @@ from ..errors import SweepError
 from ..interrupts import signum_of
 from ..queue import Store, schema
 from ..spec import PlannedRun, SweepSpec, expand, select
-from ..tracking.location import open_store
+from ..tracking.location import open_store, store_uri
 from .accounting import SweepInterrupted, SweepSummary, parent_status, settle
 from .devices import available_cores, default_jobs, gpu_count, threads_per_worker
 from .dispatch import JoblibPool, backend_session, is_remote_backend
@@ -61,14 +62,35 @@ def run_sweep(spec: SweepSpec, uri: str, settings: Settings = Settings(), grids=
     done in the tracking store at `uri`, and nothing else."""
     from ..tracking.mlflow_store import MlflowStore
 
-    expand(spec, grids)  # an unknown grid or search, or too many runs, is refused before anything is written
+    planned = len(expand(spec, grids))  # an unknown grid or search, or too many runs, is refused before any write
     check_settings(settings, uri)
+    uri = store_uri(uri)
     with backend_session(settings.backend, settings.address):  # an unreachable cluster fails before any write
         pool = JoblibPool(settings.backend)
         try:
+            if _work_left_as_last_read(spec, grids, uri):
+                trials = sum(spec.searches[name].trials for name in select(spec, grids)[1])
+                jobs = settings.jobs or default_jobs(gpu_count(), available_cores())
+                pool.start(max(1, min(jobs, planned + trials)), uri, settings.data_dir, settings.device)
             return Sweep(spec, MlflowStore(open_store(uri)), settings, grids, progress, pool).run()
         finally:
             pool.close()
+
+
+def _work_left_as_last_read(spec: SweepSpec, grids, uri: str) -> bool:
+    """Whether the store's mirror, as its last sync left it (read without the store, nor MLflow),
+    holds a run of the sweep not done, or cannot tell: the workers are then started before the store
+    is read. A sweep found done is told so without starting them."""
+    if spec.searches or spec.adaptive:
+        return True
+    try:
+        index = queue.Index.last_read(queue.index_path(uri), spec.experiment)
+        if index is None:
+            return True
+        read = queue.last_read_states(index, [r.key for r in expand(spec, grids)])
+    except (OSError, sqlite3.Error):
+        return True
+    return any(state != schema.DONE for state in read.states.values())
 
 
 class Sweep:
@@ -108,6 +130,10 @@ class Sweep:
         s.held_elsewhere = sum(v == schema.RUNNING for v in state.values())
         s.to_train = len(todo) + sum(len(self.trials.free(search)) for search in self.trials.searches)
         self.todo_keys = {r.key for r in todo}
+        if 0 < s.to_train < s.jobs and not (self.settings.jobs or self.remote or self.spec.adaptive
+                                             or self.trials.searches):
+            s.jobs = s.to_train  # fewer runs than workers (and no more to come): each worker gets more threads
+            s.threads = threads_per_worker(s.jobs, available_cores())
         self.progress.start(s)
         if not s.to_train and (not s.held_elsewhere or not self.settings.wait):
             self._settle()

@@ -67,6 +67,7 @@ Train = Callable[[Job, list, dict, Judge], list]
 
 def execute(job: Job, train: Optional[Train] = None) -> list[Outcome]:
     """Claim the job's runs, train the claimed ones (one alone, several of one shape fused), finish them."""
+    _first_job_taken()
     store = job.store
     if store.host.alive(job.owner) is False:
         return []  # the sweep that queued this job is gone: leave its runs to the next one
@@ -104,6 +105,44 @@ def execute(job: Job, train: Optional[Train] = None) -> list[Outcome]:
         raise
     except Exception as exc:
         return outcomes + [_failed(lease, planned_of[lease.run_id], exc) for lease in leases]
+
+
+GATE_SECONDS = 30.0  # the longest a worker beyond the first round's jobs waits for a warm one to take its job
+_job_taken = None    # in a warmed worker: released as it takes its first job, letting the others go
+
+
+def warm_up(uri: str, data_dir: Optional[str], device: str, warmers=None, taken=None) -> None:
+    """Run in each local worker process as it starts (loky's initializer), while the sweep's process
+    opens the store: load what every job needs, MLflow's client for the store, torch, the trainer and
+    MNIST on the job's device, so that the first job starts at once. With `warmers`, a semaphore with
+    a slot per job of the first round, a worker beyond them loads nothing and waits (up to
+    GATE_SECONDS) until a warmed one takes a job (`taken`): the jobs land on warm workers, and one
+    that no job needs takes no core from them. Whatever fails is left for the job to report; an
+    interrupt ends the warm-up quietly (the sweep stops its workers)."""
+    global _job_taken
+    try:
+        if warmers is not None and not warmers.acquire(block=False):
+            if taken.acquire(timeout=GATE_SECONDS):
+                taken.release()  # and on to the next one waiting
+            return
+        _job_taken = taken
+        from ..tracking import preload
+
+        preload(uri)
+        import mnist_core.fused  # noqa: F401
+        from mnist_core import load_mnist, resolve_device
+
+        if not (device == "auto" and gpu_count() >= 2):  # else each job is given its GPU as it starts
+            load_mnist(data_dir, resolve_device(device))  # as the job loads it: then it is in memory
+    except (Exception, KeyboardInterrupt):
+        pass
+
+
+def _first_job_taken() -> None:
+    global _job_taken
+    if _job_taken is not None:
+        _job_taken.release()
+        _job_taken = None
 
 
 @contextlib.contextmanager

@@ -10,6 +10,10 @@ migration steps, so a file that MLflow starts filling in place is broken for goo
 is interrupted half way or a second command migrates it at the same time. `open_store` therefore
 builds a new store under a lock, in a temporary file beside PATH, and moves it into place in one
 step: PATH holds either no store or a complete one, and a second command waits for the first.
+Those steps take a second or more, so the first store a user makes is kept, empty, in their cache
+folder (`$XDG_CACHE_HOME/mnist-sweep`, else `~/.cache/mnist-sweep`; one per MLflow version) and
+every later store starts as a copy of it: the same tables, its Default experiment's artifacts
+moved beside the new store. Without a cache folder to write, each store is built as before.
 
 Only stdlib at import: `sweep plan` uses this module before anything heavy is loaded.
 """
@@ -17,11 +21,14 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import importlib.metadata
 import logging
 import os
 import re
+import shutil
 import sqlite3
 import sys
+import time
 from pathlib import Path
 from typing import Iterator, Optional
 from urllib.parse import urlsplit
@@ -205,7 +212,7 @@ def _check_writable(uri: str, path: Path) -> None:
                          f"writable, or choose another store with --tracking-uri") from None
 
 
-def _create(uri: str, path: Path) -> None:
+def _create(uri: str, path: Path, from_template: bool = True) -> None:
     folder = path.parent
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -222,7 +229,8 @@ def _create(uri: str, path: Path) -> None:
             os.unlink(leftover)
         temporary = folder / f"{path.name}.tmp-{os.getpid()}"
         try:
-            _build(uri, temporary, artifact_root(path))
+            if not (from_template and _copy_template(temporary, artifact_root(path))):
+                _build(uri, temporary, artifact_root(path))
             os.replace(temporary, path)
         finally:
             for leftover in (temporary, Path(f"{temporary}-journal")):
@@ -231,6 +239,43 @@ def _create(uri: str, path: Path) -> None:
         # the lock file is not needed any more and leaves no litter beside ./mlflow.db.
         lock.unlink(missing_ok=True)
         _sync(folder)
+
+
+def _template_path() -> Path:
+    """Where this user keeps an empty store of this MLflow version (one per version: its schema)."""
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return cache / "mnist-sweep" / f"empty-store-mlflow-{importlib.metadata.version('mlflow')}.db"
+
+
+def _copy_template(temporary: Path, artifacts: Path) -> bool:
+    """A new store as a copy of an empty one made before (by MLflow, once per MLflow version and user),
+    its Default experiment moved to `artifacts`: building one migrates the schema in about a hundred
+    steps, a second or more. False, and nothing left at `temporary`, when there is no usable template
+    (a damaged one is removed, to be made again next time)."""
+    try:
+        template = _template_path()
+        if not template.exists():
+            _create(f"{SQLITE}{template.as_posix()}", template, from_template=False)
+        shutil.copyfile(template, temporary)
+    except (OSError, StoreError, ImportError, RuntimeError):  # RuntimeError: no home folder
+        temporary.unlink(missing_ok=True)
+        return False  # no cache folder to keep it in: MLflow builds this store
+    placeholder = str(artifact_root(template).absolute())
+    try:
+        with contextlib.closing(_connect(temporary, "rw")) as con:
+            (count, location), = con.execute("SELECT count(*), max(artifact_location) FROM experiments")
+            if count != 1 or not location.startswith(placeholder) or con.execute("SELECT 1 FROM runs").fetchone():
+                raise ValueError("not an empty store")
+            now = int(time.time() * 1000)
+            con.execute("UPDATE experiments SET artifact_location = ?, creation_time = ?, last_update_time = ?",
+                        (str(artifacts.absolute()) + location[len(placeholder):], now, now))
+    except (sqlite3.Error, ValueError, TypeError):
+        for damaged in (template, temporary, Path(f"{temporary}-journal")):
+            with contextlib.suppress(OSError):
+                damaged.unlink()
+        return False
+    _sync(temporary)
+    return True
 
 
 @contextlib.contextmanager

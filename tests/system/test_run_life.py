@@ -9,6 +9,7 @@ import threading
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 from click.testing import CliRunner
 from mlflow import MlflowClient
@@ -249,6 +250,30 @@ def test_sigterm_and_sighup_end_the_runs_in_flight_and_a_resume_completes(stored
     assert "Traceback" not in out and "Error" not in out and f"interrupted by {signal.Signals(signum).name}" in out
     assert not running()
     assert parent_status() == "KILLED"
+    assert_a_resume_completes(spec)
+
+
+def test_ctrl_c_while_the_workers_warm_up_leaves_no_process_and_a_resume_completes(env):
+    """The workers start (loading MLflow, torch and MNIST) while the sweep's process makes the store:
+    a Ctrl-C then ends every process of the sweep at once and leaves no store or a consistent one."""
+    spec = write_spec(env, SLOW)
+    proc = sweep_process("run", spec, "--jobs", 2, started=False)
+    def workers():
+        found = []
+        for child in psutil.Process(proc.pid).children(recursive=True):
+            try:
+                if "LokyProcess" in " ".join(child.cmdline()):
+                    found.append(child)
+            except psutil.Error:
+                pass  # a helper that has just ended
+        return found
+    started = wait_until(workers, timeout=60, every=0.01)
+    os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C at a terminal: the sweep, its workers, loky's tracker
+    out = finish(proc, 60)
+    assert proc.returncode == 130 and "Traceback" not in out, out
+    assert out.strip().splitlines()[-1].startswith("interrupted"), out
+    wait_until(lambda: not any(alive(p.pid) for p in started), timeout=15)
+    assert not running() and not list(env.glob("mlflow.db.tmp-*"))
     assert_a_resume_completes(spec)
 
 

@@ -6,6 +6,8 @@ import os
 import signal
 import sqlite3
 import time
+from contextlib import closing
+from importlib.metadata import version
 from pathlib import Path
 
 import pytest
@@ -186,6 +188,61 @@ def test_open_store_replaces_an_empty_file_and_clears_leftovers_of_a_killed_crea
     assert not any(p.exists() for p in leftovers)
 
 
+def schema_of(db: Path) -> list:
+    """Its tables, indexes and their columns and constraints (MLflow's migrations order a table's
+    constraints differently from one build to the next)."""
+    with closing(sqlite3.connect(db)) as con:
+        rows = con.execute("SELECT type, name, sql FROM sqlite_master")
+        return sorted((kind, name, sorted(line.strip(" ,") for line in (sql or "").splitlines()))
+                      for kind, name, sql in rows)
+
+
+def test_a_new_store_is_a_copy_of_an_empty_one_kept_per_mlflow_version(tmp_path, monkeypatch):
+    """The first store this user makes is built by MLflow and kept as a template in their cache;
+    later ones are copies of it, each with its Default experiment's artifacts beside it: the same
+    store MLflow builds, in a fraction of the time."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    first, second = tmp_path / "first" / "mlflow.db", tmp_path / "second" / "mlflow.db"
+    store.open_store(uri_of(first))
+    template, = (tmp_path / "cache" / "mnist-sweep").glob("empty-store-mlflow-*.db")
+    assert version("mlflow") in template.name
+    template_bytes = template.read_bytes()
+    start = time.perf_counter()
+    store.open_store(uri_of(second))
+    copied = time.perf_counter() - start
+    assert template.read_bytes() == template_bytes  # the template itself is never written to
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "FILE"))  # no cache to keep a template in: built here
+    (tmp_path / "FILE").write_text("not a folder")
+    built = tmp_path / "built" / "mlflow.db"
+    start = time.perf_counter()
+    store.open_store(uri_of(built))
+    assert copied < time.perf_counter() - start
+    assert schema_of(first) == schema_of(second) == schema_of(built)
+    for db in (first, second, built):
+        assert_complete(db)
+        assert MlflowClient(uri_of(db)).get_experiment("0").artifact_location == str(db.parent / "mlruns" / "0")
+        assert sorted(p.name for p in db.parent.iterdir()) == ["mlflow.db"]
+    assert not (tmp_path / "FILE").is_dir()
+
+
+def test_a_template_that_is_not_an_empty_store_is_never_copied_and_made_again(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    store.open_store(uri_of(tmp_path / "first" / "mlflow.db"))
+    template, = (tmp_path / "cache" / "mnist-sweep").glob("*.db")
+    good = template.read_bytes()
+    client = MlflowClient(uri_of(template))
+    client.create_run(client.create_experiment("used"))  # someone used it as a store
+    for n, damaged in enumerate([template.read_bytes(), good[:5000], b"not SQLite at all"]):
+        template.write_bytes(damaged)
+        db = tmp_path / f"s{n}" / "mlflow.db"
+        store.open_store(uri_of(db))
+        assert_complete(db)  # built by MLflow: only the Default experiment
+        assert not template.exists()  # removed, to be made again by the next store
+    store.open_store(uri_of(tmp_path / "again" / "mlflow.db"))
+    assert_complete(tmp_path / "again" / "mlflow.db")
+    assert schema_of(template) == schema_of(tmp_path / "first" / "mlflow.db")
+
+
 def create_when(uri: str, go: Path) -> None:
     while not go.exists():
         time.sleep(0.002)
@@ -215,10 +272,16 @@ def test_commands_creating_one_store_at_once_all_succeed(tmp_path):
 
 
 @pytest.mark.system
-def test_creation_interrupted_at_any_moment_leaves_no_store_or_a_complete_one(tmp_path):
+@pytest.mark.parametrize("template", ["none", "to make"])
+def test_creation_interrupted_at_any_moment_leaves_no_store_or_a_complete_one(tmp_path, monkeypatch, template):
     """SIGINT (Ctrl-C) and SIGKILL at moments spread over the creation (measured from the moment its
     temporary file appears), all at once; then every folder holds nothing or a complete store, and
-    the next open_store makes or opens a complete one."""
+    the next open_store makes or opens a complete one. Without a template (no cache folder) the store
+    is built in place; with one to make, the processes make the template (cut short too) first."""
+    cache = tmp_path / "cache"
+    if template == "none":
+        cache.write_text("a file: no cache folder")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
     moments = [(signal.SIGINT, 0.0), (signal.SIGINT, 0.2), (signal.SIGINT, 0.6), (signal.SIGINT, 3.0),
                (signal.SIGKILL, 0.1), (signal.SIGKILL, 0.4), (signal.SIGKILL, 1.2)]
     go = tmp_path / "go"
@@ -229,7 +292,8 @@ def test_creation_interrupted_at_any_moment_leaves_no_store_or_a_complete_one(tm
     deadline = time.time() + 60
     while len(signalled) < len(procs) and time.time() < deadline:
         for i, (db, (sig, delay)) in enumerate(zip(dbs, moments)):
-            if i not in started and (db.exists() or list(db.parent.glob("mlflow.db.tmp-*"))):
+            making = list(db.parent.glob("mlflow.db.tmp-*")) or list(cache.glob("mnist-sweep/*.tmp-*"))
+            if i not in started and (db.exists() or making):
                 started[i] = time.time()
             if i in started and i not in signalled and time.time() >= started[i] + delay:
                 if procs[i].exitcode is None:
@@ -251,6 +315,8 @@ def test_creation_interrupted_at_any_moment_leaves_no_store_or_a_complete_one(tm
     assert [p.exitcode for p in again] == [0] * len(dbs)
     for db in dbs:
         assert_complete(db)
+    if template == "to make":
+        assert_complete(next(cache.glob("mnist-sweep/*.db")))
 
 
 # --- stores that cannot be used: one line, at once ---------------------------------------------------
@@ -310,3 +376,24 @@ def test_status_and_best_read_a_store_they_cannot_write(tmp_path, immutable):
     best = CliRunner().invoke(main, ["best", str(tmp_path / "s.yaml"), "--by", "lr", "--tracking-uri", uri])
     assert best.exit_code == 0 and "Traceback" not in best.output, best.output
     assert sorted(p.name for p in folder.iterdir()) == before
+
+
+def test_an_artifact_lands_where_mlflow_puts_it_whichever_process_created_the_run(tmp_path):
+    """A run this process created: its artifact is copied straight to its folder (no read of the run
+    first); any other run: through MLflow's client. MLflow finds both."""
+    from sweep import tracking
+
+    uri = store.open_store(uri_of(tmp_path / "mlflow.db"))
+    experiment = tracking.ensure_experiment(uri, "art")
+    ours = tracking.create_run(uri, experiment, "ours", {})
+    theirs = MlflowClient(uri).create_run(experiment).info.run_id  # as another process would
+    agent = tmp_path / "mnist_agent.pt"
+    agent.write_bytes(b"weights")
+    for run_id in (ours, theirs, ours):  # the second time, ours is no longer remembered: MLflow's client
+        tracking.log_artifact(uri, run_id, agent)
+        listed = MlflowClient(uri).list_artifacts(run_id)
+        assert [a.path for a in listed] == ["mnist_agent.pt"]
+        (tmp_path / run_id).mkdir(exist_ok=True)
+        fetched = MlflowClient(uri).download_artifacts(run_id, "mnist_agent.pt", str(tmp_path / run_id))
+        assert Path(fetched).read_bytes() == b"weights"
+    assert (tmp_path / "mlruns" / "art" / ours / "artifacts" / "mnist_agent.pt").exists()
