@@ -18,13 +18,11 @@ import os
 import resource
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from latency import CALLS, SWEEP, environment, print_breakdown, role, traced
+from latency import CALLS, SWEEP, environment, print_breakdown, role, run_once, traced
 
 ONE_RUN = "experiment: startup\ndefaults: {epochs: 1}\ngrids:\n  one: {lr: [0.01]}\n"  # mnist_core's defaults
 TARGET_SECONDS, STORE_TARGET_MS = 1.5, 50
@@ -36,13 +34,7 @@ RUN_REQUESTS = ("create_run", "log_batch", "set_status", "log_artifact", "log_in
 def timed(command: list, cwd: Path, env: dict) -> tuple[float, float]:
     """Wall and CPU seconds (user + system, its own and its waited-for children's) of one run."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    with tempfile.TemporaryFile("w+") as err:
-        start = time.perf_counter()
-        code = subprocess.call(command, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=err)
-        wall = time.perf_counter() - start
-        if code != 0:
-            err.seek(0)
-            sys.exit(f"{' '.join(map(str, command))} failed ({code}):\n{err.read()[-2000:]}")
+    wall = run_once(command, cwd, env)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 

@@ -138,6 +138,7 @@ def _history(uri: str, store: pd.DataFrame, run_id: str) -> pd.DataFrame:
 
 def attempts_of(table: list) -> list:
     """The attempts of the tuples of Index.table(tags=TAGS, ...), decoded once for every use."""
+    # BASE begins with what schema.attempt takes first: run_id, status, start_time, end_time, name
     return [schema.attempt(*row[:5], tags=dict(zip(TAGS, row[len(BASE):len(BASE) + len(TAGS)]))) for row in table]
 
 
@@ -184,8 +185,9 @@ def execution_frame(table: list, attempts: list) -> pd.DataFrame:
     params=PARAMS, ...) and their attempts: run_id, start and end time (ms since the epoch), its
     holder (the process that trained it, host:pid:start) and the device type it logged (cpu, cuda,
     mps; None if none)."""
+    start, end = BASE.index("start_time"), BASE.index("end_time")
     device = len(BASE) + len(TAGS) + PARAMS.index("device")
-    rows = [(a.run_id, row[2], row[3], a.holder, row[device]) for row, a in zip(table, attempts)]
+    rows = [(a.run_id, row[start], row[end], a.holder, row[device]) for row, a in zip(table, attempts)]
     frame = pd.DataFrame(rows, columns=list(EXECUTION))
     return frame.astype({"start_time": "Int64", "end_time": "Int64"})
 

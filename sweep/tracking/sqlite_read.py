@@ -51,8 +51,8 @@ def reader(uri: str) -> Optional["SqliteReader"]:
 
 @contextlib.contextmanager
 def _connection(path: Path):
-    """A read-only connection for one read: one snapshot of the store, released at once (an
-    interrupted read leaves no lock behind)."""
+    """A connection for one read: one snapshot of the store, released at once (an interrupted read
+    leaves no lock behind). It only reads."""
     try:
         # not read-only: a reader may have to roll back the journal a crashed writer left
         db = sqlite3.connect(path, timeout=TIMEOUT, isolation_level=None)
