@@ -267,7 +267,18 @@ def test_ctrl_c_while_the_workers_warm_up_leaves_no_process_and_a_resume_complet
             except psutil.Error:
                 pass  # a helper that has just ended
         return found
-    started = wait_until(workers, timeout=60, every=0.01)
+
+    def warming_up(worker):
+        # What only the warm-up loads (MLflow's SQL layer, torch) is mapped in: the worker runs it.
+        # Not earlier: a Ctrl-C in a worker's first fraction of a second, while CPython or loky's
+        # bootstrap imports, ends it with their own traceback, before any code of ours runs.
+        try:
+            return any("sqlalchemy" in m.path or "torch" in m.path for m in worker.memory_maps())
+        except psutil.Error:
+            return False
+
+    started = wait_until(lambda: (lambda found: found if len(found) >= 2 and all(map(warming_up, found)) else None)(
+        workers()), timeout=60, every=0.01)
     os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C at a terminal: the sweep, its workers, loky's tracker
     out = finish(proc, 60)
     assert proc.returncode == 130 and "Traceback" not in out, out
