@@ -1,5 +1,6 @@
 """The fused engine's training pass against the same engine at another git revision, side by side
-(and the solo trainer's, for one network).
+(and the solo trainer's, for one network), each on the MNIST tensors of its revision's
+mnist_core/data.py (which decides how they lie in memory).
 
 Both train the same groups of reference networks (784-50-50-10, batch 64) on the MNIST training set
 in one process, taking turns, and are timed in CPU seconds (time.process_time) on one thread, so a
@@ -27,8 +28,8 @@ from pathlib import Path
 import torch
 from fused_speed import PARAMS, matmul_rate  # this script's folder is on sys.path when it runs
 
-from mnist_core import RunConfig, load_mnist
-from mnist_core.data import holdout, resolve_data_dir
+from mnist_core import RunConfig
+from mnist_core.data import resolve_data_dir
 from mnist_core.fused import __file__ as FUSED_FILE
 from mnist_core.trainer import SGD, init_model
 
@@ -87,9 +88,11 @@ def main():
     parser.add_argument("--repeats", type=int, default=5, help="turns per engine; the median is kept [5]")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    data = holdout(load_mnist(resolve_data_dir(args.data_dir), "cpu", download=False), 0)
     engines = {args.baseline: module_at(args.baseline, "fused"), "this tree": sys.modules["mnist_core.fused"]}
     trainers = {args.baseline: module_at(args.baseline, "trainer"), "this tree": sys.modules["mnist_core.trainer"]}
+    loaders = {args.baseline: module_at(args.baseline, "data"), "this tree": sys.modules["mnist_core.data"]}
+    datas = {name: loader.load_mnist(resolve_data_dir(args.data_dir), "cpu", download=False)
+             for name, loader in loaders.items()}  # each revision's tensors, laid out in memory as it lays them
 
     print(f"torch {torch.__version__}, 1 thread, {args.steps} steps of batch 64 per timing, "
           f"median of {args.repeats}; CPU seconds per network-epoch (938 steps); speed-up: "
@@ -103,12 +106,12 @@ def main():
         times = {name: [] for name in engines}
         for _ in range(args.repeats):
             for name, engine in engines.items():
-                times[name].append(train_pass(engine, configs, data, args.steps) * 938 / args.steps / k)
+                times[name].append(train_pass(engine, configs, datas[name], args.steps) * 938 / args.steps / k)
         report(f"{k:3d} {seeds:5d} {momentum:8.1f}", times)
     times = {name: [] for name in trainers}
     for _ in range(args.repeats):
         for name, trainer in trainers.items():
-            times[name].append(solo_pass(trainer, data, args.steps) * 938 / args.steps)
+            times[name].append(solo_pass(trainer, datas[name], args.steps) * 938 / args.steps)
     report("solo trainer       ", times)
     rate = matmul_rate(2048, 20, clock=time.process_time)  # per CPU second, as the passes are timed
     print(f"floor: {6 * PARAMS * 60_000 / rate:.4f} s per network-epoch ({rate / 1e9:.1f} GFLOP/s on 1 thread)")

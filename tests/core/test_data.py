@@ -1,3 +1,6 @@
+import gc
+import mmap
+import re
 import subprocess
 import sys
 import warnings
@@ -9,7 +12,7 @@ from torchvision import transforms
 from torchvision.datasets import MNIST
 
 from mnist_core import MnistDataError, MnistDataMissing, check_mnist, load_mnist, normalise
-from mnist_core.data import FILES, VALIDATION_SEED, holdout, resolve_data_dir
+from mnist_core.data import FILES, HUGE_PAGE, VALIDATION_SEED, holdout, in_huge_pages, resolve_data_dir
 
 from conftest import make_mnist_dir, write_idx
 
@@ -204,3 +207,38 @@ def test_every_run_and_seed_holds_out_the_same_images(tmp_path, tiny_data, tiny_
 def test_holdout_too_big_names_both_numbers(tiny_data):
     with pytest.raises(ValueError, match="validation 400 must be less than the 320 training images"):
         holdout(tiny_data, 400)
+
+
+def _vm_flags(address: int) -> list[str]:
+    """The VmFlags of the mapping of this process that holds `address` (Linux's /proc/self/smaps)."""
+    inside = False
+    with open("/proc/self/smaps") as smaps:
+        for line in smaps:
+            bounds = re.match(r"([0-9a-f]+)-([0-9a-f]+) ", line)
+            if bounds:
+                inside = int(bounds[1], 16) <= address < int(bounds[2], 16)
+            elif inside and line.startswith("VmFlags:"):
+                return line.split()[1:]
+    raise AssertionError(f"no mapping holds {address:#x}")
+
+
+def test_a_big_tensor_is_copied_into_memory_advised_for_huge_pages():
+    tensor = torch.randn(3 * HUGE_PAGE // (4 * 784), 784)
+    copy = in_huge_pages(tensor)
+    assert torch.equal(copy, tensor) and copy.data_ptr() != tensor.data_ptr() and copy.is_contiguous()
+    del tensor
+    gc.collect()
+    assert torch.isfinite(copy).all()  # the mapping lives as long as the copy
+    if hasattr(mmap, "MADV_HUGEPAGE"):
+        assert copy.data_ptr() % HUGE_PAGE == 0
+        assert "hg" in _vm_flags(copy.data_ptr())  # MADV_HUGEPAGE, whatever the kernel then gives
+    small = torch.ones(10, 784)
+    assert in_huge_pages(small) is small
+
+
+def test_the_training_images_of_real_mnist_and_of_a_holdout_sit_in_huge_page_memory(real_data_dir):
+    data = load_mnist(real_data_dir)
+    if not hasattr(mmap, "MADV_HUGEPAGE"):
+        pytest.skip("no transparent huge pages on this system")
+    for images in (data.train_x, holdout(data, 5000).train_x):
+        assert "hg" in _vm_flags(images.data_ptr())

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from mlflow import MlflowClient
 
 from mnist_core import ACTIVATIONS, RunConfig, load_agent, lr_at, train
-from mnist_core.fused import GROUP_SETTINGS, FusedMLP, group_key, stacking_order, train_fused
+from mnist_core.fused import GROUP_SETTINGS, FusedMLP, group_key, log_softmax, stacking_order, train_fused
 from mnist_core.trainer import init_model
 from sweep.cli import main
 from sweep.execute import plan_jobs
@@ -138,6 +138,16 @@ def test_the_written_out_backward_gives_each_members_autograd_gradient(blocks, d
     fused.add_gradients(x, blocks, outs, delta, got)
     for g, w in zip(got, want):
         assert torch.allclose(g - 1, w, rtol=1e-12, atol=1e-15)
+
+
+def test_log_softmax_is_torchs_up_to_rounding_even_for_huge_logits():
+    logits = torch.randn(7, 64, 10, dtype=torch.float64) * torch.tensor([1.0, 30.0, 1e3, 1e6, 1e-3, 1.0, 1.0],
+                                                                        dtype=torch.float64).view(7, 1, 1)
+    logits[5] += 1e4  # a member far from zero
+    log_p, p = log_softmax(logits.clone())
+    assert torch.allclose(log_p, F.log_softmax(logits, dim=2), rtol=1e-14, atol=1e-13)
+    assert torch.allclose(p, F.softmax(logits, dim=2), rtol=1e-14, atol=1e-15)
+    assert torch.isfinite(log_p).all()
 
 
 def test_stacking_order_keeps_each_seeds_members_together_and_each_activation_in_few_slices():
