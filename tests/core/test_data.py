@@ -12,7 +12,7 @@ from torchvision import transforms
 from torchvision.datasets import MNIST
 
 from mnist_core import MnistDataError, MnistDataMissing, check_mnist, load_mnist, normalise
-from mnist_core.data import FILES, HUGE_PAGE, VALIDATION_SEED, holdout, in_huge_pages, resolve_data_dir
+from mnist_core.data import FILES, HUGE_PAGE, MEAN, STD, VALIDATION_SEED, empty_in_huge_pages, holdout, resolve_data_dir
 
 from conftest import make_mnist_dir, write_idx
 
@@ -222,18 +222,27 @@ def _vm_flags(address: int) -> list[str]:
     raise AssertionError(f"no mapping holds {address:#x}")
 
 
-def test_a_big_tensor_is_copied_into_memory_advised_for_huge_pages():
-    tensor = torch.randn(3 * HUGE_PAGE // (4 * 784), 784)
-    copy = in_huge_pages(tensor)
-    assert torch.equal(copy, tensor) and copy.data_ptr() != tensor.data_ptr() and copy.is_contiguous()
-    del tensor
+def test_a_big_tensor_is_made_in_memory_advised_for_huge_pages():
+    rows = 3 * HUGE_PAGE // (4 * 784)
+    tensor = empty_in_huge_pages(rows, 784, torch.float32)
+    assert tensor.shape == (rows, 784) and tensor.dtype == torch.float32 and tensor.is_contiguous()
+    tensor.copy_(torch.arange(rows * 784, dtype=torch.float32).view(rows, 784))
     gc.collect()
-    assert torch.isfinite(copy).all()  # the mapping lives as long as the copy
+    assert tensor[-1, -1].item() == rows * 784 - 1  # the mapping lives as long as the tensor
     if hasattr(mmap, "MADV_HUGEPAGE"):
-        assert copy.data_ptr() % HUGE_PAGE == 0
-        assert "hg" in _vm_flags(copy.data_ptr())  # MADV_HUGEPAGE, whatever the kernel then gives
-    small = torch.ones(10, 784)
-    assert in_huge_pages(small) is small
+        assert tensor.data_ptr() % HUGE_PAGE == 0
+        assert "hg" in _vm_flags(tensor.data_ptr())  # MADV_HUGEPAGE, whatever the kernel then gives
+    assert empty_in_huge_pages(10, 784, torch.float64).shape == (10, 784)  # small: an ordinary tensor
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_normalise_in_place_gives_the_formulas_numbers_and_leaves_its_input(dtype):
+    images = torch.arange(3 * 784, dtype=dtype).view(3, 28, 28) % 256
+    before = images.clone()
+    expected = (images.reshape(3, 784) / 255.0 - MEAN) / STD
+    assert torch.equal(normalise(images, dtype), expected) and torch.equal(images, before)
+    out = torch.empty(3, 784, dtype=dtype)
+    assert normalise(images.to(torch.uint8), dtype, out=out) is out and torch.equal(out, expected)
 
 
 def test_the_training_images_of_real_mnist_and_of_a_holdout_sit_in_huge_page_memory(real_data_dir):
