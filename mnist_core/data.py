@@ -71,8 +71,8 @@ def empty_in_huge_pages(rows: int, columns: int, dtype: torch.dtype) -> torch.Te
     """An uninitialised (rows, columns) CPU tensor in memory that the kernel is asked to back with
     2 MiB pages (Linux's transparent huge pages, which also serve madvise mode); an ordinary one where
     that cannot be had (another OS, under 2 MiB). Why: a mini-batch gathers 64 rows spread over the
-    whole training set, and with 4 KiB pages each row costs TLB misses, which in the training loop
-    made the gather several times slower (docs/training.md)."""
+    whole training set, and with 4 KiB pages each row costs TLB misses, which made that gather one of
+    the training loop's costliest steps (docs/training.md)."""
     nbytes = rows * columns * dtype.itemsize
     if not hasattr(mmap, "MADV_HUGEPAGE") or nbytes < HUGE_PAGE:
         return torch.empty(rows, columns, dtype=dtype)

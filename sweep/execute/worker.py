@@ -136,9 +136,9 @@ def warm_up(uri: str, data_dir: Optional[str], device: str, warmers=None, taken=
         if not (device == "auto" and gpu_count() >= 2):  # else each job is given its GPU as it starts
             load_mnist(data_dir, resolve_device(device))  # as the job loads it: then it is in memory
         # loky collects garbage after a worker's first task, to measure the worker's size: a full
-        # collection over every object MLflow, pandas and torch made as they loaded, which cost
-        # 0.4-0.7 s before the first job could start. Those objects live as long as the worker:
-        # frozen, no collection looks at them again.
+        # collection over every object MLflow, pandas and torch made as they loaded, most of a second
+        # before the first job could start (docs/benchmarks.md). Those objects live as long as the
+        # worker: frozen, no collection looks at them again.
         gc.freeze()
     except (Exception, KeyboardInterrupt):
         pass
