@@ -5,8 +5,10 @@ exit, then reads the finished runs from its store and adds up their arithmetic: 
 6 x weights x images trained on (forward and backward), plus 2 x weights x images evaluated (the
 train images measured, all of them or the train_eval sample, the validation and the test images).
 The floor is that arithmetic at the float32 rate of one large matrix product here; the ratio is the
-wall time over the floor. With --train-eval the spec's defaults are overridden (full or sample), and
-`--train-eval both` runs the sweep twice, side by side.
+wall time over the floor. Last, each worker's busy share: the part of the sweep's span (its parent
+run's start to end) in which the worker held a run, claim to finish (issue 21's "no idle cores").
+With --train-eval the spec's defaults are overridden (full or sample), and `--train-eval both` runs
+the sweep twice, side by side.
 
     python benchmarks/default_sweep.py [--spec sweeps.yaml] [--train-eval default|full|sample|both]
                                        [--data-dir DIR] [--keep DIR]
@@ -63,6 +65,34 @@ def finished_runs(folder: Path, experiment: str) -> list[tuple[RunConfig, int]]:
     return out
 
 
+def busy_shares(folder: Path, experiment: str) -> list[float]:
+    """For each worker process that trained runs (its holder tag), the share of the sweep's span
+    (the parent run's start to end) in which it held a run, from claim to finish: what "no idle
+    cores" asks of the rounds."""
+    from mlflow import MlflowClient
+
+    from sweep.queue import schema
+
+    client = MlflowClient(f"sqlite:///{folder / 'mlflow.db'}")
+    experiment_id = client.get_experiment_by_name(experiment).experiment_id
+    runs = [(r.info, r.data.tags) for r in client.search_runs([experiment_id], max_results=50_000)]
+    parent = next(info for info, tags in runs if tags.get(schema.KIND) == schema.PARENT)
+    held: dict[str, list] = {}
+    for info, tags in runs:
+        if tags.get(schema.KIND) == schema.TRAIN and info.end_time:
+            held.setdefault(tags[schema.HOLDER], []).append((info.start_time, info.end_time))
+    shares = []
+    for spans in held.values():  # the union of each worker's runs, which overlap in a fused job
+        spans.sort()
+        busy, (start, end) = 0, spans[0]
+        for s, e in spans[1:]:
+            if s > end:
+                busy, start = busy + end - start, s
+            end = max(end, e)
+        shares.append((busy + end - start) / (parent.end_time - parent.start_time))
+    return sorted(shares)
+
+
 def one_sweep(spec_path: Path, train_eval: str, data_dir: str, keep: str | None) -> dict:
     spec = yaml.safe_load(spec_path.read_text())
     if train_eval != "default":
@@ -84,7 +114,8 @@ def one_sweep(spec_path: Path, train_eval: str, data_dir: str, keep: str | None)
     training = sum(epoch_flops(c)[0] * e for c, e in runs)
     evaluation = sum(epoch_flops(c)[1] * e for c, e in runs)
     return {"train_eval": train_eval, "wall": wall, "runs": len(runs), "epochs": sum(e for _, e in runs),
-            "training": training, "evaluation": evaluation, "folder": folder}
+            "training": training, "evaluation": evaluation, "folder": folder,
+            "busy": busy_shares(folder, spec["experiment"])}
 
 
 def main():
@@ -106,7 +137,8 @@ def main():
         total = r["training"] + r["evaluation"]
         floor = total / rate
         print(f"{r['train_eval']:>10} {r['runs']:5d} {r['epochs']:6d} {total / 1e12:7.1f} "
-              f"{r['evaluation'] / total:10.0%} {floor:8.0f} {r['wall']:7.0f} {r['wall'] / floor:9.2f}x")
+              f"{r['evaluation'] / total:10.0%} {floor:8.0f} {r['wall']:7.0f} {r['wall'] / floor:9.2f}x   "
+              f"workers busy: {', '.join(f'{b:.0%}' for b in r['busy'])} of the sweep's span")
     if len(results) == 2:
         full, sample = ((r["training"] + r["evaluation"]) for r in results)
         print(f"sample / full: wall {results[1]['wall'] / results[0]['wall']:.2f}, arithmetic {sample / full:.2f}")
