@@ -6,6 +6,7 @@ imported only to download missing files (and for `open_datasets`, the students' 
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import mmap
@@ -63,6 +64,8 @@ def normalise(images, dtype: torch.dtype = torch.float32, out: Optional[torch.Te
     if isinstance(images, np.ndarray) and not images.flags.writeable:
         images = images.copy()  # torch warns about a read-only array, and MLflow hands pyfunc inputs over read-only
     pixels = torch.as_tensor(images).reshape(-1, 28 * 28)
+    if out is not None and (out.shape != pixels.shape or out.dtype != dtype):
+        raise ValueError(f"out must be {tuple(pixels.shape)} of {dtype}, not {tuple(out.shape)} of {out.dtype}")
     out = pixels.to(dtype, copy=True) if out is None else out.copy_(pixels)
     return out.div_(255.0).sub_(MEAN).div_(STD)  # in place: MNIST's training set is 188 MB a copy
 
@@ -79,7 +82,8 @@ def empty_in_huge_pages(rows: int, columns: int, dtype: torch.dtype) -> torch.Te
     # private and anonymous (a shared mapping is shmem, which huge pages serve only if so configured);
     # the tensor keeps it alive
     buffer = mmap.mmap(-1, nbytes + HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    buffer.madvise(mmap.MADV_HUGEPAGE)
+    with contextlib.suppress(OSError):  # a kernel without transparent huge pages: ordinary pages
+        buffer.madvise(mmap.MADV_HUGEPAGE)
     raw = torch.frombuffer(buffer, dtype=torch.uint8)
     start = -raw.data_ptr() % HUGE_PAGE  # the first 2 MiB boundary in the mapping
     return raw[start:start + nbytes].view(dtype).view(rows, columns)
@@ -93,7 +97,8 @@ def _load(root: Path, device: str, download: bool, dtype: torch.dtype) -> MnistT
     train_x, train_y, test_x, test_y = arrays
     dev = torch.device(device)
     return MnistTensors(
-        train_x=normalise(train_x, dtype, out=empty_in_huge_pages(len(train_x), 28 * 28, dtype)).to(dev),
+        train_x=normalise(train_x, dtype, out=empty_in_huge_pages(len(train_x), 28 * 28, dtype)
+                          if dev.type == "cpu" else None).to(dev),
         train_y=torch.from_numpy(train_y).long().to(dev),
         test_x=normalise(test_x, dtype).to(dev),
         test_y=torch.from_numpy(test_y).long().to(dev),

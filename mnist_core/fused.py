@@ -116,7 +116,7 @@ class FusedMLP(nn.Module):
     def forward(self, x: torch.Tensor, blocks: Optional[Sequence[int]] = None) -> torch.Tensor:
         """x: (B, 784) shared by every member, or (S, B, 784) one batch per block of consecutive
         members, `blocks` giving their sizes (by default, one member each) -> (K, B, 10)."""
-        return log_softmax(self.outputs(x, blocks)[-1])[0]
+        return F.log_softmax(self.outputs(x, blocks)[-1], dim=2)
 
     def outputs(self, x: torch.Tensor, blocks: Optional[Sequence[int]] = None) -> list[torch.Tensor]:
         """Each layer's output on x (as in forward): the hidden activations (K, B, width), then the
@@ -190,7 +190,8 @@ class FusedMLP(nn.Module):
 def log_softmax(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(log-probabilities, probabilities) over the last dimension of `logits`: F.log_softmax's
     numbers up to rounding, in a few element-wise kernels, which for a last dimension of 10 are
-    faster than its kernel (docs/fused.md)."""
+    faster than its kernel (docs/fused.md). In place: not for autograd (the step writes its own
+    backward pass)."""
     shifted = logits - logits.amax(-1, keepdim=True)
     probabilities = shifted.exp()
     total = probabilities.sum(-1, keepdim=True)

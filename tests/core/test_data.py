@@ -243,6 +243,8 @@ def test_normalise_in_place_gives_the_formulas_numbers_and_leaves_its_input(dtyp
     assert torch.equal(normalise(images, dtype), expected) and torch.equal(images, before)
     out = torch.empty(3, 784, dtype=dtype)
     assert normalise(images.to(torch.uint8), dtype, out=out) is out and torch.equal(out, expected)
+    with pytest.raises(ValueError, match="out must be"):
+        normalise(images[:1], dtype, out=out)  # one image would fill every row
 
 
 def test_the_training_images_of_real_mnist_and_of_a_holdout_sit_in_huge_page_memory(real_data_dir):

@@ -148,6 +148,11 @@ def test_log_softmax_is_torchs_up_to_rounding_even_for_huge_logits():
     assert torch.allclose(log_p, F.log_softmax(logits, dim=2), rtol=1e-14, atol=1e-13)
     assert torch.allclose(p, F.softmax(logits, dim=2), rtol=1e-14, atol=1e-15)
     assert torch.isfinite(log_p).all()
+    diverged = torch.tensor([[1.0, float("inf"), 0.0], [float("nan"), 1.0, 2.0], [float("-inf"), 0.0, 1.0]])
+    log_p, p = log_softmax(diverged.clone())  # a diverging member must look diverged, as with torch's
+    for mine, torchs in ((log_p, F.log_softmax(diverged, dim=1)), (p, F.softmax(diverged, dim=1))):
+        assert torch.equal(torch.isfinite(mine), torch.isfinite(torchs))
+        assert torch.equal(torch.isnan(mine), torch.isnan(torchs))
 
 
 def test_stacking_order_keeps_each_seeds_members_together_and_each_activation_in_few_slices():
