@@ -13,6 +13,7 @@ from .worker import Outcome
 
 INCOMPLETE = 3  # exit status: runs are held by another process and this one did not wait for them
 HELD = "held by another process"
+LATER = "wanted or free only after this command looked (held runs ended): run the sweep again"
 COUNTED = ("done", "diverged", "stopped", "duplicate", "failed", "skipped", "lost")  # what the parent run counts
 
 
@@ -51,7 +52,7 @@ class SweepSummary:
 
     @property
     def exit_code(self) -> int:
-        if self.failed or self.stalled or any(why != HELD for _, why in self.not_done):
+        if self.failed or self.stalled or any(why not in (HELD, LATER) for _, why in self.not_done):
             return 1  # runs failed, or could not be trained at all (a worker pool that kept dying)
         return INCOMPLETE if self.not_done else 0
 
@@ -92,6 +93,8 @@ def settle(summary: SweepSummary, view: queue.QueueView, names: dict, session: s
         elif summary.parent_run_id:
             summary.not_done.append((name, f"not trained: the worker pool failed ({summary.crashes[-1]})"
                                      if summary.crashes else "not trained"))
+        else:  # it trained nothing, and since it looked a run held elsewhere failed or lapsed, or adaptive
+            summary.not_done.append((name, LATER))  # seeds came to want one more
 
 
 def parent_status(every: dict, failed: int) -> tuple[str, str]:

@@ -266,8 +266,8 @@ class Sweep:
             now = self.host.now()
             live = [a for a in mine if queue.is_live(a, now, self.host.alive)]
             for a in mine:
-                if a not in live:
-                    queue.end_attempt(self.store, a.run_id, status, why)
+                if a not in live and queue.end_attempt(self.store, self.experiment_id, a.run_id, status,
+                                                       why) != "FINISHED":
                     orphaned.append(a.key)
             if not live:
                 return orphaned
@@ -299,10 +299,25 @@ class Sweep:
     def _settle(self) -> None:
         """What became of the runs it set out to train, and why the others are not done."""
         self.view.refresh()
+        self._end_lapsed_of_done_keys()
         self.wanted.read()
         self.summary.spared = len(self.wanted.spared(r.key for r in self.planned))
         settle(self.summary, self.view, {**{r.key: r.name for r in self.planned if self.wanted.wants(r.key)},
                                          **self.trials.names()}, self.session, self.todo_keys)
+
+    def _end_lapsed_of_done_keys(self) -> None:
+        """Attempts left RUNNING by a holder that died or lapsed (say, killed between its claim's create
+        and check), at keys another attempt has done: no claim will come to end them, so this sweep
+        does, once the store itself says they are still lapsed."""
+        def lapsed(a):
+            return a.status == "RUNNING" and not queue.is_live(a, self.host.now(), self.host.alive)
+
+        for key in self._keys():
+            if self.view.done(key) and any(lapsed(a) for a in self.view.attempts(key)):
+                for a in queue.key_attempts(self.store, self.experiment_id, key):
+                    if lapsed(a):
+                        queue.end_attempt(self.store, self.experiment_id, a.run_id, "KILLED",
+                                          "claim lapsed: its key was done by another run")
 
     def _parent_status(self) -> tuple[str, str]:
         """From the view as last read: FINISHED only when every run of the whole sweep is done."""
@@ -319,7 +334,7 @@ class Sweep:
 
     def _finish_a_done_parent(self) -> None:
         """A sweep found done whose parent run was left KILLED (stopped after its last run finished)."""
-        parent = queue.find_parent(self.store, self.experiment_id, self.spec.name)
+        parent = queue.tidy_parent(self.store, self.experiment_id, self.spec.name)
         if parent is not None and parent.status != "FINISHED" and self._parent_status()[0] == "FINISHED":
             self.summary.parent_run_id = parent.run_id
             self._end_parent("FINISHED")
@@ -333,7 +348,7 @@ class Sweep:
             now = self.host.now()
             gone = [a for a in mine if not queue.is_live(a, now, self.host.alive)]
             for a in gone:
-                queue.end_attempt(self.store, a.run_id, "KILLED", reason)
+                queue.end_attempt(self.store, self.experiment_id, a.run_id, "KILLED", reason)
             if len(gone) == len(mine) or self.host.now() > deadline:
                 break
             self.host.sleep(0.2)

@@ -30,6 +30,7 @@ from .claims import (
            parent_run,
            session_attempts,
            states,
+           tidy_parent,
 )
 from .index import Changes, Cursor, Index, index_path
 from .lease import KeepAlive, Lease
@@ -39,7 +40,7 @@ from .view import QueueRead, QueueView, last_read_states, read_states
 
 __all__ = ["schema", "LOCAL", "Host", "Query", "RunRow", "Store", "TrackingError", "by_key", "claim", "count",
            "end_attempt", "end_orphaned_parent", "end_parent", "find_parent", "is_live", "key_attempts",
-           "key_state", "last_errors", "parent_run", "session_attempts", "states", "Changes", "Cursor", "Index",
-           "index_path", "KeepAlive", "Lease", "MemoryStore", "Attempt", "QueueRead", "QueueView",
+           "key_state", "last_errors", "parent_run", "session_attempts", "states", "tidy_parent", "Changes", "Cursor",
+           "Index", "index_path", "KeepAlive", "Lease", "MemoryStore", "Attempt", "QueueRead", "QueueView",
            "last_read_states", "read_states"]
 

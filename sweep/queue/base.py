@@ -100,6 +100,29 @@ class Store(ABC):
         interrupted call may still hold."""
 
 
+def committed(store: Store, experiment_id: str, run_id: str, name: str) -> Optional[str]:
+    """The value of the run's param `name`, or None."""
+    found = store.find(experiment_id, Query(run_ids=(run_id,), view="all"))
+    return found[0].params.get(name) if found else None
+
+
+def commit_once(store: Store, experiment_id: str, run_id: str, name: str, value: str,
+                params: Optional[dict] = None, tags: Optional[dict] = None) -> str:
+    """Log the run's param `name` as `value` (in one request with `params` and `tags`), unless another
+    process logged another value first: the value that stands. A param keeps its first value and the
+    store refuses another, in one transaction (MLflow: the params table's primary key), so of two
+    processes committing different values exactly one wins, and each learns which. The compare-and-set
+    that a clock cannot give: the queue's fence."""
+    try:
+        store.write(run_id, params={name: value, **(params or {})}, tags=tags)
+        return value
+    except TrackingError:
+        standing = committed(store, experiment_id, run_id, name)
+        if standing is None:  # not refused for this param: the store failed
+            raise
+        return standing
+
+
 class Host:
     """This process and the machine it runs on, as the queue sees them: the clock, sleeping, the
     threads of this process, and whether another process (a lease's holder) still lives."""

@@ -14,12 +14,13 @@ writes the run's outcome.
 """
 from __future__ import annotations
 
+import contextlib
 import random
 from typing import Callable, Iterable, Optional
 
 from . import schema
-from .base import Query, Store
-from .lease import Lease
+from .base import Query, Store, TrackingError, commit_once
+from .lease import Lease, end_run
 from .schema import Attempt
 
 
@@ -92,7 +93,9 @@ def claim(store: Store, experiment_id: str, parent_id: str, planned, sweep_name:
         for stale in before:  # a holder that died or stopped beating: its run can no longer pass for in flight
             if stale.status == "RUNNING":
                 gone = "is gone" if host.alive(stale.holder) is False else "stopped heartbeating"
-                end_attempt(store, stale.run_id, "KILLED", f"claim lapsed: its holder {stale.holder} {gone}")
+                if end_attempt(store, experiment_id, stale.run_id, "KILLED",
+                               f"claim lapsed: its holder {stale.holder} {gone}") == "FINISHED":
+                    return None  # its holder had committed the finish before it stopped
         now = host.now()
         tags = schema.claim_tags(parent_run_id=parent_id, key=planned.key, grids=planned.grids, sweep=sweep_name,
                                  session=session, attempt=attempt, holder=host.me(), now=now, lease=lease_seconds,
@@ -111,10 +114,10 @@ def claim(store: Store, experiment_id: str, parent_id: str, planned, sweep_name:
     return None
 
 
-def end_attempt(store: Store, run_id: str, status: str, error: str) -> None:
-    """End a run whose holder is gone or lapsed (never one whose holder still heartbeats)."""
-    store.write(run_id, tags=schema.error(error))
-    store.set_status(run_id, status)
+def end_attempt(store: Store, experiment_id: str, run_id: str, status: str, error: str) -> str:
+    """End a run whose holder is gone or lapsed (never one whose holder still heartbeats): as `status`,
+    or as its holder committed before it stopped (lease.end_run); the status it ended with."""
+    return end_run(store, experiment_id, run_id, status, error)
 
 
 def session_attempts(store: Store, experiment_id: str, session: str, status: str = "RUNNING") -> list[Attempt]:
@@ -125,23 +128,87 @@ def session_attempts(store: Store, experiment_id: str, session: str, status: str
 # --- the sweep's parent run ---------------------------------------------------------------------------
 
 def find_parent(store: Store, experiment_id: str, sweep_name: str) -> Optional[Attempt]:
-    found = store.find(experiment_id, Query(tags=((schema.KIND, schema.PARENT), (schema.SWEEP, sweep_name)),
-                                            oldest_first=True, limit=1))
-    return schema.decode(found[0]) if found else None
+    """The sweep's parent run (one kept: see parent_run), or None."""
+    parents = (schema.decode(row) for row in _parents(store, experiment_id, sweep_name))
+    return next((p for p in parents if not p.provisional), None)
+
+
+def tidy_parent(store: Store, experiment_id: str, sweep_name: str) -> Optional[Attempt]:
+    """find_parent, for a writer: the abandoned candidates withdrawn and deleted on the way."""
+    return next((p for p in _present(store, experiment_id, sweep_name) if not p.provisional), None)
+
+
+def _parents(store: Store, experiment_id: str, sweep_name: str) -> list:
+    return store.find(experiment_id, Query(tags=((schema.KIND, schema.PARENT), (schema.SWEEP, sweep_name)),
+                                           oldest_first=True))
+
+
+CANDIDATE_SECONDS = 10.0  # a candidate parent run this old, whose creator cannot be seen, was abandoned
 
 
 def parent_run(store: Store, experiment_id: str, sweep_name: str, params: dict) -> str:
     """The sweep's parent run, RUNNING and owned by this process (reused on resume, so that every
-    attempt nests under one parent)."""
-    owner = store.host.me()
-    parent = find_parent(store, experiment_id, sweep_name)
-    if parent is not None:
-        store.write(parent.run_id, tags=schema.owner(owner))
-        store.set_status(parent.run_id, "RUNNING")
-        return parent.run_id
-    run_id = store.create_run(experiment_id, f"sweep:{sweep_name}", schema.parent_tags(sweep_name, owner))
-    store.write(run_id, params=params)
-    return run_id
+    attempt nests under one parent).
+
+    Made as a claim is, create-then-check: a candidate (schema.PROVISIONAL), kept only if no other
+    parent run of the sweep is in the store once it is there; else withdrawn, and the store looked
+    at again after a random pause (two sweep processes started at once: never two parents). Kept and
+    withdrawn are values of the write-once param schema.PARENT_STATE, so a candidate is never both: a
+    candidate whose creator is gone or CANDIDATE_SECONDS old, withdrawn by another process as
+    abandoned, cannot be kept by a creator that was only slow, nor the other way round. A withdrawn
+    candidate is deleted (nothing nests under a parent run before it is kept).
+    """
+    host, owner = store.host, store.host.me()
+    blocked_since = None
+    while True:
+        kept = [p for p in _present(store, experiment_id, sweep_name) if not p.provisional]
+        if kept:
+            store.write(kept[0].run_id, tags=schema.owner(owner))
+            store.set_status(kept[0].run_id, "RUNNING")
+            return kept[0].run_id
+        run_id = store.create_run(experiment_id, f"sweep:{sweep_name}", schema.parent_tags(sweep_name, owner))
+        try:
+            alone = [p.run_id for p in _present(store, experiment_id, sweep_name)] == [run_id]
+            if alone and commit_once(store, experiment_id, run_id, schema.PARENT_STATE, schema.KEPT, params,
+                                     schema.kept()) == schema.KEPT:
+                return run_id
+        except BaseException as exc:  # interrupted, or the store failed: leave no candidate behind
+            if isinstance(exc, KeyboardInterrupt):
+                store.after_interrupt(exc)
+            with contextlib.suppress(TrackingError):
+                _withdraw(store, experiment_id, run_id)
+            raise
+        _withdraw(store, experiment_id, run_id)
+        blocked_since = blocked_since or host.now()
+        if host.now() - blocked_since > 3 * CANDIDATE_SECONDS:  # longer than any candidate left by another lasts
+            raise TrackingError(f"no parent run for sweep {sweep_name!r}: other sweep processes kept making "
+                                f"theirs for {3 * CANDIDATE_SECONDS:g} s")
+        host.sleep(random.uniform(0.05, 0.5))
+
+
+def _withdraw(store: Store, experiment_id: str, run_id: str) -> bool:
+    """Withdraw a candidate parent run and delete it; False when it was kept (it stays)."""
+    if commit_once(store, experiment_id, run_id, schema.PARENT_STATE, schema.WITHDRAWN) != schema.WITHDRAWN:
+        return False
+    store.delete_run(run_id)
+    return True
+
+
+def _present(store: Store, experiment_id: str, sweep_name: str) -> list[Attempt]:
+    """The sweep's parent runs but abandoned candidates (withdrawn already, their creator gone, or
+    CANDIDATE_SECONDS old), which are withdrawn and deleted; one its creator kept meanwhile stays."""
+    host, present = store.host, []
+    for row in _parents(store, experiment_id, sweep_name):
+        p = schema.decode(row)
+        withdrawn = row.params.get(schema.PARENT_STATE) == schema.WITHDRAWN
+        mine = p.owner == host.me()  # this process's own candidate, however long it was stopped
+        if p.provisional and (withdrawn or not mine and (host.alive(p.owner) is False
+                                                         or host.now() - p.start_time / 1000 > CANDIDATE_SECONDS)):
+            if _withdraw(store, experiment_id, p.run_id):
+                continue
+            p = p._replace(provisional=False)
+        present.append(p)
+    return present
 
 
 def end_parent(store: Store, experiment_id: str, run_id: str, status: str, counts: dict, note: str = "") -> None:

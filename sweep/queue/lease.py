@@ -7,16 +7,23 @@ be gone, may be ended and taken over by another claimant. So a holder that canno
 logs nothing more into it, and its training stops at the next epoch. Metrics are buffered and
 written with the heartbeat: one request per beat, not one per epoch.
 
+A holder can be suspended between its last look at the clock and its write, so the clock alone
+cannot keep a late holder from finishing a run that another process has ended meanwhile. Every
+ending is therefore committed before the run's status is set, as the write-once param
+schema.ENDED: the store keeps the first value and refuses another, so of a late holder finishing
+and a claimant ending its lapsed run exactly one wins, and the other learns it lost.
+
 Every write to a held run carries a heartbeat or ends the run: that is what lets the change feed
 (queue.index) tell a newer state of a run from an older one.
 """
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Optional
 
 from . import schema
-from .base import Query, Store, TrackingError
+from .base import Query, Store, TrackingError, commit_once, committed
 
 _MAX_BATCH = 1000  # MLflow's limit of metrics per request
 
@@ -82,7 +89,8 @@ class Lease:
 
     def finish(self, metrics: dict, step: int, agent: Optional[Path], diverged: bool, stopped: bool,
                tags: Optional[dict] = None) -> bool:
-        """Log the final metrics, tags and agent, then mark the run FINISHED, unless the lease was lost."""
+        """Log the final metrics, tags and agent, commit the run's ending, FINISHED, and set it, unless
+        the lease was lost."""
         with self._lock:
             self._metrics += [(k, v, step) for k, v in metrics.items()]
             self._tags.update({**schema.ending(diverged, stopped), **(tags or {})})
@@ -96,8 +104,13 @@ class Lease:
             if not self._fresh():  # storing the agent outlasted the lease: someone may own the run now
                 self._give_up("lease lapsed while the agent was being stored")
                 return False
-            self.store.set_status(self.run_id, "FINISHED")
+            # A request of its own: MLflow writes a batch's params before its metrics and tags, each in
+            # a transaction of its own, so the ending goes only once the run holds everything it keeps.
+            if not self._commit("FINISHED", {}):
+                return False
             self.ended = True
+            with contextlib.suppress(TrackingError):  # committed: whoever ends the run next gives it this status
+                self.store.set_status(self.run_id, "FINISHED")
             return True
 
     def fail(self, error: str) -> None:
@@ -111,8 +124,7 @@ class Lease:
             if not self.held:
                 return
             self.ended = True
-            if self._fresh():
-                self._write(schema.error(error))
+            if self._fresh() and self._commit(status, schema.error(error)):
                 self.store.set_status(self.run_id, status)
 
     def held_in_time(self) -> bool:
@@ -126,16 +138,31 @@ class Lease:
     def _give_up(self, why: str) -> None:
         self.lost = why
         try:  # the run may be taken over already; if not, it is pending again for whoever comes next
-            ended = self.store.find(self.experiment_id, Query(run_ids=(self.run_id,), status="RUNNING"))
-            if ended:
-                self.store.write(self.run_id, tags=schema.error(why))
-                self.store.set_status(self.run_id, "KILLED")
+            if self.store.find(self.experiment_id, Query(run_ids=(self.run_id,), status="RUNNING")):
+                end_run(self.store, self.experiment_id, self.run_id, "KILLED", why)
         except TrackingError:
             pass
 
-    def _write(self, tags: dict) -> None:
+    def _commit(self, status: str, tags: dict) -> bool:
+        """Commit the run's ending as its holder, in one request with everything buffered and `tags`
+        (the ending first: the store refuses the whole request when another ending stands); False,
+        and the lease lost, when another process committed another ending first."""
+        try:
+            self._write(tags, schema.ended(status))
+            return True
+        except TrackingError:
+            standing = committed(self.store, self.experiment_id, self.run_id, schema.ENDED)
+            if standing is None:  # not refused for its ending: the store failed
+                raise
+            if standing != status:
+                self.lost = f"run ended by another process ({standing})"
+            return standing == status
+
+    def _write(self, tags: dict, ending: Optional[dict] = None) -> None:
+        """Write what is buffered with `tags`; the `ending` params go first, so that nothing is written
+        once another ending was committed."""
         metrics, self._metrics = self._metrics, []
-        params, self._params = self._params, {}
+        params, self._params = {**(ending or {}), **self._params}, {}
         tags, self._tags = {**self._tags, **tags}, {}
         sent = 0
         try:
@@ -143,9 +170,25 @@ class Lease:
                 self.store.write(self.run_id, metrics[sent:sent + _MAX_BATCH], params, tags)
                 params, tags = {}, {}
         except Exception:  # what was not written goes with the next beat
+            params = {k: v for k, v in params.items() if k not in (ending or {})}
             self._metrics = metrics[sent:] + self._metrics
             self._params, self._tags = {**params, **self._params}, {**tags, **self._tags}
             raise
+
+
+def commit_ending(store: Store, experiment_id: str, run_id: str, status: str, error: str = "") -> str:
+    """Commit how a training run ends (schema.ENDED, with the error's tag): `status`, unless another
+    process committed an ending first; that one stands and is returned."""
+    return commit_once(store, experiment_id, run_id, schema.ENDED, status,
+                       tags=schema.error(error) if error else None)
+
+
+def end_run(store: Store, experiment_id: str, run_id: str, status: str, error: str = "") -> str:
+    """End a training run as `status`, or as the ending another process committed first (a holder
+    that committed FINISHED and stopped before setting it); the status it ended with."""
+    status = commit_ending(store, experiment_id, run_id, status, error)
+    store.set_status(run_id, status)
+    return status
 
 
 class KeepAlive:

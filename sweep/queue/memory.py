@@ -3,8 +3,9 @@
 What the queue relies on behaves as in MLflow's SQL store: a run is created RUNNING with its start
 time; ending it stamps its end time (by the writer's clock); a deleted run can no longer be written
 or ended, and is found only in the deleted view; a param, once logged, keeps its value; a metric's
-value is its latest step's. Writes are atomic. Each process opens its own handle (`on(host)`) over
-the same runs, with its own clock. The simulation of the queue runs on it (tests/sweep/queue).
+value is its latest step's. Each call is atomic (MLflow's log_batch is three transactions, params
+first: the simulation in tests/sweep/queue, which runs on this store, makes one write of each). Each
+process opens its own handle (`on(host)`) over the same runs, with its own clock.
 """
 from __future__ import annotations
 

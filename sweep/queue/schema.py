@@ -38,8 +38,14 @@ PRUNED = "sweep.pruned"              # flag: stopped early
 ERROR = "sweep.error"                # why it failed or was killed
 CURVE = "sweep.curve"                # the ranking metric after each epoch, JSON
 DUPLICATE_OF = "sweep.duplicate_of"  # a search trial whose settings this run had already
+# A param, not a tag: MLflow keeps a param's first value and refuses another, so the first process to
+# log it decides how the run ends (FINISHED, FAILED or KILLED), and every other writer learns it lost.
+ENDED = "sweep.ended"
 # The parent run.
 OWNER = "sweep.owner"                # the sweep process that last started it
+PROVISIONAL = "sweep.provisional"    # flag: made as a candidate for the sweep's one parent run, and
+PARENT_STATE = "sweep.parent"        # a param, written once: the candidate KEPT, or WITHDRAWN (then deleted)
+KEPT, WITHDRAWN = "kept", "withdrawn"
 NOTE = "sweep.outcome"               # why it is not FINISHED
 
 # The experiment, for the MLflow UI: its mode (Model training, not GenAI) and a saved view of its runs.
@@ -171,6 +177,11 @@ def ending(diverged: bool, stopped: bool) -> dict:
     return {DIVERGED: flag(diverged), PRUNED: flag(stopped)}
 
 
+def ended(status: str) -> dict:
+    """The params that commit a training run's ending (before its status is set)."""
+    return {ENDED: status}
+
+
 def error(text: str) -> dict:
     return {ERROR: text[-MAX_TAG:]}
 
@@ -186,7 +197,13 @@ def duplicate(original: "Attempt") -> dict:
 
 
 def parent_tags(sweep: str, owner: str) -> dict:
-    return {KIND: PARENT, SWEEP: sweep, OWNER: owner}
+    """A parent run's tags as its creator makes it: provisional until kept."""
+    return {KIND: PARENT, SWEEP: sweep, OWNER: owner, PROVISIONAL: flag(True)}
+
+
+def kept() -> dict:
+    """A kept parent run's tags (its PARENT_STATE param says so first)."""
+    return {PROVISIONAL: flag(False)}
 
 
 def owner(holder: str) -> dict:
@@ -223,6 +240,7 @@ class Attempt(NamedTuple):
     curve: tuple = ()
     owner: str = ""
     deleted: bool = False
+    provisional: bool = False     # a parent run not (yet) kept: a candidate, or withdrawn
 
     @property
     def lease_until(self) -> float:
@@ -238,17 +256,20 @@ class Attempt(NamedTuple):
 
 
 def attempt(run_id: str, status: str, start_time: Optional[int] = None, end_time: Optional[int] = None,
-            name: str = "", tags: Optional[dict] = None, deleted: bool = False) -> Attempt:
-    """A run from its attributes and its tags (a mapping of tag name to value; absent tags may be missing)."""
+            name: str = "", tags: Optional[dict] = None, deleted: bool = False,
+            params: Optional[dict] = None) -> Attempt:
+    """A run from its attributes and its tags (a mapping of tag name to value; absent tags may be
+    missing), and for a parent run its params."""
     tags = tags or {}
     get = tags.get
     return Attempt(run_id, status, start_time or 0, end_time, name or "", get(KIND) or "", get(KEY) or "",
                    get(SESSION) or "", get(HOLDER) or "", seconds(get(HEARTBEAT)),
                    seconds(get(LEASE), DEFAULT_LEASE_SECONDS), get(ERROR) or "", is_set(get(DIVERGED)),
                    is_set(get(PRUNED)), get(SEARCH) or "", decode_trial(get(TRIAL)), decode_grids(get(GRIDS)),
-                   get(DUPLICATE_OF) or "", decode_curve(get(CURVE)), get(OWNER) or "", deleted)
+                   get(DUPLICATE_OF) or "", decode_curve(get(CURVE)), get(OWNER) or "", deleted,
+                   is_set(get(PROVISIONAL)) and (params or {}).get(PARENT_STATE) != KEPT)
 
 
 def decode(row) -> Attempt:
     """An Attempt from a store's run row (queue.base.RunRow)."""
-    return attempt(row.run_id, row.status, row.start_time, row.end_time, row.name, row.tags, row.deleted)
+    return attempt(row.run_id, row.status, row.start_time, row.end_time, row.name, row.tags, row.deleted, row.params)

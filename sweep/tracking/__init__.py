@@ -235,7 +235,8 @@ def log_batch(uri: str, run_id: str, metrics: Iterable[tuple] = (), params: Opti
     client(uri).log_batch(run_id,
                           metrics=[Metric(k, float(v), now, int(step)) for k, v, step in metrics],
                           params=[Param(k, str(v)) for k, v in (params or {}).items()],
-                          tags=[RunTag(k, str(v)) for k, v in (tags or {}).items()])
+                          tags=[RunTag(k, str(v)) for k, v in (tags or {}).items()],
+                          synchronous=True)  # even under MLFLOW_ENABLE_ASYNC_LOGGING: a refused param is a fence
 
 
 @store_errors

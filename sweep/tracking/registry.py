@@ -13,7 +13,7 @@ import pandas as pd
 from mlflow.environment_variables import MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR
 
 from .. import tracking
-from ..queue.schema import QUESTION
+from ..queue.schema import ENDED, QUESTION
 
 PIXELS = [f"pixel_{i}" for i in range(784)]
 AGENT_MODEL = "mnist-agent"   # the logged model a registered version comes from
@@ -40,6 +40,11 @@ class AgentModel(mlflow.pyfunc.PythonModel):
         out = pd.DataFrame(probs, columns=[f"p{d}" for d in range(10)])
         out.insert(0, "digit", probs.argmax(1))
         return out
+
+
+def _settings_of(run) -> dict:
+    """A run's params but the queue's own (how its run ended): what the model was trained with."""
+    return {k: v for k, v in run.data.params.items() if k != ENDED}
 
 
 def _errors(run) -> str:
@@ -102,7 +107,7 @@ def _log_agent(uri: str, run, name: str, example_pixels, tags: dict) -> str:
         model.load_context(SimpleNamespace(artifacts={"agent": agent}))  # as MLflow will call it
         signature = infer_signature(example, model.predict(None, example))
         logged = c.create_logged_model(run.info.experiment_id, name=name, source_run_id=run_id,
-                                       params=run.data.params, tags=tags, model_type="mnist-mlp")
+                                       params=_settings_of(run), tags=tags, model_type="mnist-mlp")
         c.log_outputs(run_id, [LoggedModelOutput(logged.model_id, step=0)])
         mlflow.pyfunc.log_model(name=name, model_id=logged.model_id, python_model=AgentModel(),
                                 artifacts={"agent": agent}, signature=signature, input_example=example,

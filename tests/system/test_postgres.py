@@ -7,6 +7,7 @@ import json
 import os
 import shlex
 import signal
+import threading
 from collections import Counter
 from contextlib import contextmanager
 from types import SimpleNamespace
@@ -180,3 +181,28 @@ def test_mlflows_lookups_by_tag_use_the_documented_index(team_database, tmp_path
                 lookup()
             assert all(INDEX in plan for plan in plans(connection, statements, value)), what
     assert Counter(a.status for a in queue.key_attempts(store, experiment_id, planned.key)) == {"FINISHED": 1}
+
+
+def test_of_endings_committed_at_once_on_postgresql_exactly_one_stands(team_database, tmp_path, monkeypatch):
+    """The fence under every run's ending (docs/queue.md) is MLflow's refusal to change a param, which
+    PostgreSQL's primary key makes hold between concurrent transactions too: four threads commit four
+    endings of one run at once, for 20 runs; each run keeps one, and every thread is told that one."""
+    monkeypatch.chdir(tmp_path)
+    store = MlflowStore(team_database.uri)
+    experiment_id = store.ensure_experiment("endings")
+    endings = ("FINISHED", "KILLED", "FAILED", "KILLED")
+    for i in range(20):
+        run_id = store.create_run(experiment_id, f"run{i}", {schema.KIND: schema.TRAIN})
+        start, committed = threading.Barrier(len(endings)), [None] * len(endings)
+
+        def commit(n):
+            start.wait()
+            committed[n] = queue.lease.commit_ending(store, experiment_id, run_id, endings[n])
+
+        threads = [threading.Thread(target=commit, args=(n,)) for n in range(len(endings))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        [row] = store.find(experiment_id, queue.Query(run_ids=(run_id,)))
+        assert set(committed) == {row.params[schema.ENDED]}, (i, committed)

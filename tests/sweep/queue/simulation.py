@@ -28,7 +28,7 @@ import tempfile
 import threading
 from collections import Counter
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Iterable, Optional
 
 from sweep.adaptive.seeds import allocate, grid_questions
 from sweep.adaptive.wanted import WantedRuns
@@ -73,6 +73,8 @@ class Process:
     main: Optional["Actor"] = None
     errors_after: float = float("inf")  # store calls fail (sometimes) from this time on
     failed_calls: int = 0
+    calls: int = 0                  # store calls made so far
+    stop_at_call: Optional[tuple] = None  # (n, seconds): SIGSTOP just before its n-th store call
 
     @property
     def holder(self) -> str:
@@ -371,12 +373,17 @@ class SimStore(Store):
         return self.memory.index_path
 
     def _call(self, name: str, *args):
+        self.process.calls += 1
+        if self.process.stop_at_call and self.process.stop_at_call[0] == self.process.calls:
+            self.world.note(f"SIGSTOP {self.process.name} for {self.process.stop_at_call[1]:.1f} s, "
+                            f"before its store call {self.process.calls} ({name})")
+            self.process.suspended_until = self.world.now + self.process.stop_at_call[1]
         self.world.pause()
         if self.world.now >= self.process.errors_after and self.world.rng.random() < 0.15:
             self.process.failed_calls += 1
             self.world.note(f"store error in {name}")
             raise TrackingError(f"simulated: the store did not answer {name}")
-        before = self._run(args[0]) if name in ("set_status", "delete_run") else None
+        before = self._run(args[0]) if name in ("set_status", "delete_run", "write") else None
         result = getattr(self.memory, name)(*args)
         if before is not None:
             check_change(self.world, self.process, self.world.memory, before, self._run(args[0]), name)
@@ -398,7 +405,11 @@ class SimStore(Store):
         return self._call("delete_run", run_id)
 
     def write(self, run_id, metrics=(), params=None, tags=None):
-        return self._call("write", run_id, list(metrics), params, tags)
+        # As MLflow's log_batch: the params (refused as a whole when one would change), then the metrics,
+        # then the tags, each in a transaction of its own: a process may stop or fail between them.
+        parts = [([], params, None), (list(metrics), None, None), ([], None, tags)]
+        for part in [part for part in parts if any(part)] or parts[:1]:
+            self._call("write", run_id, *part)
 
     def set_status(self, run_id, status):
         return self._call("set_status", run_id, status)
@@ -448,21 +459,32 @@ class MlflowRuns:
 # --- invariants --------------------------------------------------------------------------------------
 
 def check_change(world: World, process: Process, memory, before, after, call: str) -> None:
-    """After every change of a run's status or lifecycle: a training run ends FINISHED only from
-    RUNNING and only by its holder (a lost holder never finishes a run), is never set RUNNING again,
+    """After every change of a run's ending, status or lifecycle: a training run's ending is committed
+    once (FINISHED only by its holder, while the run was RUNNING: a lost holder never finishes a run),
+    its status is set only to its committed ending, FINISHED only from RUNNING, never RUNNING again; it
     is never deleted once FINISHED (only withdrawn claims are), and no key is FINISHED twice."""
     run = schema.decode(after)
     if run.kind != schema.TRAIN or before is None:
+        return
+    if call == "write":
+        ending, was = after.params.get(schema.ENDED), before.params.get(schema.ENDED)
+        if ending != was and (was is not None or ending == "FINISHED" and (
+                before.status != "RUNNING" or run.holder != process.holder)):
+            world.fail(f"{process.name} committed run {run.run_id} ({run.key}) as {ending}: it was {before.status}, "
+                       f"held by {run.holder}, committed as {was}")
         return
     if call == "delete_run" and before.status == "FINISHED":
         world.fail(f"{process.name} deleted run {run.run_id} ({run.key}), which had FINISHED")
     if call != "set_status" or before.status == after.status:
         return
+    if after.status != after.params.get(schema.ENDED) and after.status != "RUNNING":
+        world.fail(f"{process.name} set run {run.run_id} ({run.key}) {after.status}, but its ending was committed as "
+                   f"{after.params.get(schema.ENDED)}")
     if after.status == "FINISHED":
         if before.status != "RUNNING":
             world.fail(f"{process.name} finished run {run.run_id} ({run.key}), which was {before.status}")
-        if run.holder != process.holder:
-            world.fail(f"{process.name} finished run {run.run_id} ({run.key}), held by {run.holder}")
+        if "final_test_error" not in after.metrics:
+            world.fail(f"{process.name} finished run {run.run_id} ({run.key}) without its final metrics")
         twice = [r.run_id for r in memory.find(EXPERIMENT_ID, Query(tags=((schema.KEY, run.key),), status="FINISHED"))]
         if len(twice) > 1:
             world.fail(f"key {run.key} FINISHED {len(twice)} times: runs {twice}")
@@ -532,12 +554,18 @@ class Plan:
     epoch_seconds: float
     fail_once: set                 # keys whose first training fails
     failed: set = dataclasses.field(default_factory=set)
-    suspend_workers: list = dataclasses.field(default_factory=list)   # (delay, seconds) for the next workers
+    # For the next workers: (delay, seconds), a SIGSTOP after that delay; or ("call", n, seconds), one
+    # just before its n-th store call (which lands in every check-then-write window now and then).
+    suspend_workers: list = dataclasses.field(default_factory=list)
 
     def worker_started(self, world: World, process: Process) -> None:
         if self.suspend_workers:
-            delay, seconds = self.suspend_workers.pop(0)
-            world.at(world.now + delay, f"SIGSTOP {process.name} for {seconds:.1f} s",
+            when, *rest = self.suspend_workers.pop(0)
+            if when == "call":
+                process.stop_at_call = tuple(rest)
+                return
+            seconds = rest[0]
+            world.at(world.now + when, f"SIGSTOP {process.name} for {seconds:.1f} s",
                      lambda: setattr(process, "suspended_until", world.now + seconds))
 
     def train(self, world: World):
@@ -673,11 +701,12 @@ def schedule(seed: int, folder: Path, verbose: bool = False, store: str = "memor
     plan = Plan(spec, epochs, rng.uniform(0.5, 4.0), {k for k in keys if rng.random() < 0.15})
     lease = rng.choice([6.0, 8.0, 12.0])
     sweeps = []
+    at_once = rng.random() < 0.3  # the sweeps started together (a script, two terminals), else spread out
     for i in range(rng.choice([1, 1, 2, 2, 3])):
         settings = Settings(jobs=rng.randint(1, 2), engine=rng.choice(["solo", "fused", "auto"]), lease_seconds=lease,
                             retries=1, wait=rng.random() < 0.85)
-        sweeps.append(start_sweep(world, plan, f"sweep{i}", settings, START + (0 if i == 0 else rng.uniform(0, 20)),
-                                  skew=rng.uniform(-2, 2)))
+        when = START + (0 if i == 0 else rng.uniform(0, 0.05) if at_once else rng.uniform(0, 20))
+        sweeps.append(start_sweep(world, plan, f"sweep{i}", settings, when, skew=rng.uniform(-2, 2)))
     sweeps_ended = lambda: all(s.process.main.done for s in sweeps)  # noqa: E731
     for i in range(rng.choice([0, 1, 1, 2])):
         start_reader(world, plan, f"status{i}", rng.choice([2.0, 5.0, 10.0]), sweeps_ended)
@@ -697,6 +726,8 @@ def schedule(seed: int, folder: Path, verbose: bool = False, store: str = "memor
                     if q is p or q.parent is p:
                         world.kill(q, "SIGKILL to the group")
             world.at(when, f"SIGKILL {p.name} and its workers", kill_group)
+        elif draw < 0.40:
+            p.stop_at_call = (rng.randint(1, 20), rng.uniform(lease, 3 * lease))  # e.g. making its parent run
         elif draw < 0.45:
             seconds = rng.uniform(lease, 3 * lease)
             group = rng.random() < 0.5
@@ -706,9 +737,11 @@ def schedule(seed: int, folder: Path, verbose: bool = False, store: str = "memor
                     if q is p or group and q.parent is p:
                         q.suspended_until = world.now + seconds
             world.at(when, f"SIGSTOP {p.name}{' and its workers' if group else ''} for {seconds:.1f} s", suspend)
-        elif draw < 0.55:
+        elif draw < 0.48:
             plan.suspend_workers.append((rng.uniform(0, 5), rng.uniform(lease, 3 * lease)))
         elif draw < 0.62:
+            plan.suspend_workers.append(("call", rng.randint(1, 25), rng.uniform(lease, 3 * lease)))
+        elif draw < 0.69:
             p.errors_after = when
     world.note(f"plan: {len(keys)} keys, {epochs} epochs, lease {lease:g} s, "
                f"{[(s.process.name, s.settings.jobs, s.settings.engine, s.settings.wait) for s in sweeps]}")
@@ -771,13 +804,13 @@ def _failed_or_crashed(s: SweepProcess) -> bool:
     return bool(s.summary and (s.summary.failed or s.summary.crashes or s.summary.not_done))
 
 
-def explore(schedules: int, first_seed: int = 0, verbose: bool = False,
-            store: str = "memory") -> tuple[int, Optional[str]]:
-    """Run `schedules` schedules from `first_seed`; (how many ran, the first failure with its replay)."""
+def explore(seeds: Iterable[int], verbose: bool = False, store: str = "memory") -> tuple[int, Optional[str]]:
+    """Run the schedules of `seeds`; (how many ran, the first failure with its replay)."""
     shm = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
     tempfile.tempdir = shm or tempfile.gettempdir()  # the agents' temporary folders too: no disk flush there
+    n = 0
     with tempfile.TemporaryDirectory(dir=shm) as tmp:  # the mirror's commits cost no disk flush there
-        for n, seed in enumerate(range(first_seed, first_seed + schedules), 1):
+        for n, seed in enumerate(seeds, 1):
             folder = Path(tmp) / str(seed)
             folder.mkdir()
             try:
@@ -788,7 +821,7 @@ def explore(schedules: int, first_seed: int = 0, verbose: bool = False,
                 return n, (f"seed {seed}: {exc}\n"
                            f"replay: python tests/sweep/queue/simulation.py --seed {seed}{where} --verbose")
             del world
-    return schedules, None
+    return n, None
 
 
 def main(argv=None) -> int:
@@ -801,9 +834,10 @@ def main(argv=None) -> int:
                         help="the in-memory store, or MLflow's own on a local SQLite file")
     args = parser.parse_args(argv)
     if args.seed is not None:
-        ran, failure = explore(1, args.seed, args.verbose, args.store)
+        seeds = [args.seed]
     else:
-        ran, failure = explore(args.schedules, args.first_seed, args.verbose, args.store)
+        seeds = range(args.first_seed, args.first_seed + args.schedules)
+    ran, failure = explore(seeds, args.verbose, args.store)
     print(failure or f"{ran} schedules, every invariant held")
     return 1 if failure else 0
 

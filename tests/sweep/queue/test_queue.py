@@ -152,13 +152,104 @@ def test_a_run_ended_by_another_process_is_lost_to_its_holder(store):
     experiment, parent = _experiment(store, "ended")
     planned = _planned(lr=0.9)
     lease = queue.claim(store, experiment, parent, planned, "s", "s1", lease_seconds=6)
-    queue.end_attempt(store, lease.run_id, "KILLED", "claim lapsed: test")
+    queue.end_attempt(store, experiment, lease.run_id, "KILLED", "claim lapsed: test")
     with queue.KeepAlive(store, [lease], store.host.me(), parent, check_every=0.1):
         deadline = time.time() + 10
         while lease.held and time.time() < deadline:
             time.sleep(0.1)
     assert "ended by another process (KILLED: claim lapsed: test)" in lease.lost
     assert not lease.log_epoch({"test_error": 0.1}, 1)
+
+
+def test_a_holder_late_past_its_clock_check_cannot_finish_a_run_another_process_ended(store, tmp_path):
+    """The holder looked at its clock in time, then stopped (suspended) while another process ended its
+    lapsed run: its finish comes too late, and the run stays as the other one ended it."""
+    experiment, parent = _experiment(store, "late")
+    planned = _planned(lr=0.95)
+    lease = queue.claim(store, experiment, parent, planned, "s", "s1", lease_seconds=6)
+    queue.end_attempt(MlflowStore(store.uri, As("claimant:1:1.00")), experiment, lease.run_id, "KILLED",
+                      "claim lapsed: its holder stopped heartbeating")
+    assert lease.finish({"test_error": 0.1}, 1, _agent(tmp_path), diverged=False, stopped=False) is False
+    assert lease.lost == "run ended by another process (KILLED)"
+    [run] = queue.key_attempts(store, experiment, planned.key)
+    assert run.status == "KILLED" and "stopped heartbeating" in run.error
+
+
+def test_a_finish_its_holder_committed_is_completed_by_the_next_claimant(store):
+    """The holder committed FINISHED and stopped before setting the status: the run is done, and the
+    claimant that finds it lapsed sets it FINISHED instead of taking it over."""
+    experiment, parent = _experiment(store, "committed")
+    planned = _planned(lr=0.96)
+    lease = queue.claim(store, experiment, parent, planned, "s", "s1", lease_seconds=6)
+    assert queue.lease.commit_ending(store, experiment, lease.run_id, "FINISHED") == "FINISHED"
+    store.write(lease.run_id, tags=schema.heartbeat(time.time() - 60))  # and its lease lapsed
+    assert queue.claim(MlflowStore(store.uri, As("claimant:1:1.00")), experiment, parent, planned, "s", "s2") is None
+    [run] = queue.key_attempts(store, experiment, planned.key)
+    assert run.status == "FINISHED" and run.run_id == lease.run_id
+
+
+def test_sweeps_starting_at_once_share_one_parent_run(store):
+    experiment = store.ensure_experiment("parents")
+    start, ids = threading.Barrier(4), []
+
+    def sweep(i):
+        start.wait()
+        ids.append(queue.parent_run(MlflowStore(store.uri, As(f"elsewhere{i}:1:1.00")), experiment, "p", {"runs": 3}))
+
+    threads = [threading.Thread(target=sweep, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    parents = store.find(experiment, Query(tags=((schema.KIND, schema.PARENT),)))
+    assert len(ids) == 4 and [p.run_id for p in parents] == ids[:1] * (len(set(ids)) == 1)
+    assert parents[0].params == {"runs": "3", schema.PARENT_STATE: schema.KEPT}
+    assert not schema.decode(parents[0]).provisional
+
+
+class Earlier(As):
+    """Another process of this machine that made its runs `ago` seconds back."""
+
+    def __init__(self, holder: str, ago: float):
+        super().__init__(holder)
+        self.ago = ago
+
+    def now(self) -> float:
+        return time.time() - self.ago
+
+
+def test_an_abandoned_candidate_parent_is_withdrawn_but_one_its_creator_kept_stays(store):
+    experiment = store.ensure_experiment("candidates")
+    creator = MlflowStore(store.uri, Earlier("elsewhere:1:1.00", 60))
+    abandoned = creator.create_run(experiment, "sweep:p", schema.parent_tags("p", "elsewhere:1:1.00"))
+    assert queue.find_parent(store, experiment, "p") is None  # a candidate is no parent run yet
+    parent = queue.parent_run(store, experiment, "p", {})
+    [gone] = store.find(experiment, Query(run_ids=(abandoned,), view="all"))
+    assert parent != abandoned and gone.deleted and gone.params[schema.PARENT_STATE] == schema.WITHDRAWN
+    # a candidate as old, whose keeping committed (its tag written after did not land): kept, not withdrawn
+    slow = creator.create_run(experiment, "sweep:q", schema.parent_tags("q", "elsewhere:1:1.00"))
+    queue.base.commit_once(creator, experiment, slow, schema.PARENT_STATE, schema.KEPT)
+    assert queue.tidy_parent(store, experiment, "q").run_id == slow
+    assert queue.parent_run(store, experiment, "q", {}) == slow
+
+
+def test_of_endings_committed_at_once_exactly_one_stands(store):
+    experiment, parent = _experiment(store, "endings")
+    lease = queue.claim(store, experiment, parent, _planned(lr=0.97), "s", "s1")
+    endings = ["FINISHED", "KILLED", "FAILED", "KILLED"]
+    start, committed = threading.Barrier(len(endings)), [None] * len(endings)
+
+    def commit(i):
+        start.wait()
+        committed[i] = queue.lease.commit_ending(store, experiment, lease.run_id, endings[i])
+
+    threads = [threading.Thread(target=commit, args=(i,)) for i in range(len(endings))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    [row] = store.find(experiment, Query(run_ids=(lease.run_id,)))
+    assert set(committed) == {row.params[schema.ENDED]}
 
 
 class Counting(MlflowStore):

@@ -56,11 +56,31 @@ MUTATIONS = {
         ("        self.cursor: Optional[Cursor] = None\n", ""),
         ("        self.cursor = changes.cursor\n", "        QueueView.cursor = changes.cursor\n")],
         "never ends"),
-    # A holder suspended past its lease goes on as if it still held the run, and finishes it.
+    # A holder suspended past its lease goes on as if it still held the run, and finishes it even
+    # though another process ended it (its clock ignored, and the ending it lost too).
     "lost holder finishes": ("queue/lease.py", [
         ("        return self.store.host.now() - self.confirmed < self.seconds - self.beat_every\n",
-         "        return True\n")],
-        "finished run"),
+         "        return True\n"),
+        ("            return standing == status\n", "            return True\n")],
+        "but its ending was committed as"),
+    # The ending not fenced: a holder that looked at its clock in time, then was suspended before
+    # finishing, finishes the run that another process ended meanwhile.
+    "unfenced finish": ("queue/lease.py", [
+        ("            return standing == status\n", "            return True\n")],
+        "but its ending was committed as"),
+    # The ending committed in one request with the final numbers: MLflow writes the params first, so
+    # a holder stopped between them leaves a run that is FINISHED (set so by the next claimant) without them.
+    "ending before the numbers": ("queue/lease.py", [
+        ("            if not self.beat():  # one request: the heartbeat with everything buffered and the final "
+         "numbers\n                return False\n", ""),
+        ('            if not self._commit("FINISHED", {}):\n',
+         '            if not self._commit("FINISHED", schema.heartbeat(self.store.host.now())):\n')],
+        "without its final metrics"),
+    # Two sweeps started at once each keep the parent run they created.
+    "two parents": ("queue/claims.py", [
+        ("            alone = [p.run_id for p in _present(store, experiment_id, sweep_name)] == [run_id]\n",
+         "            alone = True\n")],
+        "parent run is"),
 }
 
 

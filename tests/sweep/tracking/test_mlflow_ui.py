@@ -111,6 +111,9 @@ def test_the_registered_model_is_linked_to_its_run_as_the_ui_reads_it(registered
     logged = client.search_logged_models(experiment_ids=[experiment_id])
     assert [(m.source_run_id, m.status) for m in logged] == [(run_id, LoggedModelStatus.READY)]
     model_id = logged[0].model_id
+    # the model's params: what the run was trained with, not how the queue ended it
+    assert schema.ENDED in before.data.params
+    assert logged[0].params == {k: v for k, v in before.data.params.items() if k != schema.ENDED}
     # the run page and the Models column's registered versions: the versions made from the run
     versions = client.search_model_versions(f"run_id = '{run_id}'")
     assert [(v.name, str(v.version), v.source) for v in versions] == [("tiny-model", version, f"models:/{model_id}")]
