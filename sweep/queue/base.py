@@ -100,19 +100,23 @@ class Store(ABC):
         interrupted call may still hold."""
 
 
+DELETED = "DELETED"  # what `committed` says of a deleted run without the param: nothing more can be written
+
+
 def committed(store: Store, experiment_id: str, run_id: str, name: str) -> Optional[str]:
-    """The value of the run's param `name`, or None."""
+    """The value of the run's param `name`; DELETED for a deleted run without it; else None."""
     found = store.find(experiment_id, Query(run_ids=(run_id,), view="all"))
-    return found[0].params.get(name) if found else None
+    value = found[0].params.get(name) if found else None
+    return DELETED if value is None and found and found[0].deleted else value
 
 
 def commit_once(store: Store, experiment_id: str, run_id: str, name: str, value: str,
                 params: Optional[dict] = None, tags: Optional[dict] = None) -> str:
     """Log the run's param `name` as `value` (in one request with `params` and `tags`), unless another
-    process logged another value first: the value that stands. A param keeps its first value and the
-    store refuses another, in one transaction (MLflow: the params table's primary key), so of two
-    processes committing different values exactly one wins, and each learns which. The compare-and-set
-    that a clock cannot give: the queue's fence."""
+    process logged another value first: the value that stands (DELETED for a run deleted meanwhile).
+    A param keeps its first value and the store refuses another, in one transaction (MLflow: the
+    params table's primary key), so of two processes committing different values exactly one wins,
+    and each learns which. The compare-and-set that a clock cannot give: the queue's fence."""
     try:
         store.write(run_id, params={name: value, **(params or {})}, tags=tags)
         return value

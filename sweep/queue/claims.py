@@ -19,7 +19,7 @@ import random
 from typing import Callable, Iterable, Optional
 
 from . import schema
-from .base import Query, Store, TrackingError, commit_once
+from .base import DELETED, Query, Store, TrackingError, commit_once
 from .lease import Lease, end_run
 from .schema import Attempt
 
@@ -116,7 +116,8 @@ def claim(store: Store, experiment_id: str, parent_id: str, planned, sweep_name:
 
 def end_attempt(store: Store, experiment_id: str, run_id: str, status: str, error: str) -> str:
     """End a run whose holder is gone or lapsed (never one whose holder still heartbeats): as `status`,
-    or as its holder committed before it stopped (lease.end_run); the status it ended with."""
+    or as its holder committed before it stopped (lease.end_run); the status it ended with (DELETED:
+    a withdrawn claim, nothing to end)."""
     return end_run(store, experiment_id, run_id, status, error)
 
 
@@ -161,14 +162,14 @@ def parent_run(store: Store, experiment_id: str, sweep_name: str, params: dict) 
     host, owner = store.host, store.host.me()
     blocked_since = None
     while True:
-        kept = [p for p in _present(store, experiment_id, sweep_name) if not p.provisional]
+        kept = [p for p in _present(store, experiment_id, sweep_name, checking="") if not p.provisional]
         if kept:
             store.write(kept[0].run_id, tags=schema.owner(owner))
             store.set_status(kept[0].run_id, "RUNNING")
             return kept[0].run_id
         run_id = store.create_run(experiment_id, f"sweep:{sweep_name}", schema.parent_tags(sweep_name, owner))
         try:
-            alone = [p.run_id for p in _present(store, experiment_id, sweep_name)] == [run_id]
+            alone = [p.run_id for p in _present(store, experiment_id, sweep_name, checking=run_id)] == [run_id]
             if alone and commit_once(store, experiment_id, run_id, schema.PARENT_STATE, schema.KEPT, params,
                                      schema.kept()) == schema.KEPT:
                 return run_id
@@ -176,7 +177,8 @@ def parent_run(store: Store, experiment_id: str, sweep_name: str, params: dict) 
             if isinstance(exc, KeyboardInterrupt):
                 store.after_interrupt(exc)
             with contextlib.suppress(TrackingError):
-                _withdraw(store, experiment_id, run_id)
+                if not _withdraw(store, experiment_id, run_id):  # kept just before: no process owns it now
+                    end_orphaned_parent(store, experiment_id, run_id, owner, f"stopped as it started ({exc!r})")
             raise
         _withdraw(store, experiment_id, run_id)
         blocked_since = blocked_since or host.now()
@@ -188,20 +190,23 @@ def parent_run(store: Store, experiment_id: str, sweep_name: str, params: dict) 
 
 def _withdraw(store: Store, experiment_id: str, run_id: str) -> bool:
     """Withdraw a candidate parent run and delete it; False when it was kept (it stays)."""
-    if commit_once(store, experiment_id, run_id, schema.PARENT_STATE, schema.WITHDRAWN) != schema.WITHDRAWN:
+    standing = commit_once(store, experiment_id, run_id, schema.PARENT_STATE, schema.WITHDRAWN)
+    if standing == schema.KEPT:
         return False
-    store.delete_run(run_id)
+    if standing != DELETED:
+        store.delete_run(run_id)
     return True
 
 
-def _present(store: Store, experiment_id: str, sweep_name: str) -> list[Attempt]:
+def _present(store: Store, experiment_id: str, sweep_name: str, checking: str = "") -> list[Attempt]:
     """The sweep's parent runs but abandoned candidates (withdrawn already, their creator gone, or
-    CANDIDATE_SECONDS old), which are withdrawn and deleted; one its creator kept meanwhile stays."""
+    CANDIDATE_SECONDS old: any but the one this process is `checking`), which are withdrawn and
+    deleted; one its creator kept meanwhile stays."""
     host, present = store.host, []
     for row in _parents(store, experiment_id, sweep_name):
         p = schema.decode(row)
         withdrawn = row.params.get(schema.PARENT_STATE) == schema.WITHDRAWN
-        mine = p.owner == host.me()  # this process's own candidate, however long it was stopped
+        mine = p.run_id == checking  # this process's candidate, however long it was stopped
         if p.provisional and (withdrawn or not mine and (host.alive(p.owner) is False
                                                          or host.now() - p.start_time / 1000 > CANDIDATE_SECONDS)):
             if _withdraw(store, experiment_id, p.run_id):

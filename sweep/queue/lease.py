@@ -13,8 +13,9 @@ ending is therefore committed before the run's status is set, as the write-once 
 schema.ENDED: the store keeps the first value and refuses another, so of a late holder finishing
 and a claimant ending its lapsed run exactly one wins, and the other learns it lost.
 
-Every write to a held run carries a heartbeat or ends the run: that is what lets the change feed
-(queue.index) tell a newer state of a run from an older one.
+Every write to a held run carries a heartbeat or ends the run (the commit of its ending comes just
+before its status): that is what lets the change feed (queue.index) tell a newer state of a run
+from an older one.
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from pathlib import Path
 from typing import Optional
 
 from . import schema
-from .base import Query, Store, TrackingError, commit_once, committed
+from .base import DELETED, Query, Store, TrackingError, commit_once, committed
 
 _MAX_BATCH = 1000  # MLflow's limit of metrics per request
 
@@ -185,10 +186,19 @@ def commit_ending(store: Store, experiment_id: str, run_id: str, status: str, er
 
 def end_run(store: Store, experiment_id: str, run_id: str, status: str, error: str = "") -> str:
     """End a training run as `status`, or as the ending another process committed first (a holder
-    that committed FINISHED and stopped before setting it); the status it ended with."""
+    that committed FINISHED and stopped before setting it); the status it ended with, or DELETED
+    for a run deleted meanwhile (a claim its claimant withdrew late)."""
     status = commit_ending(store, experiment_id, run_id, status, error)
-    store.set_status(run_id, status)
+    if status == DELETED:
+        return status
+    try:
+        store.set_status(run_id, status)
+    except TrackingError:
+        if store.find(experiment_id, Query(run_ids=(run_id,), view="deleted")):
+            return DELETED
+        raise
     return status
+
 
 
 class KeepAlive:

@@ -233,6 +233,25 @@ def test_an_abandoned_candidate_parent_is_withdrawn_but_one_its_creator_kept_sta
     assert queue.parent_run(store, experiment, "q", {}) == slow
 
 
+def test_a_leftover_candidate_of_this_process_does_not_block_its_parent_run(store):
+    """Say the server made a retried create_run twice: this process's other, older candidate is
+    abandoned like anyone's, not taken for the one it is checking."""
+    experiment = store.ensure_experiment("leftover")
+    me = store.host.me()
+    leftover = MlflowStore(store.uri, Earlier(me, 60)).create_run(experiment, "sweep:p", schema.parent_tags("p", me))
+    started = time.time()
+    parent = queue.parent_run(store, experiment, "p", {})
+    assert parent != leftover and time.time() - started < 5
+    assert store.find(experiment, Query(run_ids=(leftover,), view="deleted"))
+
+
+def test_ending_a_run_deleted_meanwhile_ends_nothing_and_raises_nothing(store):
+    experiment, parent = _experiment(store, "deleted")
+    lease = queue.claim(store, experiment, parent, _planned(lr=0.98), "s", "s1")
+    store.delete_run(lease.run_id)  # a claim withdrawn late, as another process ends it
+    assert queue.end_attempt(store, experiment, lease.run_id, "KILLED", "claim lapsed: test") == queue.base.DELETED
+
+
 def test_of_endings_committed_at_once_exactly_one_stands(store):
     experiment, parent = _experiment(store, "endings")
     lease = queue.claim(store, experiment, parent, _planned(lr=0.97), "s", "s1")

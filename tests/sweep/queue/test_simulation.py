@@ -78,7 +78,8 @@ MUTATIONS = {
         "without its final metrics"),
     # Two sweeps started at once each keep the parent run they created.
     "two parents": ("queue/claims.py", [
-        ("            alone = [p.run_id for p in _present(store, experiment_id, sweep_name)] == [run_id]\n",
+        ("            alone = [p.run_id for p in _present(store, experiment_id, sweep_name, checking=run_id)] "
+         "== [run_id]\n",
          "            alone = True\n")],
         "parent run is"),
 }
