@@ -200,7 +200,6 @@ def end_run(store: Store, experiment_id: str, run_id: str, status: str, error: s
     return status
 
 
-
 class KeepAlive:
     """While a job trains: beat every lease in time, notice runs ended by others, and stop when the
     sweep process that started this worker is gone (ending the leases, so nothing is left RUNNING)."""

@@ -202,7 +202,7 @@ def test_sweeps_starting_at_once_share_one_parent_run(store):
     for t in threads:
         t.join()
     parents = store.find(experiment, Query(tags=((schema.KIND, schema.PARENT),)))
-    assert len(ids) == 4 and [p.run_id for p in parents] == ids[:1] * (len(set(ids)) == 1)
+    assert len(ids) == 4 and len(set(ids)) == 1 and [p.run_id for p in parents] == ids[:1]
     assert parents[0].params == {"runs": "3", schema.PARENT_STATE: schema.KEPT}
     assert not schema.decode(parents[0]).provisional
 
