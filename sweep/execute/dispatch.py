@@ -2,17 +2,19 @@
 
 No cluster code of our own: dask goes through joblib's dask backend on a `dask.distributed`
 client, ray through `ray.util.joblib`. Local (loky) workers can be started before the first round,
-each loading what its job needs while the sweep's process opens the store (worker.warm_up).
+each loading what its job needs while the sweep's process opens the store (worker.warm_up); on a
+local store their requests are made by the sweep's process (tracking.relay): they never import MLflow.
 """
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import signal
 import socket
 import sys
 import threading
 import warnings
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 from urllib.parse import urlsplit
 
 from joblib import Parallel, delayed, parallel_config
@@ -104,8 +106,9 @@ class JoblibPool:
         self.backend, self.used = backend, False
         self.executor_args: dict = {}   # loky's: each worker's warm-up
         self._starting = None
+        self._relay = None              # the local workers' store requests, made by this process
 
-    def start(self, n_jobs: int, uri: str, data_dir: Optional[str], device: str) -> None:
+    def start(self, n_jobs: int, data_dir: Optional[str], device: str) -> None:
         """Start the local workers for a first round of `n_jobs` jobs now, each loading what its job
         needs (worker.warm_up) while this process opens the store; the rounds run on them (one pool:
         the same size and warm-up). A pool has two workers at least: with one job, the second waits."""
@@ -117,7 +120,7 @@ class JoblibPool:
         self.used = True
         loky = get_context("loky")
         self.executor_args = {"initializer": warm_up,
-                              "initargs": (uri, data_dir, device, loky.Semaphore(n_jobs), loky.Semaphore(0))}
+                              "initargs": (data_dir, device, loky.Semaphore(n_jobs), loky.Semaphore(0))}
         # A Ctrl-C inside loky's start leaves its executor unable to shut down: it acts once started.
         with deferred(), parallel_config(backend="loky", n_jobs=max(2, n_jobs), **self.executor_args):
             self._starting = Parallel(return_as="generator_unordered", max_nbytes=None)(
@@ -132,7 +135,31 @@ class JoblibPool:
             with contextlib.suppress(Exception):
                 for _ in starting:
                     pass
-        return Round(jobs, n_jobs, self.backend, self.executor_args)
+        jobs = [self._relayed(job) for job in jobs]
+        return Round(jobs, n_jobs, self.backend, self.executor_args, self._relay.drain if self._relay else None)
+
+    def _relayed(self, job: Job) -> Job:
+        """The job with its store as a local worker reaches it: through this process (tracking.relay)."""
+        from ..tracking.location import local_path
+        from ..tracking.mlflow_store import MlflowStore
+        from ..tracking.relay import Relay
+
+        # A local SQLite store's requests take milliseconds; a server's may retry for minutes, and
+        # each worker's wait for its own is better than every worker's for one.
+        if self.backend != "loky" or not isinstance(job.store, MlflowStore) or local_path(job.store.uri) is None:
+            return job
+        if self._relay is None or self._relay.store.uri != job.store.uri:
+            self._close_relay()
+            try:
+                self._relay = Relay(MlflowStore(job.store.uri))  # as a worker would open it
+            except (OSError, ValueError):
+                return job  # no such socket here: the worker opens the store itself
+        return dataclasses.replace(job, store=self._relay.worker_store())
+
+    def _close_relay(self) -> None:
+        relay, self._relay = self._relay, None
+        if relay is not None:
+            relay.close()
 
     def close(self) -> None:
         """Stop the local worker processes that joblib keeps for reuse, so that a finished sweep
@@ -146,10 +173,14 @@ class JoblibPool:
             from joblib.externals.loky import get_reusable_executor
 
             executor = get_reusable_executor(reuse=True)  # the pool the rounds ran on
-            if hasattr(executor, "terminate"):
-                executor.terminate(kill_workers=True)  # joblib's: also removes its temporary folder
-            else:
-                executor.shutdown(kill_workers=True)
+            try:
+                if hasattr(executor, "terminate"):
+                    executor.terminate(kill_workers=True)  # joblib's: also removes its temporary folder
+                else:
+                    executor.shutdown(kill_workers=True)
+            finally:
+                self._close_relay()  # its workers are stopped: no request is left to make
+        self._close_relay()
 
 
 # A Ctrl-C while the sweep's process exits can cut short the finalizers that give the tracker back the
@@ -189,9 +220,11 @@ class Round:
     stops the round's workers.
     """
 
-    def __init__(self, jobs: list[Job], n_jobs: int, backend: str = "loky", executor_args: Optional[dict] = None):
+    def __init__(self, jobs: list[Job], n_jobs: int, backend: str = "loky", executor_args: Optional[dict] = None,
+                 drain: Optional[Callable[[], None]] = None):
         self.jobs, self.n_jobs, self.backend = jobs, n_jobs, backend
         self.executor_args = executor_args or {}
+        self.drain = drain  # once the round's workers are stopped: their last store request made (Relay.drain)
         self.crash: Optional[str] = None
 
     def __iter__(self) -> Iterator[Outcome]:
@@ -213,3 +246,5 @@ class Round:
                 finally:
                     if hasattr(results, "close"):
                         results.close()  # the consumer stopped early: joblib stops the round's workers
+                    if self.drain is not None:
+                        self.drain()

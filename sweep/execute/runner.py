@@ -71,7 +71,7 @@ def run_sweep(spec: SweepSpec, uri: str, settings: Settings = Settings(), grids=
             if _work_left_as_last_read(spec, grids, uri):
                 trials = sum(spec.searches[name].trials for name in select(spec, grids)[1])
                 jobs = settings.jobs or default_jobs(gpu_count(), available_cores())
-                pool.start(max(1, min(jobs, planned + trials)), uri, settings.data_dir, settings.device)
+                pool.start(max(1, min(jobs, planned + trials)), settings.data_dir, settings.device)
             return Sweep(spec, MlflowStore(open_store(uri)), settings, grids, progress, pool).run()
         finally:
             pool.close()

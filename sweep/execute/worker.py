@@ -112,14 +112,15 @@ GATE_SECONDS = 30.0  # the longest a worker beyond the first round's jobs waits 
 _job_taken = None    # in a warmed worker: released as it takes its first job, letting the others go
 
 
-def warm_up(uri: str, data_dir: Optional[str], device: str, warmers=None, taken=None) -> None:
+def warm_up(data_dir: Optional[str], device: str, warmers=None, taken=None) -> None:
     """Run in each local worker process as it starts (loky's initializer), while the sweep's process
-    opens the store: load what every job needs, MLflow's client for the store, torch, the trainer and
-    MNIST on the job's device, so that the first job starts at once. With `warmers`, a semaphore with
-    a slot per job of the first round, a worker beyond them loads nothing and waits (up to
-    GATE_SECONDS) until a warmed one takes a job (`taken`): the jobs land on warm workers, and one
-    that no job needs takes no core from them. Whatever fails is left for the job to report; an
-    interrupt ends the warm-up quietly (the sweep stops its workers)."""
+    opens the store: load what every job needs, torch, the trainer and MNIST on the job's device, so
+    that the first job starts at once. Not MLflow: on a local store a worker's requests are made by
+    the sweep's process (tracking.relay), and a server's client is made by the first request. With
+    `warmers`, a semaphore with a slot per job of the first round, a worker beyond them loads nothing
+    and waits (up to GATE_SECONDS) until a warmed one takes a job (`taken`): the jobs land on warm
+    workers, and one that no job needs takes no core from them. Whatever fails is left for the job to
+    report; an interrupt ends the warm-up quietly (the sweep stops its workers)."""
     global _job_taken
     try:
         if warmers is not None and not warmers.acquire(block=False):
@@ -127,17 +128,14 @@ def warm_up(uri: str, data_dir: Optional[str], device: str, warmers=None, taken=
                 taken.release()  # and on to the next one waiting
             return
         _job_taken = taken
-        from ..tracking import preload
-
-        preload(uri)
         import mnist_core.fused  # noqa: F401
         from mnist_core import load_mnist, resolve_device
 
         if not (device == "auto" and gpu_count() >= 2):  # else each job is given its GPU as it starts
             load_mnist(data_dir, resolve_device(device))  # as the job loads it: then it is in memory
         # loky collects garbage after a worker's first task, to measure the worker's size: a full
-        # collection over every object MLflow, pandas and torch made as they loaded, most of a second
-        # before the first job could start (docs/benchmarks.md). Those objects live as long as the
+        # collection over every object torch and numpy made as they loaded, before the first job
+        # could start (docs/benchmarks.md). Those objects live as long as the
         # worker: frozen, no collection looks at them again.
         gc.freeze()
     except (Exception, KeyboardInterrupt):

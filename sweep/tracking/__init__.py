@@ -19,6 +19,7 @@ import os
 import random
 import sqlite3
 import sys
+import threading
 import time
 from typing import Iterable, Optional
 
@@ -102,16 +103,6 @@ def client(uri: str):
     # out of here as one TrackingError line.
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
     return MlflowClient(tracking_uri=uri)
-
-
-def preload(uri: str) -> None:
-    """Import what a client of the store at `uri` will use, without opening the store (it may not
-    exist yet): a worker process does it while it waits for its first job."""
-    import mlflow.entities  # noqa: F401
-    from mlflow import MlflowClient  # noqa: F401
-
-    if local_path(uri) is not None:
-        import mlflow.store.tracking.sqlalchemy_store  # noqa: F401
 
 
 def _column(kind: str, key: str) -> str:
@@ -207,15 +198,17 @@ def find_experiment(uri: str, name: str) -> Optional[str]:
 
 _artifact_uris: dict = {}  # (store, run id) -> the artifact URI of a run this process created, until it is used
 _REMEMBERED = 1000
+_artifact_uris_lock = threading.Lock()
 
 
 @store_errors
 def create_run(uri: str, experiment_id: str, name: str, tags: dict, start_ms: Optional[int] = None) -> str:
     """A new RUNNING run; it starts at `start_ms` (ms since the epoch, the writer's clock), else now."""
     info = client(uri).create_run(experiment_id, start_time=start_ms, run_name=name, tags=tags).info
-    _artifact_uris[uri, info.run_id] = info.artifact_uri
-    while len(_artifact_uris) > _REMEMBERED:
-        del _artifact_uris[next(iter(_artifact_uris))]
+    with _artifact_uris_lock:  # the sweep's process writes runs from its relay's threads too
+        _artifact_uris[uri, info.run_id] = info.artifact_uri
+        while len(_artifact_uris) > _REMEMBERED:
+            del _artifact_uris[next(iter(_artifact_uris))]
     return info.run_id
 
 
@@ -252,7 +245,8 @@ def set_status(uri: str, run_id: str, status: str, end_ms: Optional[int] = None)
 def log_artifact(uri: str, run_id: str, path: str | os.PathLike, artifact_path: Optional[str] = None) -> None:
     """Copy a file into the run's artifacts; for a run created by this process, straight to where they
     go (MLflow's client would first read the run from the store to find that out)."""
-    known = _artifact_uris.pop((uri, run_id), None)
+    with _artifact_uris_lock:
+        known = _artifact_uris.pop((uri, run_id), None)
     if known is None:
         client(uri).log_artifact(run_id, str(path), artifact_path)
         return

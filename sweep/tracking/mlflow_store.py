@@ -1,5 +1,6 @@
 """The queue's store on MLflow: a tracking URI (a local SQLite file, a tracking server, a database),
-used through `sweep.tracking`. Picklable: a worker process gets the URI and opens its own client."""
+used through `sweep.tracking`. Picklable: a worker process gets the URI and opens its own client (a
+dask or ray worker; a local one's requests go through the sweep's process: relay.py)."""
 from __future__ import annotations
 
 from pathlib import Path

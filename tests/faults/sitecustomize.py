@@ -1,10 +1,12 @@
 """Faults injected into a `sweep run` process and its workers, for the tests only.
 
 Put this folder on PYTHONPATH and set SWEEP_TEST_FAULTS to a JSON object: {"fail": [KEY, ...],
-"fail_once": [KEY, ...], "marks": FOLDER, "epoch_sleep": SECONDS}. A run whose key is in "fail"
-raises on every attempt; one in "fail_once" raises the first time only (a marker file in FOLDER
-remembers it). With "epoch_sleep", every epoch lasts that much longer, sleeping: a run holds its
-lease for as long as a long run would, without keeping a core busy.
+"fail_once": [KEY, ...], "marks": FOLDER, "epoch_sleep": SECONDS, "imports": FOLDER}. A run whose
+key is in "fail" raises on every attempt; one in "fail_once" raises the first time only (a marker
+file in FOLDER remembers it). With "epoch_sleep", every epoch lasts that much longer, sleeping: a run
+holds its lease for as long as a long run would, without keeping a core busy. With "imports", each
+training process writes into FOLDER (a file named after its pid) which of MLflow and SQLAlchemy it
+had loaded once it trained (claimed, its params and data logged).
 """
 import json
 import os
@@ -44,13 +46,24 @@ if _faults:
 
     _train, _train_fused = mnist_core.train, mnist_core.fused.train_fused
 
+    def _say_imports():
+        if "imports" in _plan:
+            import sys
+
+            loaded = [m for m in ("mlflow", "sqlalchemy") if m in sys.modules]
+            (Path(_plan["imports"]) / str(os.getpid())).write_text(",".join(loaded))
+
     def train(config, *args, on_epoch=None, **kwargs):
         _maybe_fail([config])
-        return _train(config, *args, on_epoch=_slowed(on_epoch), **kwargs)
+        result = _train(config, *args, on_epoch=_slowed(on_epoch), **kwargs)
+        _say_imports()
+        return result
 
     def train_fused(configs, *args, on_epoch=None, **kwargs):
         _maybe_fail(configs)
-        return _train_fused(configs, *args, on_epoch=_slowed(on_epoch, first_only=True), **kwargs)
+        result = _train_fused(configs, *args, on_epoch=_slowed(on_epoch, first_only=True), **kwargs)
+        _say_imports()
+        return result
 
     mnist_core.train = train
     mnist_core.fused.train_fused = train_fused

@@ -99,22 +99,35 @@ def finished() -> int:
 def test_a_sweep_ends_when_its_runs_are_done_whatever_a_status_beside_it_read(stored):
     """`sweep status` syncs the mirror that the sweep reads too. It once moved a cursor that every
     process shared: runs that had ended more than the mirror's 10 s margin before the last one were
-    then never seen by the sweep, which dispatched them again and again, and never ended."""
-    spec = write_spec(stored, "experiment: tiny\ngrids:\n  long: {epochs: [30]}\n  short: {epochs: [2], lr: [0.01, 0.02]}\n")
+    then never seen by the sweep, which dispatched them again and again, and never ended. Here the
+    sweep reads nothing while its round lasts (the longest run keeps it open): the short runs end 13 s
+    before the long one, and a status reads them all before the sweep does."""
+    spec = write_spec(stored, "experiment: tiny\ngrids:\n  long: {epochs: [30]}\n"
+                              "  short: {epochs: [2], lr: [0.01, 0.02]}\n  longest: {epochs: [50], lr: [0.03]}\n")
     proc = sweep_process("run", spec, "--jobs", 2, "--engine", "solo", faults=SLEEPY)
-    wait_until(lambda: len(running()) == 2, timeout=120)
-    stop_between_writes(proc.pid, False, stored / "mlflow.db")  # the sweep alone: its workers go on
-    try:                                                     # the short runs end 13 s before the long one
-        wait_until(lambda: finished() == 3, timeout=120)
-        status = CliRunner().invoke(main, ["status", spec])  # reads (and mirrors) the runs that ended
-        assert status.exit_code == 0 and "3 done" in status.output, status.output
-    finally:
-        os.kill(proc.pid, signal.SIGCONT)
+    wait_until(lambda: finished() == 3, timeout=120)          # long and short: longest is still training
+    status = CliRunner().invoke(main, ["status", spec])      # reads (and mirrors) the runs that ended
+    assert status.exit_code == 0 and "3 done" in status.output and "1 running" in status.output, status.output
     out = finish(proc, 120)
     assert proc.returncode == 0, out
     assert "  skip  " not in out, out                        # nothing dispatched again
     assert_each_key_finished_once(training_runs(), keys_of(spec))
     assert parent_status() == "FINISHED"
+
+
+def test_a_local_worker_trains_and_tracks_its_runs_without_importing_mlflow(stored):
+    """Its store requests are made by the sweep's process (sweep.tracking.relay): the worker's start-up
+    is torch and MNIST, as `python -m mnist_core`'s, not MLflow's too."""
+    spec = write_spec(stored, "experiment: tiny\ngrids:\n  g: {epochs: [1], lr: [0.01, 0.02, 0.03]}\n")
+    marks = stored / "imports"
+    marks.mkdir()
+    proc = sweep_process("run", spec, "--jobs", 2, "--engine", "solo", faults={"imports": str(marks)})
+    out = finish(proc, 120)
+    assert proc.returncode == 0, out
+    said = {mark.name: mark.read_text() for mark in marks.iterdir()}
+    assert said and set(said.values()) == {""}, said  # no worker had MLflow, nor SQLAlchemy, loaded
+    assert str(proc.pid) not in said
+    assert_each_key_finished_once(training_runs(), keys_of(spec))
 
 
 def test_a_suspended_holder_never_finishes_a_run_another_sweep_took_over_and_ends_at_once(stored):
