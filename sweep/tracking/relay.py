@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pickle
 import secrets
 import shutil
 import socket
@@ -97,10 +98,11 @@ class Relay:
             worker = _peer(connection)
             while True:
                 try:
-                    method, args = connection.recv()
+                    message = connection.recv_bytes()
                 except (OSError, EOFError):
                     return  # the worker is gone
                 try:
+                    method, args = pickle.loads(message)
                     if method not in REQUESTS:
                         raise TrackingError(f"not a store request: {method!r}")
                     with self._one_at_a_time:
@@ -115,6 +117,9 @@ class Relay:
                     connection.send(reply)
                 except (OSError, EOFError):
                     return
+                except Exception as exc:  # noqa: BLE001 - an answer that cannot be pickled: the worker hears why
+                    with contextlib.suppress(OSError, EOFError):
+                        connection.send((False, f"tracking store {self.store.uri}: cannot answer {method!r}: {exc}"))
 
 
 def _peer(connection) -> Optional[int]:

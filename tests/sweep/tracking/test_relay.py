@@ -120,6 +120,36 @@ def test_a_request_cut_short_by_a_second_ctrl_c_leaves_no_answer_for_the_next_on
         relay.close()
 
 
+STRANGER = """
+import sys
+from sweep.queue import TrackingError
+from sweep.tracking.relay import RelayStore
+uri, address, key, experiment = sys.argv[1:]
+store = RelayStore(uri, bytes.fromhex(address), bytes.fromhex(key))
+
+class OnlyHere:  # the sweep's process cannot unpickle it
+    pass
+
+try:
+    store.create_run(experiment, "strange", {"tag": OnlyHere()})
+except TrackingError as exc:
+    print("refused:", exc)
+print(store.create_run(experiment, "plain", {}))
+"""
+
+
+def test_a_request_the_sweeps_process_cannot_read_is_refused_and_the_next_one_is_made(relay, uri):
+    experiment = MlflowStore(uri).ensure_experiment("e")
+    worker = relay.worker_store()
+    address = worker.address if isinstance(worker.address, bytes) else worker.address.encode()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))}
+    done = subprocess.run([sys.executable, "-c", STRANGER, uri, address.hex(), worker.authkey.hex(), experiment],
+                          capture_output=True, text=True, env=env, timeout=120)
+    refused, made = done.stdout.splitlines()
+    assert refused.startswith("refused: tracking store") and "OnlyHere" in refused, done.stderr
+    assert [r.name for r in MlflowStore(uri).find(experiment, queue.Query(run_ids=(made,)))] == ["plain"]
+
+
 WAITING = """
 import sys
 from sweep.tracking.relay import RelayStore
