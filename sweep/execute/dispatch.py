@@ -180,7 +180,6 @@ class JoblibPool:
                     executor.shutdown(kill_workers=True)
             finally:
                 self._close_relay()  # its workers are stopped: no request is left to make
-        self._close_relay()
 
 
 # A Ctrl-C while the sweep's process exits can cut short the finalizers that give the tracker back the

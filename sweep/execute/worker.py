@@ -135,8 +135,8 @@ def warm_up(data_dir: Optional[str], device: str, warmers=None, taken=None) -> N
             load_mnist(data_dir, resolve_device(device))  # as the job loads it: then it is in memory
         # loky collects garbage after a worker's first task, to measure the worker's size: a full
         # collection over every object torch and numpy made as they loaded, before the first job
-        # could start (docs/benchmarks.md). Those objects live as long as the
-        # worker: frozen, no collection looks at them again.
+        # could start (docs/benchmarks.md). Those objects live as long as the worker: frozen, no
+        # collection looks at them again.
         gc.freeze()
     except (Exception, KeyboardInterrupt):
         pass
