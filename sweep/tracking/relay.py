@@ -33,8 +33,8 @@ from ..queue.base import LOCAL, Host, Query, RunRow, Store, TrackingError
 from ..queue.index import index_path
 from .mlflow_store import MlflowStore
 
-REQUESTS = frozenset({"ensure_experiment", "find_experiment", "create_run", "delete_run", "write", "set_status",
-                      "log_artifact", "log_inputs", "find"})
+REQUESTS = frozenset({"ensure_experiment", "create_run", "delete_run", "write", "set_status", "log_artifact",
+                      "log_inputs"})  # a worker reads the store itself
 # Made twice, these leave the store as made once (a param keeps its value, a status is set, a file
 # copied again); a write's metrics would be logged twice, which only the sweep's death can cause.
 REPEATABLE = REQUESTS - {"create_run"}

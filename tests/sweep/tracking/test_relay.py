@@ -30,9 +30,25 @@ def uri(tmp_path, template_store):
     return f"sqlite:///{tmp_path}/mlflow.db"
 
 
+class Counting(MlflowStore):
+    """The store as the relaying process makes the requests: which ones reached it."""
+
+    def __init__(self, uri):
+        super().__init__(uri)
+        self.made = []
+
+    def create_run(self, experiment_id, name, tags):
+        self.made.append("create_run")
+        return super().create_run(experiment_id, name, tags)
+
+    def write(self, run_id, metrics=(), params=None, tags=None):
+        self.made.append("write")
+        return super().write(run_id, metrics, params, tags)
+
+
 @pytest.fixture
 def relay(uri):
-    relay = Relay(MlflowStore(uri))
+    relay = Relay(Counting(uri))
     yield relay
     relay.close()
 
@@ -42,24 +58,7 @@ def _planned(lr=0.1):
     return PlannedRun(config, run_key(config), run_name(config), ("g",))
 
 
-class Counting(MlflowStore):
-    made: list = []
-
-    def write(self, run_id, metrics=(), params=None, tags=None):
-        Counting.made.append("write")
-        return super().write(run_id, metrics, params, tags)
-
-
-def test_a_run_claimed_and_finished_through_the_relay_is_the_run_the_store_holds(uri, tmp_path):
-    relay = Relay(Counting(uri))
-    try:
-        _claim_and_finish(relay, uri, tmp_path)
-    finally:
-        relay.close()
-    assert Counting.made  # the writes were made by the relaying process
-
-
-def _claim_and_finish(relay, uri, tmp_path):
+def test_a_run_claimed_and_finished_through_the_relay_is_the_run_the_store_holds(relay, uri, tmp_path):
     worker = pickle.loads(pickle.dumps(relay.worker_store()))  # as a worker process gets it
     store = MlflowStore(uri)
     experiment = store.ensure_experiment("e")
@@ -79,6 +78,7 @@ def _claim_and_finish(relay, uri, tmp_path):
     assert (tmp_path / "mlruns").exists() and any(p.name == "mnist_agent.pt" for p in (tmp_path / "mlruns").rglob("*"))
     # the lost fence holds through it too: the run is ended, another ending is refused
     assert queue.end_attempt(worker, experiment, lease.run_id, "KILLED", "late") == "FINISHED"
+    assert relay.store.made.count("create_run") == 1 and "write" in relay.store.made  # made by the relaying process
 
 
 def test_a_refused_request_is_one_trackingerror_and_the_next_one_is_answered(relay, uri):
@@ -88,6 +88,7 @@ def test_a_refused_request_is_one_trackingerror_and_the_next_one_is_answered(rel
         worker.write("no-such-run", params={"a": "1"})
     assert "\n" not in str(refused.value)
     assert worker.create_run(experiment, "next", {}) in {r.run_id for r in worker.find(experiment, queue.Query())}
+    assert relay.store.made == ["write", "create_run"]  # both made by the relaying process
 
 
 class Slow(MlflowStore):
