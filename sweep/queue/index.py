@@ -170,6 +170,8 @@ class Index:
             if not damaged or self.path.exists():
                 self._close()
                 self._private = _connect(":memory:")
+            if read != self._sync and self.store is not None:  # the new mirror starts empty: fill it first
+                self._sync(self.store.host.now(), ())
             return read(*args)
 
     def _sync(self, started: float, keys: tuple) -> None:

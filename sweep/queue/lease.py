@@ -68,8 +68,9 @@ class Lease:
                 self.beat()
             return self.held
 
-    def beat(self) -> bool:
-        """Write the heartbeat with whatever is buffered. False (and the lease given up) when too late."""
+    def beat(self, params: bool = True) -> bool:
+        """Write the heartbeat with whatever is buffered (the params wait for the next write when
+        `params` is False). False (and the lease given up) when too late."""
         with self._lock:
             if not self.held:
                 return False
@@ -78,7 +79,7 @@ class Lease:
                               f"(process suspended, or the store out of reach)")
                 return False
             now = self.store.host.now()
-            self._write(schema.heartbeat(now))
+            self._write(schema.heartbeat(now), with_params=params)
             self.confirmed = now
             return True
 
@@ -95,7 +96,10 @@ class Lease:
         with self._lock:
             self._metrics += [(k, v, step) for k, v in metrics.items()]
             self._tags.update({**schema.ending(diverged, stopped), **(tags or {})})
-            if not self.beat():  # one request: the heartbeat with everything buffered and the final numbers
+            # One request: the heartbeat with the final numbers and whatever is buffered but the params,
+            # which go with the ending's commit below: MLflow writes a request's params in one
+            # transaction, so there they cost no transaction of their own.
+            if not self.beat(params=False):
                 return False
             try:
                 if agent is not None:
@@ -159,11 +163,12 @@ class Lease:
                 self.lost = f"run ended by another process ({standing})"
             return standing == status
 
-    def _write(self, tags: dict, ending: Optional[dict] = None) -> None:
-        """Write what is buffered with `tags`; the `ending` params go first, so that nothing is written
-        once another ending was committed."""
+    def _write(self, tags: dict, ending: Optional[dict] = None, with_params: bool = True) -> None:
+        """Write what is buffered with `tags` (the buffered params only `with_params`); the `ending`
+        params go first, so that nothing is written once another ending was committed."""
         metrics, self._metrics = self._metrics, []
-        params, self._params = {**(ending or {}), **self._params}, {}
+        held, self._params = (self._params, {}) if with_params else ({}, self._params)
+        params = {**(ending or {}), **held}
         tags, self._tags = {**self._tags, **tags}, {}
         sent = 0
         try:

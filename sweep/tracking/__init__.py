@@ -12,6 +12,7 @@ imported on first use: commands that only read the index beside the store never 
 """
 from __future__ import annotations
 
+import atexit
 import contextlib
 import functools
 import json
@@ -26,7 +27,7 @@ from typing import Iterable, Optional
 from .. import interrupts
 from ..queue.base import RunRow, TrackingError
 from ..queue.schema import EXPERIMENT_KIND, MODEL_TRAINING, RUNS_VIEW, TRAINING_RUNS, VIEW_TAG
-from .location import artifact_root, local_path
+from .location import artifact_root, checkpoint, local_path
 
 # The MLflow UI's mode: MLflow 3.17's UI takes it from its GenAI / Model training switch, the `workflowType`
 # URL parameter (see runs_page), else the browser's saved choice, else GenAI; it reads the experiment's
@@ -102,6 +103,9 @@ def client(uri: str):
     # MLflow logs a database error with its whole traceback before raising it; the error itself comes
     # out of here as one TrackingError line.
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
+    path = local_path(uri)
+    if path is not None:  # what this process wrote goes into the store's file before it ends
+        atexit.register(checkpoint, path)
     return MlflowClient(tracking_uri=uri)
 
 

@@ -15,6 +15,9 @@ folder (`$XDG_CACHE_HOME/mnist-sweep`, else `~/.cache/mnist-sweep`; one per MLfl
 every later store starts as a copy of it: the same tables, its Default experiment's artifacts
 moved beside the new store. Without a cache folder to write, each store is built as before.
 
+A store opened to be written is put in SQLite's write-ahead-log mode, and a process that wrote moves
+the log into the file when it ends (docs/queue.md says why and what it changes).
+
 Only stdlib at import: `sweep plan` uses this module before anything heavy is loaded.
 """
 from __future__ import annotations
@@ -41,7 +44,6 @@ ARTIFACTS_DIR = "mlruns"       # and its default artifact root, ./mlruns
 LEGACY_STORE = Path("mlruns", DB_NAME)  # where sweeps kept the store before
 PROBE_SECONDS = 5            # a tracking server answers /health at once; silence is an error
 SQLITE = "sqlite:///"
-SQLITE_HEADER = b"SQLite format 3\x00"
 SERVER_SCHEMES = ("http", "https")
 
 
@@ -161,6 +163,7 @@ def open_store(uri: Optional[str] = None) -> str:
     if not store_exists(uri):
         _create(uri, path)
     _check_writable(uri, path)
+    _log_ahead(path)
     return uri
 
 
@@ -169,21 +172,21 @@ def _check_file(uri: str, path: Path) -> bool:
     if path.is_dir():
         raise StoreError(f"tracking store {uri}: {path} is a folder, not an SQLite file; "
                          f"use sqlite:///{(path / DB_NAME).as_posix()}")
+    # Through SQLite, never by opening the file: closing another descriptor of it would drop the locks
+    # that this process's SQLite connections hold on it (POSIX), and another process could then take
+    # the store's write-ahead log away from under them.
     try:
-        with open(path, "rb") as file:
-            header = file.read(len(SQLITE_HEADER))
-    except OSError as exc:
-        raise StoreError(f"tracking store {uri} cannot be read: {exc.strerror}") from None
-    if not header:
-        return False
-    if header != SQLITE_HEADER:
-        raise StoreError(f"tracking store {uri}: {path} is not an SQLite database; "
-                         f"move it away or point --tracking-uri at an MLflow store")
-    try:
+        if path.stat().st_size == 0:
+            return False
         with contextlib.closing(_connect(path, "ro")) as con:
             unfinished = [name for (name,) in con.execute(
                 "SELECT name FROM sqlite_master WHERE type = 'table' AND name LIKE '\\_alembic\\_tmp\\_%' ESCAPE '\\'")]
-    except sqlite3.Error as exc:
+    except OSError as exc:
+        raise StoreError(f"tracking store {uri} cannot be read: {exc.strerror}") from None
+    except sqlite3.DatabaseError as exc:
+        if "not a database" in str(exc):
+            raise StoreError(f"tracking store {uri}: {path} is not an SQLite database; "
+                             f"move it away or point --tracking-uri at an MLflow store") from None
         raise StoreError(f"tracking store {uri} cannot be read: {exc}") from None
     if unfinished:
         raise StoreError(f"tracking store {uri} holds an unfinished schema migration (table {unfinished[0]}): "
@@ -193,9 +196,32 @@ def _check_file(uri: str, path: Path) -> bool:
 
 
 def _connect(path: Path, mode: str) -> sqlite3.Connection:
-    """Open an existing SQLite file without ever creating one (mode ro or rw)."""
+    """Open an existing SQLite file without ever creating one (mode ro or rw; ro: see reading)."""
+    if mode == "ro":
+        return reading(path, timeout=10, isolation_level=None)
     return sqlite3.connect(f"file:{pathname2url(str(path.absolute()))}?mode={mode}", uri=True,
                            timeout=10, isolation_level=None)
+
+
+def reading(path: Path, mode: str = "ro", **options) -> sqlite3.Connection:
+    """A connection that reads the existing store at `path` (mode ro, or rw to let a reader roll back
+    the journal a crashed writer left): `sqlite3.connect`'s `options`, checked by a first read.
+
+    SQLite reads a store in write-ahead-log mode through an index of the log kept beside it (PATH-shm),
+    which it cannot open or make in a folder this process may not write. Such a store, its log empty,
+    is read as an unchanging file (SQLite's `immutable`): every commit is in the file, and only a
+    process that may write that folder could change it meanwhile."""
+    address = f"file:{pathname2url(str(path.absolute()))}"
+    con = sqlite3.connect(f"{address}?mode={mode}", uri=True, **options)
+    try:
+        con.execute("PRAGMA schema_version")  # opens the file and, in write-ahead-log mode, its log
+        return con
+    except sqlite3.OperationalError as exc:
+        con.close()
+        log = Path(f"{path}-wal")
+        if not str(exc).startswith("unable to open") or log.exists() and log.stat().st_size:
+            raise
+    return sqlite3.connect(f"{address}?mode=ro&immutable=1", uri=True, **options)
 
 
 def _check_writable(uri: str, path: Path) -> None:
@@ -210,6 +236,25 @@ def _check_writable(uri: str, path: Path) -> None:
             return  # another command is writing to it right now: it is writable
         raise StoreError(f"tracking store {uri} cannot be written ({exc}): make {path} and its folder "
                          f"writable, or choose another store with --tracking-uri") from None
+
+
+def _log_ahead(path: Path) -> None:
+    """Put a local store in SQLite's write-ahead-log mode, which the file keeps: a commit appends to
+    the log instead of copying pages to a rollback journal first, and reads and writes no longer
+    wait for each other (docs/queue.md). Left as it is when another process holds the store right
+    now (a later command tries again)."""
+    with contextlib.suppress(sqlite3.Error), contextlib.closing(_connect(path, "rw")) as con:
+        con.execute("PRAGMA busy_timeout = 1000")
+        con.execute("PRAGMA journal_mode = WAL")
+
+
+def checkpoint(path: Path) -> None:
+    """Move what a local store's write-ahead log holds into its file, so that once commands are done
+    the file alone is the whole store (a copy of it, say). Skipped when another process keeps the
+    store busy for more than a moment; SQLite does it later by itself."""
+    with contextlib.suppress(sqlite3.Error), contextlib.closing(_connect(path, "rw")) as con:
+        con.execute("PRAGMA busy_timeout = 1000")
+        con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
 
 def _create(uri: str, path: Path, from_template: bool = True) -> None:

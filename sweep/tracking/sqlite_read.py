@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Optional
 
 from ..queue.base import Query, RunRow, TrackingError
-from .location import local_path
+from .location import local_path, reading
 
 COLUMNS = {"experiments": {"experiment_id", "name", "lifecycle_stage"},
            "runs": {"run_uuid", "name", "status", "start_time", "end_time", "lifecycle_stage", "artifact_uri",
@@ -55,7 +55,7 @@ def _connection(path: Path):
     leaves no lock behind). It only reads."""
     try:
         # not read-only: a reader may have to roll back the journal a crashed writer left
-        db = sqlite3.connect(path, timeout=TIMEOUT, isolation_level=None)
+        db = reading(path, "rw", timeout=TIMEOUT, isolation_level=None)
     except sqlite3.Error as exc:
         raise TrackingError(f"cannot read the tracking store {path}: {exc}") from None
     try:

@@ -175,6 +175,37 @@ def test_a_holder_late_past_its_clock_check_cannot_finish_a_run_another_process_
     assert run.status == "KILLED" and "stopped heartbeating" in run.error
 
 
+class Writes(MlflowStore):
+    """Records the params of each write made through it."""
+
+    def __init__(self, uri):
+        super().__init__(uri)
+        self.params = []
+
+    def write(self, run_id, metrics=(), params=None, tags=None):
+        self.params.append(dict(params or {}))
+        super().write(run_id, metrics, params, tags)
+
+
+def test_a_runs_params_go_with_its_ending_unless_a_beat_took_them_before(uri, store, tmp_path):
+    """A short run's params are written in the request that commits its ending (MLflow: one
+    transaction with it), not with its final heartbeat; a longer run's first beat takes them."""
+    experiment, parent = _experiment(store, "params")
+    writes = Writes(uri)
+    short = queue.claim(writes, experiment, parent, _planned(lr=0.97), "s", "s1")
+    short.log_params({"lr": "0.97"})
+    assert short.finish({"test_error": 0.1}, 1, _agent(tmp_path), diverged=False, stopped=False)
+    *before, ending = writes.params
+    assert ending == {**schema.ended("FINISHED"), "lr": "0.97"} and not any(before)
+    [run] = store.find(experiment, Query(run_ids=(short.run_id,)))
+    assert run.status == "FINISHED" and run.params["lr"] == "0.97"
+    longer = queue.claim(writes, experiment, parent, _planned(lr=0.98), "s", "s1")
+    longer.log_params({"lr": "0.98"})
+    assert longer.log_epoch({"test_error": 0.2}, 1, flush=True) and writes.params[-1] == {"lr": "0.98"}
+    assert longer.finish({"test_error": 0.1}, 1, _agent(tmp_path), diverged=False, stopped=False)
+    assert writes.params[-1] == schema.ended("FINISHED")
+
+
 def test_a_finish_its_holder_committed_is_completed_by_the_next_claimant(store):
     """The holder committed FINISHED and stopped before setting the status: the run is done, and the
     claimant that finds it lapsed sets it FINISHED instead of taking it over."""
@@ -406,6 +437,19 @@ def test_a_mirror_that_cannot_be_written_is_replaced_by_a_private_one(store, tmp
     assert lease.finish({"final_test_error": 0.1}, 1, _agent(tmp_path), False, False)
     other.sync()                                     # cannot write the file: goes on in memory, as right
     assert {r.run_id: r.status for r in other.rows()} == {lease.run_id: "FINISHED"}
+
+
+def test_a_mirror_that_cannot_take_a_new_column_is_read_from_a_private_one_as_right(store, tmp_path, immutable):
+    experiment, parent = _experiment(store, "readonly-fields")
+    lease = queue.claim(store, experiment, parent, _planned(lr=0.43), "s", "s1")
+    assert lease.finish({"final_test_error": 0.1}, 1, _agent(tmp_path), False, False)
+    path = tmp_path / "mirror" / "index.sqlite"
+    Index(store, experiment, path=path).sync()
+    immutable(path)
+    index = Index(store, experiment, path=path)
+    index.sync()                                     # up to date: nothing to write, read from the file
+    rows = index.table(tags=(schema.KEY,))           # a column the file lacks and cannot be given
+    assert [(row[0], row[-1]) for row in rows] == [(lease.run_id, lease.key)]
 
 
 def test_a_stalled_claim_is_never_kept(uri, store):

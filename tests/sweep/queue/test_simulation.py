@@ -71,8 +71,7 @@ MUTATIONS = {
     # The ending committed in one request with the final numbers: MLflow writes the params first, so
     # a holder stopped between them leaves a run that is FINISHED (set so by the next claimant) without them.
     "ending before the numbers": ("queue/lease.py", [
-        ("            if not self.beat():  # one request: the heartbeat with everything buffered and the final "
-         "numbers\n                return False\n", ""),
+        ("            if not self.beat(params=False):\n                return False\n", ""),
         ('            if not self._commit("FINISHED", {}):\n',
          '            if not self._commit("FINISHED", schema.heartbeat(self.store.host.now())):\n')],
         "without its final metrics"),

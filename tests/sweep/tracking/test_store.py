@@ -3,8 +3,11 @@ interrupted at any moment it leaves no store or a complete one; several processe
 once all succeed; what cannot be used is one line, at once. (Servers: test_edges.py.)"""
 import multiprocessing
 import os
+import shutil
 import signal
 import sqlite3
+import subprocess
+import sys
 import time
 from contextlib import closing
 from importlib.metadata import version
@@ -26,6 +29,17 @@ def assert_one_line(error: StoreError, *words):
     assert "\n" not in message and error.exit_code == 2
     for word in words:
         assert word in message, message
+
+
+def beside(db: Path) -> list[str]:
+    """What is in the store's folder but SQLite's own log and index of a store in write-ahead-log
+    mode, which stay while a connection (this test's MLflow client) is open."""
+    return sorted(p.name for p in db.parent.iterdir() if p.name not in (f"{db.name}-wal", f"{db.name}-shm"))
+
+
+def journal_mode(db: Path) -> str:
+    with closing(sqlite3.connect(db)) as con:
+        return con.execute("PRAGMA journal_mode").fetchone()[0]
 
 
 def assert_complete(db: Path):
@@ -171,7 +185,7 @@ def test_open_store_creates_a_complete_store_and_its_folders(tmp_path, capfd):
     assert store.open_store(uri_of(db)) == uri_of(db)
     assert_complete(db)
     assert "Creating initial MLflow database tables" not in capfd.readouterr().err
-    assert sorted(p.name for p in db.parent.iterdir()) == ["mlflow.db"]  # no lock file left beside it
+    assert beside(db) == ["mlflow.db"]  # no lock file left beside it
     before = db.stat().st_mtime_ns
     assert store.open_store(uri_of(db)) == uri_of(db)  # an existing store is opened as it is
     assert db.stat().st_mtime_ns == before
@@ -221,7 +235,7 @@ def test_a_new_store_is_a_copy_of_an_empty_one_kept_per_mlflow_version(tmp_path,
     for db in (first, second, built):
         assert_complete(db)
         assert MlflowClient(uri_of(db)).get_experiment("0").artifact_location == str(db.parent / "mlruns" / "0")
-        assert sorted(p.name for p in db.parent.iterdir()) == ["mlflow.db"]
+        assert beside(db) == ["mlflow.db"] and journal_mode(db) == "wal"
     assert not (tmp_path / "FILE").is_dir()
 
 
@@ -376,6 +390,36 @@ def test_status_and_best_read_a_store_they_cannot_write(tmp_path, immutable):
     best = CliRunner().invoke(main, ["best", str(tmp_path / "s.yaml"), "--by", "lr", "--tracking-uri", uri])
     assert best.exit_code == 0 and "Traceback" not in best.output, best.output
     assert sorted(p.name for p in folder.iterdir()) == before
+
+
+@pytest.mark.system
+def test_the_store_file_alone_is_the_whole_store_and_is_read_where_nothing_can_be_written(tmp_path, immutable):
+    """A store is written in SQLite's write-ahead-log mode; what a command wrote is moved into the
+    file when it ends (checkpoint), so a copy of the file alone holds every run, and another
+    process reads it in a folder where SQLite cannot keep the log's index beside it."""
+    from sweep.spec import expand
+
+    from conftest import log_run, new_store
+
+    (tmp_path / "w").mkdir()
+    spec, uri, experiment_id, parent = new_store(tmp_path / "w", "experiment: wal\ndefaults: {epochs: 1}\n"
+                                                                 "seeds: [1, 2]\ngrids:\n  g: {lr: [0.1, 0.2]}\n")
+    for run in expand(spec)[:3]:
+        log_run(uri, experiment_id, parent, run, spec.name, 0.1)
+    db = tmp_path / "w" / "mlflow.db"
+    assert journal_mode(db) == "wal"
+    store.checkpoint(db)                     # as a command that wrote does when it ends
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for name in ("mlflow.db", "s.yaml"):
+        shutil.copy(tmp_path / "w" / name, copy / name)
+    immutable(copy)
+    for command in (["status", "s.yaml"], ["best", "s.yaml", "--by", "lr"]):
+        done = subprocess.run([sys.executable, "-m", "sweep.cli", *command], cwd=copy, capture_output=True,
+                              text=True, env={**os.environ, "MLFLOW_TRACKING_URI": ""}, timeout=120)
+        assert done.returncode == 0, done.stderr
+        assert "3 done" in done.stdout if command[0] == "status" else "0.1" in done.stdout, done.stdout
+    assert sorted(p.name for p in copy.iterdir()) == ["mlflow.db", "s.yaml"]
 
 
 def test_an_artifact_lands_where_mlflow_puts_it_whichever_process_created_the_run(tmp_path):
