@@ -4,8 +4,10 @@ Runs `sweep run SPEC` (README's main job) as a subprocess in a fresh folder, tim
 exit, then reads the finished runs from its store and adds up their arithmetic: per epoch trained,
 6 x weights x images trained on (forward and backward), plus 2 x weights x images evaluated (the
 train images measured, all of them or the train_eval sample, the validation and the test images).
-The floor is that arithmetic at the float32 rate of one large matrix product here; the ratio is the
-wall time over the floor. Last, each worker's busy share: the part of the sweep's span (its parent
+The floor is that arithmetic at the float32 rate of one large matrix product here, measured before
+and after the sweeps (this machine's rate moves by a third from one minute to the next): the floor
+takes the faster of the two, so that a slow moment cannot flatter the ratio, the wall time over the
+floor. Last, each worker's busy share: the part of the sweep's span (its parent
 run's start to end) in which the worker held a run, claim to finish (issue 21's "no idle cores").
 With --train-eval the spec's defaults are overridden (full or sample), and `--train-eval both` runs
 the sweep twice, side by side.
@@ -127,10 +129,13 @@ def main():
     args = parser.parse_args()
     data_dir = str(resolve_data_dir(args.data_dir))
     modes = ("full", "sample") if args.train_eval == "both" else (args.train_eval,)
-    rate = matmul_rate()
-    print(f"{os.cpu_count()} cores, torch {torch.__version__}, float32 matmul {rate / 1e9:.0f} GFLOP/s; "
+    before = matmul_rate()
+    print(f"{os.cpu_count()} cores, torch {torch.__version__}, float32 matmul {before / 1e9:.0f} GFLOP/s before; "
           f"spec {args.spec}; default train_eval: {RunConfig().train_eval}")
     results = [one_sweep(Path(args.spec), mode, data_dir, args.keep) for mode in modes]
+    after = matmul_rate()
+    rate = max(before, after)
+    print(f"float32 matmul {after / 1e9:.0f} GFLOP/s after; the floor at {rate / 1e9:.0f} GFLOP/s")
     print(f"\n{'train_eval':>10} {'runs':>5} {'epochs':>6} {'TFLOP':>7} {'of it eval':>10} {'floor s':>8} "
           f"{'wall s':>7} {'wall/floor':>10}")
     for r in results:

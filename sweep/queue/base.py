@@ -157,15 +157,16 @@ class Host:
         (another host, a holder written in another form, a process this user may not look at)."""
         try:
             host, pid, start = holder.rsplit(":", 2)
-            pid = int(pid)
+            pid, started = int(pid), float(start)
         except ValueError:
             return None
         if host != socket.gethostname() or "." not in start:
             return None
         try:
-            return _start(pid) == start
+            now = _start(pid)
         except PermissionError:
             return None
+        return bool(now) and _same_start(float(now), started)
 
     def spawn(self, target: Callable[[], None], name: str):
         """Start `target` in a thread of this process; returns it (`join()`)."""
@@ -182,6 +183,18 @@ class Host:
     def exit(self, code: int):
         """End this process at once (a worker whose sweep is gone)."""
         os._exit(code)
+
+
+START_DRIFT = 3600.0  # seconds: how far the clock may have been set between two reads of a process's start
+
+
+def _same_start(now: float, recorded: float) -> bool:
+    """Whether two reads of a process's start time are of one process. Linux counts a start from boot
+    and psutil adds the boot time, which the kernel derives from the clock: it moves by whole seconds
+    when the clock is set (NTP, a virtual machine's host), so one process reads whole seconds apart,
+    its hundredths alike; another process given the same pid would have to match those too."""
+    apart = now - recorded
+    return abs(apart) <= START_DRIFT and abs(apart - round(apart)) < 0.005
 
 
 def _holder(pid: int) -> str:

@@ -68,6 +68,17 @@ def test_a_holder_known_to_be_gone_lapses_at_once():
     assert ALIVE(me) is True and ALIVE("another-host:1:1.00") is None and ALIVE(f"{HERE}:1:123") is None
 
 
+def test_a_holder_is_known_across_a_clock_set_by_whole_seconds():
+    """The kernel's boot time, from which a process's start time is read, moves by whole seconds when
+    the clock is set: the same process then reads whole seconds apart, and is still alive; a start
+    that differs otherwise is another process."""
+    host, pid, start = Host().me().rsplit(":", 2)
+    for shift in (1, -1, 7):
+        assert ALIVE(f"{host}:{pid}:{float(start) + shift:.2f}") is True
+    for shift in (0.01, 0.5, -0.37, 2 * 3600):
+        assert ALIVE(f"{host}:{pid}:{float(start) + shift:.2f}") is False
+
+
 def test_states_counts_and_errors():
     attempts = [rec("a", "FINISHED"), Attempt("x", "FAILED", 1, key="b", error="boom\ntrace")]
     states = queue.states(["a", "b", "c"], attempts, now=5.0, alive=ALIVE)
