@@ -262,10 +262,8 @@ class Index:
                 self._file = None
                 db = _connect(self.path)
                 self._file = (db, _identity(self.path))
-        except (OSError, sqlite3.OperationalError):  # a folder or file that cannot be written
-            self._private = _connect(":memory:")
-            yield self._private
-            return
+        except (OSError, sqlite3.OperationalError) as exc:  # a folder or file that cannot be written
+            raise sqlite3.OperationalError(f"the mirror {self.path} cannot be used: {exc}") from exc  # see _fallible
         try:
             yield self._file[0]
         except BaseException:

@@ -23,6 +23,7 @@ Only stdlib at import: `sweep plan` uses this module before anything heavy is lo
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import importlib.metadata
 import logging
@@ -31,6 +32,7 @@ import re
 import shutil
 import sqlite3
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Iterator, Optional
@@ -63,7 +65,7 @@ def default_store_uri(base: str | os.PathLike = ".") -> str:
         if old not in _told:
             _told.add(old)
             why = "no ./mlflow.db here" if not new.exists() else "./mlflow.db holds no run"
-            print(f"note: using the old store {LEGACY_STORE} ({why}); `mv {LEGACY_STORE} .` puts it where "
+            print(f"note: using the old store {LEGACY_STORE} ({why}); `mv {LEGACY_STORE}* .` puts it where "
                   f"MLflow looks", file=sys.stderr)
         return f"{SQLITE}{old.as_posix()}"
     return f"{SQLITE}{new.as_posix()}"
@@ -207,10 +209,11 @@ def reading(path: Path, mode: str = "ro", **options) -> sqlite3.Connection:
     """A connection that reads the existing store at `path` (mode ro, or rw to let a reader roll back
     the journal a crashed writer left): `sqlite3.connect`'s `options`, checked by a first read.
 
-    SQLite reads a store in write-ahead-log mode through an index of the log kept beside it (PATH-shm),
-    which it cannot open or make in a folder this process may not write. Such a store, its log empty,
-    is read as an unchanging file (SQLite's `immutable`): every commit is in the file, and only a
-    process that may write that folder could change it meanwhile."""
+    SQLite reads a store in write-ahead-log mode through an index of the log that it keeps beside it
+    (PATH-shm) and cannot make in a folder this process may not write. Such a store, with no index
+    and its log empty (no process has it open: the last one to close it removes both), is read as an
+    unchanging file (SQLite's `immutable`): every commit is in the file. Anything else that cannot
+    be opened is the error it is."""
     address = f"file:{pathname2url(str(path.absolute()))}"
     con = sqlite3.connect(f"{address}?mode={mode}", uri=True, **options)
     try:
@@ -218,10 +221,20 @@ def reading(path: Path, mode: str = "ro", **options) -> sqlite3.Connection:
         return con
     except sqlite3.OperationalError as exc:
         con.close()
-        log = Path(f"{path}-wal")
-        if not str(exc).startswith("unable to open") or log.exists() and log.stat().st_size:
+        log, index = Path(f"{path}-wal"), Path(f"{path}-shm")
+        if (not str(exc).startswith("unable to open") or index.exists() or log.exists() and log.stat().st_size
+                or _writable(path.parent)):
             raise
     return sqlite3.connect(f"{address}?mode=ro&immutable=1", uri=True, **options)
+
+
+def _writable(folder: Path) -> bool:
+    """Whether this process may make a file in `folder`: False only when the system says it may not."""
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            return True
+    except OSError as exc:
+        return exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS)
 
 
 def _check_writable(uri: str, path: Path) -> None:

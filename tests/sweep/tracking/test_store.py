@@ -87,7 +87,7 @@ def test_a_store_at_the_old_place_is_used_while_it_is_the_only_one_and_said_once
     add_run(old)
     assert store.store_uri() == store.store_uri() == uri_of(old)
     err = capfd.readouterr().err
-    assert err.count("note: using the old store mlruns/mlflow.db (no ./mlflow.db here); `mv mlruns/mlflow.db .` "
+    assert err.count("note: using the old store mlruns/mlflow.db (no ./mlflow.db here); `mv mlruns/mlflow.db* .` "
                      "puts it where MLflow looks\n") == 1 and len(err.splitlines()[0]) < 120
     store.open_store(uri_of(new))  # what `mlflow ui` leaves here: a store without a run
     assert store.store_uri() == uri_of(old)
@@ -420,6 +420,34 @@ def test_the_store_file_alone_is_the_whole_store_and_is_read_where_nothing_can_b
         assert done.returncode == 0, done.stderr
         assert "3 done" in done.stdout if command[0] == "status" else "0.1" in done.stdout, done.stdout
     assert sorted(p.name for p in copy.iterdir()) == ["mlflow.db", "s.yaml"]
+
+
+@pytest.mark.system
+def test_a_store_that_cannot_be_opened_in_a_folder_that_can_be_written_is_an_error_not_a_stale_read(tmp_path):
+    """Out of file descriptors, SQLite cannot open a store's log: the read fails as it is, never
+    falling back to reading the file alone (what a folder this process may not write gets)."""
+    db = tmp_path / "mlflow.db"
+    store.open_store(uri_of(db))
+    assert journal_mode(db) == "wal" and not Path(f"{db}-shm").exists()
+    script = f"""
+import os, resource, sqlite3
+from pathlib import Path
+from sweep.tracking.location import reading
+resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+held = []
+try:
+    while True:
+        held.append(os.open(os.devnull, os.O_RDONLY))
+except OSError:
+    os.close(held.pop())  # one descriptor left: the store's file, not its log
+try:
+    reading(Path({str(db)!r})).execute("select count(*) from runs").fetchone()
+    print("read")
+except sqlite3.OperationalError as exc:
+    print("refused:", exc)
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.stdout.startswith("refused: unable to open"), done.stdout + done.stderr
 
 
 def test_an_artifact_lands_where_mlflow_puts_it_whichever_process_created_the_run(tmp_path):
